@@ -1,0 +1,7 @@
+"""Shared pytest fixtures for digipat."""
+
+import os
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+# Numba: cache compiled kernels between test runs.
+os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(os.path.dirname(__file__), "..", ".venv", "numba_cache"))

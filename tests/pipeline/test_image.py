@@ -1,0 +1,99 @@
+"""Volume type and image I/O: axis conventions, round trips, bad input."""
+
+import numpy as np
+import pytest
+
+from pipeline.image import ImageError, Volume, read_image, write_image
+
+
+def _oblique_volume():
+    rng = np.random.default_rng(0)
+    arr = rng.normal(size=(5, 6, 7)).astype(np.float32)
+    theta = np.deg2rad(30)
+    rot = np.array([[np.cos(theta), -np.sin(theta), 0], [np.sin(theta), np.cos(theta), 0], [0, 0, 1]])
+    return Volume(arr, spacing_mm=(2.5, 0.7, 0.5), origin_xyz_mm=(-10.0, 4.0, 33.0), direction_xyz=rot)
+
+
+def test_index_to_world_matches_simpleitk():
+    import SimpleITK as sitk
+
+    from pipeline.image import _to_sitk
+
+    vol = _oblique_volume()
+    img = _to_sitk(vol)
+    assert img.GetSize() == (7, 6, 5)  # (x, y, z)
+    for kji in [(0, 0, 0), (4, 5, 6), (2, 1, 3)]:
+        expected = img.TransformIndexToPhysicalPoint(tuple(int(v) for v in reversed(kji)))
+        np.testing.assert_allclose(vol.index_to_world(kji), expected, atol=1e-9)
+    # the voxel value at that index is the same in both conventions
+    assert img[3, 1, 2] == pytest.approx(float(vol.array[2, 1, 3]))
+    pt = vol.index_to_world([1.5, 2.25, 3.0])
+    np.testing.assert_allclose(vol.world_to_index(pt), [1.5, 2.25, 3.0], atol=1e-12)
+    del sitk
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha"])
+def test_round_trip(tmp_path, suffix):
+    vol = _oblique_volume()
+    path = write_image(vol, tmp_path / f"img{suffix}")
+    back = read_image(path)
+    np.testing.assert_array_equal(back.array, vol.array)
+    np.testing.assert_allclose(back.spacing_mm, vol.spacing_mm, rtol=1e-6)
+    np.testing.assert_allclose(back.origin_xyz_mm, vol.origin_xyz_mm, atol=1e-5)
+    np.testing.assert_allclose(back.direction_xyz, vol.direction_xyz, atol=1e-6)
+    assert not list(tmp_path.glob(".tmp-*")), "temporary file left behind"
+
+
+def test_dicom_series_round_trip(tmp_path):
+    """Write a 3-D volume as a DICOM series with SimpleITK and read the folder back."""
+    import SimpleITK as sitk
+
+    arr = (np.arange(4 * 8 * 9).reshape(4, 8, 9) % 300 - 100).astype(np.int16)
+    vol = Volume(arr, spacing_mm=(2.0, 0.8, 0.8), origin_xyz_mm=(1.0, 2.0, 3.0))
+    from pipeline.image import _to_sitk
+
+    img = _to_sitk(vol)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    series_uid = "1.2.826.0.1.3680043.2.1125.1.1"
+    for k in range(img.GetDepth()):
+        sl = img[:, :, k]
+        sl.SetMetaData("0020|000e", series_uid)
+        sl.SetMetaData("0020|0032", "\\".join(str(v) for v in img.TransformIndexToPhysicalPoint((0, 0, k))))
+        sl.SetMetaData("0020|0013", str(k + 1))
+        sl.SetMetaData("0020|0037", "1\\0\\0\\0\\1\\0")
+        sl.SetMetaData("0008|0060", "CT")
+        writer.SetFileName(str(tmp_path / f"slice{k:03d}.dcm"))
+        writer.Execute(sl)
+    back = read_image(tmp_path)
+    assert back.shape == (4, 8, 9)
+    np.testing.assert_array_equal(back.array, arr)
+    np.testing.assert_allclose(back.spacing_mm, (2.0, 0.8, 0.8), rtol=1e-5)
+    np.testing.assert_allclose(back.origin_xyz_mm, (1.0, 2.0, 3.0), atol=1e-4)
+
+
+def test_real_ct_slice_is_rejected_as_2d():
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("CT_small.dcm")
+    with pytest.raises(ImageError, match="2-D"):
+        read_image(path)
+    del pydicom
+
+
+def test_bad_input(tmp_path):
+    with pytest.raises(ImageError, match="not found"):
+        read_image(tmp_path / "missing.nii.gz")
+    junk = tmp_path / "junk.nii.gz"
+    junk.write_bytes(b"not an image at all")
+    with pytest.raises(ImageError, match="cannot read"):
+        read_image(junk)
+    with pytest.raises(ImageError, match="3-D"):
+        Volume(np.zeros((4, 4)))
+    with pytest.raises(ImageError, match="spacing_mm"):
+        Volume(np.zeros((2, 2, 2)), spacing_mm=(1, 0, 1))
+    with pytest.raises(ImageError, match="direction"):
+        Volume(np.zeros((2, 2, 2)), direction_xyz=np.ones((3, 3)))
+    with pytest.raises(ImageError, match="use one of"):
+        write_image(Volume(np.zeros((2, 2, 2))), tmp_path / "x.png")
