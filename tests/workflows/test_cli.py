@@ -1,0 +1,115 @@
+"""The `digipat` command line: help, exit codes, and bad input that leaves no results file."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.image import Volume, write_image
+
+DIGIPAT = [sys.executable, "-m", "workflows.cli"]
+
+
+def _run(*args, cwd=None):
+    env = dict(os.environ, MPLBACKEND="Agg")
+    return subprocess.run(DIGIPAT + [str(a) for a in args], capture_output=True, text=True, cwd=cwd, env=env)
+
+
+@pytest.mark.parametrize("sub", [[], ["flow"], ["demo"], ["synth"]])
+def test_help(sub):
+    p = _run(*sub, "--help")
+    assert p.returncode == 0
+    assert "usage: digipat" in p.stdout
+
+
+def test_flow_requires_out():
+    p = _run("flow", "x.nii.gz")
+    assert p.returncode == 2
+    assert "--out" in p.stderr
+
+
+def _assert_failed_cleanly(p, out: Path, *words):
+    assert p.returncode == 1, p.stderr
+    assert p.stderr.startswith("digipat: error:"), p.stderr
+    for w in words:
+        assert w in p.stderr, p.stderr
+    assert not (out / "results.json").exists()
+    assert "Traceback" not in p.stderr
+
+
+def test_missing_file(tmp_path):
+    out = tmp_path / "out"
+    p = _run("flow", tmp_path / "nope.nii.gz", "--out", out)
+    _assert_failed_cleanly(p, out, "not found")
+
+
+def test_two_dimensional_image(tmp_path):
+    import SimpleITK as sitk
+
+    img = sitk.GetImageFromArray(np.zeros((32, 32), dtype=np.int16))
+    sitk.WriteImage(img, str(tmp_path / "slice.nii.gz"))
+    out = tmp_path / "out"
+    p = _run("flow", tmp_path / "slice.nii.gz", "--out", out)
+    _assert_failed_cleanly(p, out, "2-D")
+
+
+def test_image_without_vessel(tmp_path):
+    rng = np.random.default_rng(1)
+    arr = (40 + 10 * rng.standard_normal((32, 32, 32))).astype(np.float32)
+    write_image(Volume(arr), tmp_path / "empty.nii.gz")
+    out = tmp_path / "out"
+    p = _run("flow", tmp_path / "empty.nii.gz", "--out", out)
+    _assert_failed_cleanly(p, out, "vessel")
+
+
+def test_vessel_reaching_one_crop_plane(tmp_path):
+    from phantoms.vessels import make_angiogram
+
+    ang = make_angiogram("straight", shape_zyx=(48, 40, 40), spacing_mm=(0.5, 0.5, 0.5), radius_mm=2.0, seed=3)
+    arr = ang.image.array.copy()
+    arr[30:] = 40.0  # the vessel now ends inside the image: only the z=0 face is open
+    write_image(ang.image.with_array(arr), tmp_path / "stump.nii.gz")
+    out = tmp_path / "out"
+    p = _run("flow", tmp_path / "stump.nii.gz", "--out", out)
+    _assert_failed_cleanly(p, out, "crop plane")
+
+
+def test_stale_results_removed_on_failure(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.json").write_text("{}")
+    p = _run("flow", tmp_path / "nope.nii.gz", "--out", out)
+    assert p.returncode == 1
+    # the image is checked before the folder is touched: an earlier result stays untouched
+    assert (out / "results.json").exists()
+    # ... but a run that starts and then fails leaves no results.json
+    rng = np.random.default_rng(2)
+    write_image(Volume((40 + rng.standard_normal((24, 24, 24))).astype(np.float32)), tmp_path / "e.nii.gz")
+    p = _run("flow", tmp_path / "e.nii.gz", "--out", out)
+    _assert_failed_cleanly(p, out, "vessel")
+
+
+def test_seed_outside_image(tmp_path):
+    write_image(Volume(np.zeros((16, 16, 16), np.float32)), tmp_path / "z.nii.gz")
+    out = tmp_path / "out"
+    p = _run("flow", tmp_path / "z.nii.gz", "--out", out, "--seed-mm", 500, 0, 0)
+    _assert_failed_cleanly(p, out, "outside the image")
+
+
+def test_synth_then_flow_json(tmp_path):
+    import json
+
+    p = _run("synth", "--out", tmp_path / "pat", "--size", "small", "--stenosis", "0.3", "--json")
+    assert p.returncode == 0, p.stderr
+    info = json.loads(p.stdout)
+    p = _run("flow", info["image"], "--out", tmp_path / "run", "--flow-rate-ml-s", "0.2", "--model", "stokes",
+             "--json", "--no-fields", "--cells-per-radius", "3")
+    assert p.returncode == 0, p.stderr
+    res = json.loads(p.stdout)
+    assert res["pressure_drop_Pa"] > 0
+    assert res["parameters"]["flow_rate_ml_s"] == 0.2
+    assert (tmp_path / "run" / "results.json").exists()
+    assert (tmp_path / "run" / "mesh" / "mesh.msh").exists()

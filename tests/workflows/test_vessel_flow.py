@@ -1,0 +1,96 @@
+"""End-to-end vessel path: synthetic CT angiogram → segmentation → mesh → flow.
+
+Independent truth: Hagen–Poiseuille for a straight tube of the generator's radius, the
+generator's ground-truth lumen for the segmentation, and a refined-mesh solution of the
+same stenosed geometry.
+"""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from workflows.demo import write_synthetic_patient
+from workflows.vessel_flow import VesselFlowConfig, WorkflowError, run_vessel_flow
+
+MU = 3.5e-3
+Q_ML_S = 0.5
+
+
+def _cap_distance_m(results):
+    caps = {c["name"]: c for c in results["surface"]["caps"]}
+    a = np.asarray(caps["inlet"]["centre_xyz_mm"])
+    b = np.asarray(caps["outlet1"]["centre_xyz_mm"])
+    return float(np.linalg.norm(a - b)) * 1e-3
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("straight")
+    info = write_synthetic_patient(root / "patient", geometry="straight", stenosis=0.0, size="small")
+    cfg = VesselFlowConfig(flow_rate_ml_s=Q_ML_S, model="stokes", write_fields=False)
+    res = run_vessel_flow(info["image"], root / "flow", cfg, truth_path=info["truth_lumen"], quiet=True)
+    return root, info, res
+
+
+def test_straight_vessel_matches_poiseuille(straight_run):
+    _, info, res = straight_run
+    r = info["radius_mm"] * 1e-3
+    length = _cap_distance_m(res)
+    dp_exact = 8 * MU * length * Q_ML_S * 1e-6 / (math.pi * r**4)
+    err = res["pressure_drop_Pa"] / dp_exact - 1
+    assert abs(err) < 0.05, f"image->flow dP {res['pressure_drop_Pa']:.3f} Pa vs Poiseuille {dp_exact:.3f} ({err:+.2%})"
+    # mass conservation and the contract keys
+    assert res["mass_balance_rel_error"] < 0.005
+    assert res["inflow_m3_s"] == pytest.approx(Q_ML_S * 1e-6, rel=1e-6)
+    assert sum(res["outflow_m3_s"].values()) == pytest.approx(res["inflow_m3_s"], rel=5e-3)
+    for key in ("pressure_drop_Pa", "inflow_m3_s", "outflow_m3_s", "wss_mean_Pa", "wss_max_Pa", "n_dofs",
+                "parameters", "provenance", "schema_version"):
+        assert key in res
+    # Poiseuille wall shear stress 4 mu Q / (pi r^3): the mean over the wall is close to it
+    tau = 4 * MU * Q_ML_S * 1e-6 / (math.pi * r**3)
+    assert res["wss_mean_Pa"] == pytest.approx(tau, rel=0.08)
+    assert res["wss_max_Pa"] >= res["wss_mean_Pa"]
+    # the segmentation is checked against the generator's truth
+    m = res["segmentation"]["metrics_vs_truth"]
+    assert m["dice"] > 0.9
+
+
+def test_rerun_skips_finished_stages(straight_run, capsys):
+    root, info, res = straight_run
+    cfg = VesselFlowConfig(flow_rate_ml_s=Q_ML_S, model="stokes", write_fields=False)
+    again = run_vessel_flow(info["image"], root / "flow", cfg, truth_path=info["truth_lumen"], quiet=False)
+    err = capsys.readouterr().err
+    assert err.count("up to date, skipped") == 4, err
+    assert again["pressure_drop_Pa"] == res["pressure_drop_Pa"]
+    on_disk = json.loads((root / "flow" / "results.json").read_text())
+    assert on_disk["pressure_drop_Pa"] == res["pressure_drop_Pa"]
+
+
+def _stenosis_dp(tmp_path, severity, cells_per_radius=3.0):
+    info = write_synthetic_patient(tmp_path / f"p{severity}", geometry="straight", stenosis=severity, size="small")
+    cfg = VesselFlowConfig(flow_rate_ml_s=0.05, model="navier-stokes", cells_per_radius=cells_per_radius,
+                           write_fields=False)
+    return run_vessel_flow(info["image"], tmp_path / f"f{severity}-{cells_per_radius}", cfg, quiet=True)
+
+
+def test_pressure_drop_grows_with_stenosis_severity(tmp_path):
+    dps = [_stenosis_dp(tmp_path, s)["pressure_drop_Pa"] for s in (0.0, 0.3, 0.6)]
+    assert dps[0] < dps[1] < dps[2], dps
+
+
+@pytest.mark.slow
+def test_stenosis_agrees_with_refined_mesh(tmp_path):
+    coarse = _stenosis_dp(tmp_path, 0.5, cells_per_radius=4.0)["pressure_drop_Pa"]
+    fine = _stenosis_dp(tmp_path, 0.5, cells_per_radius=7.0)["pressure_drop_Pa"]
+    assert coarse == pytest.approx(fine, rel=0.10)
+
+
+def test_config_validation_names_the_field():
+    with pytest.raises(WorkflowError, match="flow_rate_ml_s"):
+        VesselFlowConfig(flow_rate_ml_s=-1)
+    with pytest.raises(WorkflowError, match="model"):
+        VesselFlowConfig(model="euler")
+    with pytest.raises(WorkflowError, match="seed_xyz_mm"):
+        VesselFlowConfig(seed_xyz_mm=(1, 2))
