@@ -26,7 +26,7 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".tmp-{os.getpid()}-{p.name}")
     with open(tmp, "w") as fh:
-        json.dump(data, fh, indent=2, sort_keys=False, default=_json_default)
+        json.dump(_finite(data), fh, indent=2, sort_keys=False, default=_json_default, allow_nan=False)
         fh.write("\n")
     os.replace(tmp, p)
     return p
@@ -39,6 +39,25 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     tmp.write_text(text)
     os.replace(tmp, p)
     return p
+
+
+def _finite(obj):
+    """Replace NaN/inf floats by None (strict JSON has no NaN); recurse into containers."""
+    import math
+
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _finite(obj.tolist())
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
 
 
 def _json_default(obj):

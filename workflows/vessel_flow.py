@@ -385,7 +385,7 @@ def summary_text(r: dict) -> str:
     ]
     m = r["segmentation"].get("metrics_vs_truth")
     if m:
-        lines.append(f"segmentation vs truth Dice {m['dice']:.4f}, HD95 {m['hausdorff95_mm']:.3f} mm")
+        lines.append(f"segmentation vs truth Dice {m['dice']:.4f}, HD95 {m['hd95_mm']:.3f} mm")
     p = r.get("patient", {})
     if "poiseuille_dp_healthy_Pa" in p:
         lines.append(f"(healthy tube, Poiseuille: {p['poiseuille_dp_healthy_Pa']:.2f} Pa)")
