@@ -1,1 +1,47 @@
-"""digipat package."""
+"""Steady blood flow in vessel meshes with FEniCSx (Taylor–Hood Stokes / Navier–Stokes).
+
+Typical use::
+
+    from physics.flow import FlowProblem, load_mesh, solve_flow
+    mesh, cell_tags, facet_tags = load_mesh("vessel.msh")        # mm -> m
+    result = solve_flow(mesh, facet_tags, FlowProblem(flow_rate_m3_s=1e-6))
+    result.pressure_drop_Pa, result.ffr_like, result.wss_mean_Pa
+
+Equations and references: :mod:`physics.flow.solver`.
+"""
+
+from .mesh import load_mesh, mesh_from_gmsh_model, scale_mesh
+from .outputs import FIELD_FILES, FlowResult
+from .problem import (
+    FIRST_OUTLET,
+    FLUID,
+    INLET,
+    MODELS,
+    SOLVERS,
+    WALL,
+    Blood,
+    ConvergenceError,
+    FlowError,
+    FlowProblem,
+)
+from .solver import default_petsc_options, solve_flow
+
+__all__ = [
+    "FIELD_FILES",
+    "FIRST_OUTLET",
+    "FLUID",
+    "INLET",
+    "MODELS",
+    "SOLVERS",
+    "WALL",
+    "Blood",
+    "ConvergenceError",
+    "FlowError",
+    "FlowProblem",
+    "FlowResult",
+    "default_petsc_options",
+    "load_mesh",
+    "mesh_from_gmsh_model",
+    "scale_mesh",
+    "solve_flow",
+]
