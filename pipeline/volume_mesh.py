@@ -1,0 +1,402 @@
+"""Tagged watertight surface -> tagged tetrahedral mesh (gmsh) for the flow solver.
+
+The triangles of a :class:`pipeline.surface.TaggedSurface` are loaded into gmsh as a
+discrete surface, the edges between differently tagged faces (the cap rims) are added as
+feature lines, and the surface is classified and re-parametrised
+(``classifySurfaces`` + ``createGeometry``, as in gmsh tutorial t13; Geuzaine & Remacle
+2009, "Gmsh: a 3-D finite element mesh generator", IJNME 79:1309). The wall and the flat
+caps are then remeshed and the fluid volume filled with tetrahedra (Delaunay + the default
+optimiser) whose size is ``local radius / cells_per_radius``; the local radius comes from
+the nearest centreline point of the surface's skeleton. Each classified surface keeps the
+tag of the input faces it was made from, so every boundary triangle is in exactly one
+physical group:
+
+* volume ``"fluid"`` (cell tag ``FLUID = 1``),
+* surfaces ``"wall"`` (1), ``"inlet"`` (2), ``"outlet1"`` (3), ``"outlet2"`` (4), ...
+
+Outputs, in ``out_dir`` under fixed names (written atomically):
+
+* ``mesh.msh`` - gmsh 4.1 with physical groups; read by ``dolfinx.io.gmsh.read_from_msh``,
+* ``mesh.xdmf`` (+ ``mesh.h5``) - tetrahedra with ``cell_tags``,
+* ``facets.xdmf`` (+ ``facets.h5``) - boundary triangles with ``facet_tags``,
+* ``mesh.vtu`` - for ParaView,
+* ``mesh_info.json`` - boundaries, caps and mesh statistics.
+
+Element quality is gmsh's ``gamma`` (inscribed / circumscribed radius ratio, scaled to 1
+for the regular tetrahedron) and ``minSICN`` (signed inverse condition number).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.surface import FLUID, INLET, OUTLET_FIRST, WALL, TaggedSurface, _jsonable
+
+__all__ = ["MeshingError", "VolumeMesh", "mesh_volume", "FLUID", "MESH_FILES", "SCHEMA_VERSION"]
+
+SCHEMA_VERSION = 1
+MESH_FILES = ("mesh.msh", "mesh.xdmf", "mesh.h5", "facets.xdmf", "facets.h5", "mesh.vtu", "mesh_info.json")
+
+# gmsh element type ids
+_TRI = {1: 2, 2: 9}
+_TET = {1: 4, 2: 11}
+
+
+class MeshingError(ValueError):
+    """Invalid meshing parameters or a gmsh failure (the message names the likely cause)."""
+
+
+@dataclass
+class VolumeMesh:
+    """Paths and statistics of a tagged tetrahedral mesh.
+
+    Attributes
+    ----------
+    msh_path, xdmf_path, facets_xdmf_path, vtu_path, info_path : Path
+        The written files (see module docstring).
+    stats : dict
+        ``n_nodes``, ``n_tetrahedra``, ``n_facets`` (per boundary name), ``quality_gamma``
+        and ``quality_sicn`` (min / mean / p5), ``volume_mm3``, ``surface_volume_mm3``,
+        ``facet_area_mm2`` per boundary, ``edge_length_mm`` (min / mean / max), ``order``.
+    boundaries : dict
+        Boundary name -> facet tag (``"wall"``, ``"inlet"``, ``"outlet1"``, ...), plus
+        ``"caps"`` (cap geometry list) and ``"cell_tags"`` (``{"fluid": 1}``).
+    """
+
+    msh_path: Path
+    xdmf_path: Path
+    facets_xdmf_path: Path
+    vtu_path: Path
+    info_path: Path
+    stats: dict = field(default_factory=dict)
+    boundaries: dict = field(default_factory=dict)
+
+
+def _check_positive(value, name: str, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(value) or value <= 0:
+        raise MeshingError(f"{name} must be a positive number{' or None' if allow_none else ''}, got {value!r}")
+
+
+def _tet_volumes(x: np.ndarray, tets: np.ndarray) -> np.ndarray:
+    a, b, c, d = (x[tets[:, i]] for i in range(4))
+    return np.einsum("ij,ij->i", b - a, np.cross(c - a, d - a)) / 6.0
+
+
+def _tri_areas(x: np.ndarray, tris: np.ndarray) -> np.ndarray:
+    a, b, c = (x[tris[:, i]] for i in range(3))
+    return 0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1)
+
+
+def _three(v: np.ndarray) -> dict:
+    return {"min": float(np.min(v)), "mean": float(np.mean(v)), "p5": float(np.percentile(v, 5)),
+            "max": float(np.max(v))}
+
+
+def mesh_volume(
+    surface: TaggedSurface,
+    out_dir: str | os.PathLike,
+    *,
+    cells_per_radius: float = 4.0,
+    min_size_mm: float | None = None,
+    max_size_mm: float | None = None,
+    order: int = 1,
+    optimize: bool = True,
+    verbose: bool = False,
+) -> VolumeMesh:
+    """Fill a tagged watertight surface with tagged tetrahedra and write the mesh files.
+
+    Parameters
+    ----------
+    surface : TaggedSurface
+        Closed surface with ``WALL``/``INLET``/outlet face tags and a sizing centreline.
+    out_dir : path
+        Folder for ``mesh.msh``, ``mesh.xdmf``, ``facets.xdmf``, ``mesh.vtu`` and
+        ``mesh_info.json`` (created if missing; files replaced atomically).
+    cells_per_radius : float
+        Target element size is ``local radius / cells_per_radius`` (mm). Must be in (0, 50].
+    min_size_mm, max_size_mm : float, optional
+        Clamp the element size (mm). Defaults: ``min radius / (2 cells_per_radius)`` and
+        ``max radius / cells_per_radius * 2`` over the centreline.
+    order : {1, 2}
+        Geometric order; 2 gives 10-node tetrahedra with mid-edge nodes on the curved wall.
+    optimize : bool
+        Run gmsh's tetrahedron optimiser (and, for order 2, the high-order optimiser).
+    verbose : bool
+        Let gmsh print to the terminal.
+
+    Returns
+    -------
+    VolumeMesh
+
+    Raises
+    ------
+    MeshingError
+        Bad parameters, or gmsh failed (usually a self-intersecting or non-manifold
+        surface, or a size too coarse for a narrow vessel).
+    """
+    if not isinstance(surface, TaggedSurface):
+        raise MeshingError(f"surface must be a pipeline.surface.TaggedSurface, got {type(surface).__name__}")
+    _check_positive(cells_per_radius, "cells_per_radius", allow_none=False)
+    if cells_per_radius > 50:
+        raise MeshingError(f"cells_per_radius={cells_per_radius} is too fine (valid: (0, 50])")
+    _check_positive(min_size_mm, "min_size_mm")
+    _check_positive(max_size_mm, "max_size_mm")
+    if min_size_mm is not None and max_size_mm is not None and min_size_mm > max_size_mm:
+        raise MeshingError(f"min_size_mm={min_size_mm} exceeds max_size_mm={max_size_mm}")
+    if order not in (1, 2) or isinstance(order, bool):
+        raise MeshingError(f"order must be 1 or 2, got {order!r}")
+    present = {int(t) for t in np.unique(surface.face_tags)}
+    if WALL not in present or INLET not in present or not any(t >= OUTLET_FIRST for t in present):
+        raise MeshingError(
+            f"surface face tags {sorted(present)} lack a wall ({WALL}), an inlet ({INLET}) or an "
+            f"outlet (>= {OUTLET_FIRST}); build the surface with pipeline.surface.make_tagged_surface"
+        )
+    if len(surface.centreline_radius_mm) == 0 or not np.all(surface.centreline_radius_mm > 0):
+        raise MeshingError("the surface has no centreline with positive radii, needed for mesh sizing")
+
+    radius = np.asarray(surface.centreline_radius_mm, float)
+    if min_size_mm is None:
+        min_size_mm = float(radius.min()) / (2.0 * cells_per_radius)
+    if max_size_mm is None:
+        max_size_mm = 2.0 * float(radius.max()) / cells_per_radius
+    if min_size_mm > max_size_mm:
+        raise MeshingError(f"min_size_mm={min_size_mm} exceeds max_size_mm={max_size_mm}")
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp_dir = out / f".tmp-mesh-{os.getpid()}"
+    if tmp_dir.exists():
+        shutil.rmtree(tmp_dir)
+    tmp_dir.mkdir()
+    try:
+        stats, name_of_tag = _run_gmsh(surface, tmp_dir / "mesh.msh", cells_per_radius, float(min_size_mm),
+                                       float(max_size_mm), int(order), bool(optimize), bool(verbose))
+        _export_meshio(tmp_dir, stats, name_of_tag)
+        boundaries: dict[str, Any] = {"wall": WALL}
+        for c in surface.caps:
+            boundaries[c.name] = int(c.tag)
+        boundaries["caps"] = [asdict(c) for c in surface.caps]
+        boundaries["cell_tags"] = {"fluid": FLUID}
+        stats["surface_volume_mm3"] = float(surface.volume_mm3)
+        stats["cells_per_radius"] = float(cells_per_radius)
+        stats["min_size_mm"] = float(min_size_mm)
+        stats["max_size_mm"] = float(max_size_mm)
+        info = {"schema_version": SCHEMA_VERSION, "boundaries": boundaries, "stats": stats,
+                "files": {k: k for k in MESH_FILES}, "units": "mm"}
+        (tmp_dir / "mesh_info.json").write_text(json.dumps(_jsonable(info), indent=2))
+        for name in MESH_FILES:
+            os.replace(tmp_dir / name, out / name)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return VolumeMesh(
+        msh_path=out / "mesh.msh", xdmf_path=out / "mesh.xdmf", facets_xdmf_path=out / "facets.xdmf",
+        vtu_path=out / "mesh.vtu", info_path=out / "mesh_info.json",
+        stats=_jsonable(stats), boundaries=_jsonable(boundaries),
+    )
+
+
+def _run_gmsh(surface: TaggedSurface, msh_path: Path, cells_per_radius: float, min_size: float,
+              max_size: float, order: int, optimize: bool, verbose: bool) -> tuple[dict, dict]:
+    import gmsh
+    import trimesh
+    from scipy.spatial import cKDTree
+
+    owns = not gmsh.isInitialized()
+    if owns:
+        gmsh.initialize(interruptible=False)
+    model_name = f"digipat-{os.getpid()}-{id(surface)}"
+    try:
+        gmsh.option.setNumber("General.Terminal", 1 if verbose else 0)
+        gmsh.model.add(model_name)
+        V = np.asarray(surface.vertices_xyz_mm, float)
+        F = np.asarray(surface.faces, np.int64)
+        tags = np.asarray(surface.face_tags, np.int64)
+
+        # one discrete surface with all triangles + the tag boundaries as feature lines
+        gmsh.model.addDiscreteEntity(2, 1)
+        gmsh.model.mesh.addNodes(2, 1, np.arange(1, len(V) + 1).tolist(), V.ravel().tolist())
+        gmsh.model.mesh.addElementsByType(1, 2, [], (F + 1).ravel().tolist())
+        tm = trimesh.Trimesh(V, F, process=False)
+        adj, adj_edges = tm.face_adjacency, tm.face_adjacency_edges
+        rim = tags[adj[:, 0]] != tags[adj[:, 1]]
+        gmsh.model.addDiscreteEntity(1, 1)
+        gmsh.model.mesh.addElementsByType(1, 1, [], (adj_edges[rim] + 1).ravel().tolist())
+
+        try:
+            gmsh.model.mesh.classifySurfaces(np.pi, True, True, np.pi)
+            gmsh.model.mesh.createGeometry()
+        except Exception as exc:  # gmsh raises plain Exception
+            raise MeshingError(
+                f"gmsh could not classify/re-parametrise the surface ({exc}). Likely cause: a "
+                "non-manifold or self-intersecting surface; try more smoothing, a coarser "
+                "target_edge_mm, or check the segmentation for touching vessels"
+            ) from None
+
+        # map each classified surface back to the input tag by its triangles' centroids
+        tree = cKDTree(V[F].mean(axis=1))
+        node_tags, node_xyz, _ = gmsh.model.mesh.getNodes()
+        pos = np.zeros((int(node_tags.max()) + 1, 3))
+        pos[node_tags.astype(np.int64)] = node_xyz.reshape(-1, 3)
+        by_tag: dict[int, list[int]] = {}
+        for _, s in gmsh.model.getEntities(2):
+            _, _, enodes = gmsh.model.mesh.getElements(2, s)
+            if not enodes or len(enodes[0]) == 0:
+                continue
+            tri = np.asarray(enodes[0], np.int64).reshape(-1, 3)
+            _, idx = tree.query(pos[tri].mean(axis=1))
+            t_in = tags[idx]
+            vals, counts = np.unique(t_in, return_counts=True)
+            if len(vals) > 1:
+                raise MeshingError(
+                    f"classified gmsh surface {s} mixes face tags {vals.tolist()}: the cap rims "
+                    "were not kept as feature edges (non-manifold surface?)"
+                )
+            by_tag.setdefault(int(vals[0]), []).append(s)
+        if set(by_tag) != {int(t) for t in np.unique(tags)}:
+            raise MeshingError(f"tags {sorted(set(np.unique(tags)) - set(by_tag))} were lost in gmsh classification")
+
+        surfaces = [s for _, s in gmsh.model.getEntities(2)]
+        loop = gmsh.model.geo.addSurfaceLoop(surfaces)
+        vol = gmsh.model.geo.addVolume([loop])
+        gmsh.model.geo.synchronize()
+
+        name_of_tag = {WALL: "wall"}
+        for c in surface.caps:
+            name_of_tag[int(c.tag)] = c.name
+        for t, ents in sorted(by_tag.items()):
+            gmsh.model.addPhysicalGroup(2, ents, t, name=name_of_tag.get(t, f"tag{t}"))
+        gmsh.model.addPhysicalGroup(3, [vol], FLUID, name="fluid")
+
+        # size field: local radius / cells_per_radius from the nearest centreline point
+        cl_tree = cKDTree(np.asarray(surface.centreline_xyz_mm, float))
+        cl_r = np.asarray(surface.centreline_radius_mm, float)
+
+        def size_cb(dim, tag, x, y, z, lc):  # noqa: ARG001 - gmsh callback signature
+            _, i = cl_tree.query((x, y, z))
+            return float(min(max(cl_r[i] / cells_per_radius, min_size), max_size))
+
+        gmsh.model.mesh.setSizeCallback(size_cb)
+        gmsh.option.setNumber("Mesh.MeshSizeExtendFromBoundary", 0)
+        gmsh.option.setNumber("Mesh.MeshSizeFromPoints", 0)
+        gmsh.option.setNumber("Mesh.MeshSizeFromCurvature", 0)
+        gmsh.option.setNumber("Mesh.MeshSizeMin", min_size)
+        gmsh.option.setNumber("Mesh.MeshSizeMax", max_size)
+        gmsh.option.setNumber("Mesh.Algorithm", 6)  # Frontal-Delaunay for the surfaces
+        gmsh.option.setNumber("Mesh.Algorithm3D", 1)  # Delaunay
+        gmsh.option.setNumber("Mesh.Optimize", 1 if optimize else 0)
+        gmsh.option.setNumber("Mesh.MshFileVersion", 4.1)
+        gmsh.option.setNumber("Mesh.SaveAll", 0)
+        try:
+            gmsh.model.mesh.generate(3)
+            if optimize:
+                gmsh.model.mesh.optimize("Netgen")
+            if order == 2:
+                gmsh.model.mesh.setOrder(2)
+                if optimize:
+                    gmsh.model.mesh.optimize("HighOrder")
+        except MeshingError:
+            raise
+        except Exception as exc:
+            raise MeshingError(
+                f"gmsh volume meshing failed ({exc}). Likely cause: a self-intersecting or "
+                "non-manifold surface, or an element size too coarse for a narrow vessel; try "
+                "a larger cells_per_radius, a smaller max_size_mm, or more surface smoothing"
+            ) from None
+
+        # statistics
+        et, etags, enodes = gmsh.model.mesh.getElements(3, vol)
+        if len(et) == 0 or len(etags[0]) == 0:
+            raise MeshingError("gmsh produced no tetrahedra (is the surface closed and outward oriented?)")
+        tet_tags = np.asarray(etags[0], np.int64)
+        npe = 4 if order == 1 else 10
+        tets = np.asarray(enodes[0], np.int64).reshape(-1, npe)
+        node_tags, node_xyz, _ = gmsh.model.mesh.getNodes()
+        pos = np.zeros((int(node_tags.max()) + 1, 3))
+        pos[node_tags.astype(np.int64)] = node_xyz.reshape(-1, 3)
+        gamma = np.asarray(gmsh.model.mesh.getElementQualities(tet_tags.tolist(), "gamma"))
+        sicn = np.asarray(gmsh.model.mesh.getElementQualities(tet_tags.tolist(), "minSICN"))
+        vols = _tet_volumes(pos, tets[:, :4])
+        e = np.concatenate([np.linalg.norm(pos[tets[:, a]] - pos[tets[:, b]], axis=1)
+                            for a, b in ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3))])
+        n_facets, facet_area = {}, {}
+        for t, ents in sorted(by_tag.items()):
+            tri_all = []
+            for s in ents:
+                _, _, tn = gmsh.model.mesh.getElements(2, s)
+                tri_all.append(np.asarray(tn[0], np.int64).reshape(-1, 3 if order == 1 else 6))
+            tri = np.vstack(tri_all)
+            name = name_of_tag.get(t, f"tag{t}")
+            n_facets[name] = int(len(tri))
+            facet_area[name] = float(_tri_areas(pos, tri[:, :3]).sum())
+        used = np.unique(tets)
+        stats = {
+            "n_nodes": int(len(used)),
+            "n_tetrahedra": int(len(tets)),
+            "n_facets": n_facets,
+            "facet_area_mm2": facet_area,
+            "quality_gamma": _three(gamma),
+            "quality_sicn": _three(sicn),
+            "n_inverted": int(np.count_nonzero(vols <= 0)),
+            "volume_mm3": float(vols.sum()),
+            "edge_length_mm": {"min": float(e.min()), "mean": float(e.mean()), "max": float(e.max())},
+            "order": int(order),
+        }
+        if stats["n_inverted"] > 0 or gamma.min() <= 0:
+            raise MeshingError(
+                f"gmsh produced {stats['n_inverted']} inverted tetrahedra (min gamma {gamma.min():.3g}); "
+                "likely a self-intersecting surface: try more smoothing or a larger cells_per_radius"
+            )
+        gmsh.write(str(msh_path))
+        return stats, name_of_tag
+    finally:
+        try:
+            gmsh.model.mesh.setSizeCallback(None)  # drop the reference to the Python callback
+        except Exception:  # noqa: BLE001
+            pass
+        if owns:
+            gmsh.finalize()
+        else:
+            try:
+                gmsh.model.setCurrent(model_name)
+                gmsh.model.remove()
+            except Exception:  # noqa: BLE001
+                pass
+
+
+def _export_meshio(tmp_dir: Path, stats: dict, name_of_tag: dict) -> None:
+    """Write mesh.xdmf (tets + cell_tags), facets.xdmf (triangles + facet_tags) and mesh.vtu."""
+    import meshio
+
+    m = meshio.read(tmp_dir / "mesh.msh", file_format="gmsh")
+    phys = m.cell_data.get("gmsh:physical")
+    if phys is None:
+        raise MeshingError("mesh.msh has no physical groups (internal error)")
+    vol_blocks, vol_tags, fac_blocks, fac_tags = [], [], [], []
+    for block, tag in zip(m.cells, phys):
+        if block.type.startswith("tetra"):
+            vol_blocks.append(block.data)
+            vol_tags.append(np.asarray(tag, np.int32))
+            vtype = block.type
+        elif block.type.startswith("triangle"):
+            fac_blocks.append(block.data)
+            fac_tags.append(np.asarray(tag, np.int32))
+            ftype = block.type
+    tets = np.vstack(vol_blocks)
+    tris = np.vstack(fac_blocks)
+    ct = np.concatenate(vol_tags)
+    ft = np.concatenate(fac_tags)
+    vmesh = meshio.Mesh(m.points, [(vtype, tets)], cell_data={"cell_tags": [ct]})
+    fmesh = meshio.Mesh(m.points, [(ftype, tris)], cell_data={"facet_tags": [ft]})
+    meshio.write(tmp_dir / "mesh.xdmf", vmesh)
+    meshio.write(tmp_dir / "facets.xdmf", fmesh)
+    meshio.write(tmp_dir / "mesh.vtu", meshio.Mesh(m.points, [(vtype, tets)], cell_data={"cell_tags": [ct]}))
