@@ -1,0 +1,20 @@
+"""Monte Carlo photon transport (diagnostic x-ray energies) in voxel phantoms.
+
+Public API: :class:`Material`, :func:`read_materials_csv`, :func:`build_tables`,
+sources (:class:`PencilBeam`, :class:`ParallelBeam`, :class:`PointSource`,
+:class:`Spectrum`), :class:`VoxelPhantom`, :class:`Physics`, :class:`Settings`,
+:func:`run` → :class:`TransportResult`. Numba kernels compile on first use.
+"""
+
+from .engine import COMPTON_MODELS, Physics, Settings, VoxelPhantom, run
+from .materials import Material, TransportError, read_materials_csv
+from .sources import ParallelBeam, PencilBeam, PhotonBatch, PointSource, Source, Spectrum, read_spectrum_csv
+from .tallies import ESCAPE_CATEGORIES, BatchRecord, TransportResult
+from .xsection import CrossSectionTables, build_tables, interp_mu_rho
+
+__all__ = [
+    "COMPTON_MODELS", "Physics", "Settings", "VoxelPhantom", "run", "Material", "TransportError",
+    "read_materials_csv", "ParallelBeam", "PencilBeam", "PhotonBatch", "PointSource", "Source",
+    "Spectrum", "read_spectrum_csv", "ESCAPE_CATEGORIES", "BatchRecord", "TransportResult",
+    "CrossSectionTables", "build_tables", "interp_mu_rho",
+]

@@ -1,0 +1,418 @@
+"""Monte Carlo photon transport in a voxel phantom: model objects and the run loop.
+
+The model follows OpenMC's split: a :class:`VoxelPhantom` (geometry, material and
+density per voxel, tally labels), materials (:class:`~.materials.Material` keyed by
+the phantom's material ids), a source (:mod:`.sources`), :class:`Physics` switches and
+:class:`Settings`; :func:`run` returns a :class:`~.tallies.TransportResult`.
+
+Each batch is split into chunks; chunk ``c`` of batch ``b`` draws its source photons
+from ``numpy.random.default_rng([seed, b, c])`` and the kernel gives history ``h`` the
+random stream ``(seed, b, h)``, so a run is reproducible and independent of the number
+of threads. With ``Settings.state_dir`` every finished batch is written atomically to
+``batch_NNNNNN.npz``; a rerun loads the batches already there (same input fingerprint)
+and computes only the missing ones, so an interrupted run resumes without losing or
+double-counting histories, and batches computed by separate jobs merge exactly.
+
+Physics (see :mod:`._kernels`): photoelectric absorption, bound or free Compton,
+Rayleigh; electrons and sub-cutoff photons deposit locally (kerma approximation, as in
+TG-195 and MC-GPU). Outside the grid is vacuum (no world material yet).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numba
+import numpy as np
+
+from . import _kernels
+from .materials import Material, TransportError
+from .sources import Source, Spectrum
+from .tallies import BatchRecord, TransportResult
+from .xsection import build_tables
+
+__all__ = ["VoxelPhantom", "Physics", "Settings", "run", "COMPTON_MODELS"]
+
+COMPTON_MODELS = ("binding", "klein-nishina")
+
+
+def _triplet(value, name):
+    try:
+        t = tuple(float(v) for v in value)
+    except TypeError:
+        raise TransportError(f"{name} must be 3 numbers, got {value!r}") from None
+    if len(t) != 3 or not all(math.isfinite(v) for v in t):
+        raise TransportError(f"{name} must be 3 finite numbers, got {value!r}")
+    return t
+
+
+@dataclass
+class VoxelPhantom:
+    """A voxel phantom on an image grid (conventions of :mod:`pipeline.image`).
+
+    Parameters
+    ----------
+    material_id : int array (nz, ny, nx)
+        Material id per voxel: keys of the ``materials`` mapping given to :func:`run`.
+    spacing_mm : 3 floats
+        Voxel size ``(dz, dy, dx)`` in mm, array-axis order.
+    origin_xyz_mm : 3 floats
+        World position (x, y, z) of the centre of voxel (0, 0, 0), mm.
+    direction_xyz : 3x3 array
+        Columns are the world directions of array axes i, j, k (orthonormal).
+    density_g_cm3 : float array (nz, ny, nx), optional
+        Mass density per voxel (>= 0); default: nominal density of each material.
+    labels : int array (nz, ny, nx), optional
+        Tally labels (organs); default ``material_id``.
+    """
+
+    material_id: np.ndarray
+    spacing_mm: tuple = (1.0, 1.0, 1.0)
+    origin_xyz_mm: tuple = (0.0, 0.0, 0.0)
+    direction_xyz: np.ndarray = field(default_factory=lambda: np.eye(3))
+    density_g_cm3: np.ndarray | None = None
+    labels: np.ndarray | None = None
+
+    def __post_init__(self):
+        mid = np.asarray(self.material_id)
+        if mid.ndim != 3 or mid.size == 0 or not np.issubdtype(mid.dtype, np.integer):
+            raise TransportError(f"material_id must be a non-empty 3-D integer array, got shape "
+                                 f"{mid.shape} dtype {mid.dtype}")
+        self.material_id = mid
+        self.spacing_mm = _triplet(self.spacing_mm, "spacing_mm")
+        if min(self.spacing_mm) <= 0:
+            raise TransportError(f"spacing_mm must be > 0, got {self.spacing_mm}")
+        self.origin_xyz_mm = _triplet(self.origin_xyz_mm, "origin_xyz_mm")
+        d = np.asarray(self.direction_xyz, dtype=float)
+        if d.shape != (3, 3) or not np.allclose(d.T @ d, np.eye(3), atol=1e-6):
+            raise TransportError(f"direction_xyz must be an orthonormal 3x3 matrix, got {d.tolist()}")
+        self.direction_xyz = d
+        if self.density_g_cm3 is not None:
+            rho = np.asarray(self.density_g_cm3, dtype=np.float32)
+            if rho.shape != mid.shape:
+                raise TransportError(f"density_g_cm3 shape {rho.shape} != material_id shape {mid.shape}")
+            if not np.all(np.isfinite(rho)) or rho.min() < 0:
+                raise TransportError(f"density_g_cm3 must be finite and >= 0 (min {rho.min()!r})")
+            self.density_g_cm3 = rho
+        if self.labels is not None:
+            lab = np.asarray(self.labels)
+            if lab.shape != mid.shape or not np.issubdtype(lab.dtype, np.integer):
+                raise TransportError(f"labels must be an integer array of shape {mid.shape}")
+            if lab.min() < 0:
+                raise TransportError(f"labels must be >= 0, got {lab.min()}")
+            self.labels = lab
+
+    @classmethod
+    def from_volume(cls, volume, density_g_cm3=None, labels=None) -> "VoxelPhantom":
+        """From an image ``Volume`` (array = material ids, plus its grid)."""
+        return cls(np.asarray(volume.array), volume.spacing_mm, volume.origin_xyz_mm,
+                   volume.direction_xyz, density_g_cm3, labels)
+
+    @property
+    def shape(self):
+        return self.material_id.shape
+
+    def world_to_grid_cm(self, xyz_mm: np.ndarray) -> np.ndarray:
+        """World points (x, y, z) mm → grid frame (x along i, ...), cm, box from 0."""
+        dz, dy, dx = self.spacing_mm
+        local = (np.asarray(xyz_mm, float) - np.asarray(self.origin_xyz_mm)) @ self.direction_xyz
+        return (local + 0.5 * np.array([dx, dy, dz])) / 10.0
+
+    def world_to_grid_dir(self, d: np.ndarray) -> np.ndarray:
+        return np.asarray(d, float) @ self.direction_xyz
+
+    @property
+    def box_cm(self) -> np.ndarray:
+        dz, dy, dx = self.spacing_mm
+        nz, ny, nx = self.shape
+        return np.array([nx * dx, ny * dy, nz * dz]) / 10.0
+
+
+@dataclass(frozen=True)
+class Physics:
+    """Interaction models.
+
+    Parameters
+    ----------
+    compton : {'binding', 'klein-nishina'}
+        Bound-electron (S(x, Z)) or free-electron Klein–Nishina incoherent scattering.
+    rayleigh : bool
+        Coherent scattering on/off.
+    cutoff_keV : float
+        Photons below this energy deposit locally (>= table minimum, default 1 keV).
+    e_max_keV : float
+        Top of the cross-section tables (keV).
+    n_energy : int
+        Energy nodes of the tables.
+    """
+
+    compton: str = "binding"
+    rayleigh: bool = True
+    cutoff_keV: float = 1.0
+    e_min_keV: float = 1.0
+    e_max_keV: float = 150.0
+    n_energy: int = 2000
+
+    def __post_init__(self):
+        if self.compton not in COMPTON_MODELS:
+            raise TransportError(f"compton must be one of {COMPTON_MODELS}, got {self.compton!r}")
+        if not isinstance(self.rayleigh, bool):
+            raise TransportError(f"rayleigh must be True or False, got {self.rayleigh!r}")
+        if not (0 < self.e_min_keV < self.e_max_keV):
+            raise TransportError(f"need 0 < e_min_keV < e_max_keV, got {self.e_min_keV}, {self.e_max_keV}")
+        if not (self.e_min_keV <= self.cutoff_keV < self.e_max_keV):
+            raise TransportError(f"cutoff_keV must lie in [{self.e_min_keV}, {self.e_max_keV}) keV, "
+                                 f"got {self.cutoff_keV!r}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Run settings.
+
+    Parameters
+    ----------
+    histories_per_batch : int
+        Source photons per batch (> 0). Statistics need >= 2 batches.
+    n_batches : int
+        Number of batches (> 0).
+    seed : int
+        Random seed (0 <= seed < 2**63).
+    threads : int, optional
+        Numba threads (default: Numba's current setting).
+    state_dir : str or Path, optional
+        Folder for per-batch state files (resume / merge).
+    chunk_size : int
+        Histories per kernel call (memory bound); part of the reproducibility contract.
+    """
+
+    histories_per_batch: int = 100_000
+    n_batches: int = 10
+    seed: int = 1
+    threads: int | None = None
+    state_dir: str | Path | None = None
+    chunk_size: int = 1 << 20
+
+    def __post_init__(self):
+        for name in ("histories_per_batch", "n_batches", "chunk_size"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v <= 0:
+                raise TransportError(f"{name} must be a positive integer, got {v!r}")
+        if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**63:
+            raise TransportError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or not
+                                         1 <= self.threads <= numba.config.NUMBA_NUM_THREADS):
+            raise TransportError(f"threads must be in [1, {numba.config.NUMBA_NUM_THREADS}], got {self.threads!r}")
+
+
+def _describe(obj):
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Spectrum):
+        return obj.to_dict()
+    if isinstance(obj, (list, tuple)):
+        return [_describe(o) for o in obj]
+    if isinstance(obj, dict):
+        return {str(k): _describe(v) for k, v in obj.items()}
+    if hasattr(obj, "__dict__"):
+        return {"type": type(obj).__name__, **{k: _describe(v) for k, v in vars(obj).items()
+                                               if not k.startswith("_")}}
+    return obj
+
+
+def _fingerprint(phantom, materials, source, physics, settings) -> str:
+    h = hashlib.sha256()
+    for a in (phantom.material_id, phantom.density_g_cm3, phantom.labels):
+        if a is not None:
+            h.update(np.ascontiguousarray(a).tobytes()); h.update(str(a.dtype).encode())
+    meta = {
+        "grid": [phantom.shape, phantom.spacing_mm, phantom.origin_xyz_mm, phantom.direction_xyz.tolist()],
+        "materials": {str(k): m.to_dict() for k, m in sorted(materials.items())},
+        "source": _describe(source),
+        "physics": vars(physics) if not hasattr(physics, "__dataclass_fields__") else
+        {k: getattr(physics, k) for k in physics.__dataclass_fields__},
+        "run": [settings.histories_per_batch, settings.seed, settings.chunk_size],
+        "kernel": 1,
+    }
+    h.update(json.dumps(meta, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:24]
+
+
+@dataclass
+class _Prepared:
+    mat: np.ndarray
+    dens: np.ndarray
+    tables: object
+    majorant: np.ndarray
+    labels_flat: np.ndarray
+    label_ids: np.ndarray
+    voxel_mass_g: np.ndarray
+    label_mass_g: np.ndarray
+
+
+def _prepare(phantom: VoxelPhantom, materials: Mapping[int, Material], source: Source,
+             physics: Physics) -> _Prepared:
+    if not isinstance(phantom, VoxelPhantom):
+        raise TransportError(f"phantom must be a VoxelPhantom, got {type(phantom).__name__}")
+    if not isinstance(materials, Mapping) or not materials:
+        raise TransportError("materials must be a non-empty mapping {material_id: Material}")
+    for k, m in materials.items():
+        if not isinstance(m, Material):
+            raise TransportError(f"materials[{k!r}] must be a Material, got {type(m).__name__}")
+    if not isinstance(source, Source):
+        raise TransportError(f"source must be a Source, got {type(source).__name__}")
+    if not isinstance(physics, Physics):
+        raise TransportError(f"physics must be a Physics, got {type(physics).__name__}")
+    ids = np.unique(phantom.material_id)
+    missing = [int(i) for i in ids if int(i) not in materials]
+    if missing:
+        raise TransportError(f"material ids {missing[:10]} of the phantom have no material "
+                             f"(materials has ids {sorted(materials)[:20]})")
+    if source.max_energy_keV > physics.e_max_keV:
+        raise TransportError(f"source energy up to {source.max_energy_keV:g} keV exceeds the tables' "
+                             f"e_max_keV = {physics.e_max_keV:g}; raise Physics.e_max_keV")
+    if source.min_energy_keV <= physics.e_min_keV:
+        raise TransportError(f"source energies must exceed e_min_keV = {physics.e_min_keV:g} keV, "
+                             f"got {source.min_energy_keV:g}")
+    ray = source.central_ray()
+    if ray is not None:
+        p = phantom.world_to_grid_cm(ray[0])
+        d = phantom.world_to_grid_dir(ray[1])
+        box = phantom.box_cm
+        if _kernels._entry_distance(p[0], p[1], p[2], d[0], d[1], d[2], box[0], box[1], box[2]) < 0:
+            raise TransportError(f"the source's central ray from {ray[0].tolist()} mm along "
+                                 f"{ray[1].tolist()} misses the phantom grid")
+    used = [int(i) for i in ids]
+    lut = np.zeros(int(ids.max()) + 1, dtype=np.int64)
+    lut[ids] = np.arange(len(used))
+    mat = lut[phantom.material_id].ravel()
+    mat = mat.astype(np.uint8 if len(used) <= 256 else np.int16)
+    mats = [materials[i] for i in used]
+    tables = build_tables(mats, physics.compton, physics.rayleigh, physics.e_min_keV, physics.e_max_keV,
+                          physics.n_energy)
+    nominal = tables.densities_g_cm3.astype(np.float32)
+    dens = (phantom.density_g_cm3.ravel() if phantom.density_g_cm3 is not None else nominal[mat])
+    dens = np.ascontiguousarray(dens, dtype=np.float32)
+    rho_max = np.zeros(len(used))
+    np.maximum.at(rho_max, mat.astype(np.int64), dens.astype(np.float64))
+    if rho_max.max() <= 0:
+        raise TransportError("the phantom has zero density everywhere")
+    majorant = np.max(tables.mu_rho_cm2_g[:, :, 0] * rho_max[:, None], axis=0)
+    majorant = majorant * (1.0 + 1e-12) + 1e-300
+    labels = phantom.labels if phantom.labels is not None else phantom.material_id
+    label_ids, labels_flat = np.unique(labels.ravel(), return_inverse=True)
+    dz, dy, dx = phantom.spacing_mm
+    voxel_mass = dens.astype(np.float64) * (dx * dy * dz * 1e-3)
+    label_mass = np.bincount(labels_flat, weights=voxel_mass, minlength=len(label_ids))
+    return _Prepared(np.ascontiguousarray(mat), dens, tables, np.ascontiguousarray(majorant),
+                     labels_flat.astype(np.int64), label_ids, voxel_mass, label_mass)
+
+
+def _run_batch(prep: _Prepared, phantom: VoxelPhantom, source: Source, physics: Physics,
+               settings: Settings, batch: int, fingerprint: str) -> BatchRecord:
+    nz, ny, nx = phantom.shape
+    dz, dy, dx = (s / 10.0 for s in phantom.spacing_mm)
+    t = prep.tables
+    nvox = nx * ny * nz
+    voxel = np.zeros(nvox)
+    escape = np.zeros((_kernels.N_ESCAPE_CATEGORIES, _kernels.N_ESCAPE_QUANTITIES))
+    incident = 0.0
+    n = settings.histories_per_batch
+    hx = float(t.x_per_angstrom[1] - t.x_per_angstrom[0])
+    for c, start in enumerate(range(0, n, settings.chunk_size)):
+        m = min(settings.chunk_size, n - start)
+        rng = np.random.default_rng([settings.seed, batch, c])
+        ph = source.sample(m, rng)
+        pos = np.ascontiguousarray(phantom.world_to_grid_cm(ph.position_mm))
+        dirs = phantom.world_to_grid_dir(ph.direction)
+        dirs = np.ascontiguousarray(dirs / np.linalg.norm(dirs, axis=1)[:, None])
+        e = np.ascontiguousarray(ph.energy_keV, dtype=np.float64)
+        with np.errstate(over="ignore"):
+            v, esc = _kernels.transport(
+                pos, dirs, e, prep.mat, prep.dens, nx, ny, nz, dx, dy, dz,
+                t.mu_rho_cm2_g, prep.majorant, t.ln_e0, 1.0 / t.dln_e, t.compton_s_over_z,
+                t.rayleigh_cum, hx, float(physics.cutoff_keV), int(settings.seed), int(batch), int(start),
+                numba.get_num_threads())
+        voxel += v
+        escape += esc
+        incident += float(e.sum())
+    voxel *= 1000.0
+    escape[:, 0] *= 1000.0
+    escape[:, 2] *= 1000.0
+    label = np.bincount(prep.labels_flat, weights=voxel, minlength=len(prep.label_ids))
+    return BatchRecord(batch, n, fingerprint, voxel, label, escape, incident * 1000.0)
+
+
+def run(phantom: VoxelPhantom, materials: Mapping[int, Material], source: Source,
+        physics: Physics | None = None, settings: Settings | None = None,
+        progress: Callable[[int, int], None] | None = None) -> TransportResult:
+    """Transport ``settings.n_batches × settings.histories_per_batch`` photons.
+
+    Parameters
+    ----------
+    phantom : VoxelPhantom
+    materials : mapping of int to Material
+        One material per id used in ``phantom.material_id``.
+    source : Source
+        E.g. :class:`~.sources.PencilBeam`; energies in (e_min_keV, e_max_keV].
+    physics : Physics, optional
+    settings : Settings, optional
+    progress : callable, optional
+        Called as ``progress(batches_done, n_batches)`` after every batch.
+
+    Returns
+    -------
+    TransportResult
+        Energy deposited per voxel and label (eV per source photon) with σ, escapes,
+        exact totals for the energy balance, histories per second (computed batches only).
+
+    Raises
+    ------
+    TransportError
+        Invalid inputs: material id without material, source energy outside the tables,
+        a beam whose central ray misses the grid, bad settings.
+    """
+    physics = physics if physics is not None else Physics()
+    settings = settings if settings is not None else Settings()
+    if not isinstance(settings, Settings):
+        raise TransportError(f"settings must be a Settings, got {type(settings).__name__}")
+    prep = _prepare(phantom, materials, source, physics)
+    fp = _fingerprint(phantom, materials, source, physics, settings)
+    result = TransportResult(tuple(phantom.shape), prep.label_ids, fp, prep.voxel_mass_g, prep.label_mass_g)
+    state = Path(settings.state_dir) if settings.state_dir is not None else None
+    old_threads = numba.get_num_threads()
+    if settings.threads is not None:
+        numba.set_num_threads(settings.threads)
+    t_compute = 0.0
+    n_computed = 0
+    try:
+        for b in range(settings.n_batches):
+            rec = None
+            path = state / f"batch_{b:06d}.npz" if state is not None else None
+            if path is not None and path.is_file():
+                try:
+                    cand = BatchRecord.load(path)
+                    if cand.fingerprint == fp and cand.batch == b:
+                        rec = cand
+                except (OSError, ValueError, KeyError):
+                    rec = None
+            if rec is None:
+                t0 = time.perf_counter()
+                rec = _run_batch(prep, phantom, source, physics, settings, b, fp)
+                t_compute += time.perf_counter() - t0
+                n_computed += rec.histories
+                if path is not None:
+                    rec.save(path)
+            result.add_batch(rec)
+            if progress is not None:
+                progress(b + 1, settings.n_batches)
+    finally:
+        numba.set_num_threads(old_threads)
+    if n_computed:
+        result.histories_per_second = n_computed / t_compute
+    return result
