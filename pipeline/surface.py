@@ -62,6 +62,10 @@ INLET = 2
 OUTLET_FIRST = 3
 FLUID = 1  # volume (cell) tag of the fluid domain
 
+#: Fraction of faces kept by the sliver-removing decimation after smoothing.
+_SLIVER_DECIMATION_KEEP = 0.85
+#: Vertices closer than this fraction of the median edge to a cut plane are pushed off it.
+_CUT_CLEARANCE_EDGE_FRACTION = 0.25
 #: Default wall face budget after decimation (FACTS.md: ~30k faces classify well in gmsh).
 DEFAULT_MAX_FACES = 30000
 #: Default inset of each cut plane from the image face, in voxels along that axis.
@@ -74,6 +78,8 @@ _MASK_SIGMA_VOXELS = 0.6
 _UPSAMPLE_BELOW_RADIUS_VOXELS = 4.0
 #: Dilation (voxels) of the mask that bounds the intensity iso-surface.
 _INTENSITY_DILATION_VOXELS = 2
+#: Largest outward offset of the blur correction, in voxels (a guard against odd images).
+_MAX_BLUR_OFFSET_VOXELS = 0.5
 
 
 class SurfaceError(ValueError):
@@ -327,6 +333,98 @@ def _iso_field(binary, intensity, level) -> np.ndarray:
     return f
 
 
+_HALF_MAX_TABLE: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def _disk_radius_from_half_max(rho_over_sigma: np.ndarray) -> np.ndarray:
+    """True radius R/sigma of a Gaussian-blurred disk whose half-maximum contour is at rho/sigma.
+
+    The blurred disk's value at distance rho from its centre is P(|X + rho| < R) for a 2-D
+    normal X of deviation sigma: a non-central chi-square CDF, ncx2.cdf((R/s)^2, 2, (rho/s)^2).
+    The half-maximum radius rho_h(R) is tabulated once by root finding and inverted by
+    interpolation. (For R >> sigma, R - rho_h -> sigma^2 / (2 R).)
+    """
+    global _HALF_MAX_TABLE
+    if _HALF_MAX_TABLE is None:
+        from scipy.optimize import brentq
+        from scipy.stats import ncx2
+
+        t = np.geomspace(1.178, 400.0, 400)  # R/sigma; below 1.1774 the peak is under half
+        rho_h = np.array([brentq(lambda r, tt=tt: ncx2.cdf(tt * tt, 2, r * r) - 0.5, 0.0, tt + 10.0)
+                          for tt in t])
+        _HALF_MAX_TABLE = (rho_h, t)
+    rho_h, t = _HALF_MAX_TABLE
+    x = np.asarray(rho_over_sigma, dtype=float)
+    big = x > rho_h[-1]
+    out = np.interp(x, rho_h, t)
+    out[big] = 0.5 * (x[big] + np.sqrt(x[big] ** 2 + 2.0))  # R - rho = 1/(2R) asymptote
+    return out
+
+
+def _blur_correction(mesh, binary: np.ndarray, intensity: np.ndarray, level: float, vol: Volume,
+                     cl_xyz: np.ndarray) -> tuple[np.ndarray, dict]:
+    """Outward vertex offsets (mm) undoing the inward bias of a half-maximum iso-surface.
+
+    Blurring a bright tube of radius R by a Gaussian of width sigma moves its half-maximum
+    contour inwards (exactly: ``_disk_radius_from_half_max``), by about sigma^2 / (2 R) (the curvature term of the blurred edge; for a
+    surface, sigma^2 * H with mean curvature H, and H = 1/(2R) on a tube). With sigma = 0.25 mm
+    and R = 2 mm that is 1.5 % of the radius, or 6 % of a Poiseuille pressure drop.
+
+    sigma is measured from the image: a blurred step of height dI has its steepest slope
+    dI / (sigma sqrt(2 pi)) at the half-maximum, so sigma follows from the median gradient
+    along the normals on the surface (from the cubic-spline interpolant, which adds little blur
+    of its own). dI = 2 (I_core -
+    level), I_core the median of the lumen core. The local radius R of each vertex is its
+    distance to the centroid of its nearest medial points of the mask.
+    """
+    from scipy import ndimage
+    from scipy.spatial import cKDTree
+
+    img = np.asarray(intensity, dtype=np.float64)
+    core = ndimage.binary_erosion(binary, iterations=2)
+    if core.sum() < 10:
+        core = ndimage.binary_erosion(binary, iterations=1)
+    if core.sum() < 10:
+        return np.zeros(len(mesh.vertices)), {"applied": False, "reason": "lumen too thin to measure its core"}
+    contrast = 2.0 * (float(np.median(img[core])) - float(level))
+    if not contrast > 0:
+        return np.zeros(len(mesh.vertices)), {"applied": False, "reason": "no contrast above the level"}
+    sp = np.asarray(vol.spacing_mm, float)
+    # slope along the normal: central difference of the cubic-spline interpolant, step +-delta
+    coeffs = ndimage.spline_filter(img, order=3)
+    delta = 0.25 * float(sp.min())
+    normals = mesh.vertex_normals
+
+    def sample(points):
+        return ndimage.map_coordinates(coeffs, vol.world_to_index(points).T, order=3, mode="nearest",
+                                       prefilter=False)
+
+    slope = np.abs(sample(mesh.vertices - delta * normals) - sample(mesh.vertices + delta * normals)) / (2 * delta)
+    sigma2 = (contrast / (np.sqrt(2 * np.pi) * np.median(slope))) ** 2 - delta**2 / 3.0
+    info = {"contrast_hu": contrast, "blur_sigma_mm": float(np.sqrt(max(sigma2, 0.0)))}
+    if not sigma2 > 0:
+        return np.zeros(len(mesh.vertices)), {**info, "applied": False, "reason": "edge sharper than the grid"}
+    # local radius: distance to the local axis, i.e. to the line through the centroid of the
+    # nearby medial points along their principal direction (a voxelised ridge is a bundle of
+    # voxel lines around the true axis; near an image face its points lie on one side only)
+    k = int(min(32, len(cl_xyz)))
+    _, nn = cKDTree(cl_xyz).query(mesh.vertices, k=k)
+    nn = np.atleast_2d(nn.T).T if k == 1 else nn
+    pts = cl_xyz[nn]  # (n_vertices, k, 3)
+    centroid = pts.mean(axis=1)
+    rel = mesh.vertices - centroid
+    if k >= 4:
+        cov = np.einsum("nki,nkj->nij", pts - centroid[:, None], pts - centroid[:, None])
+        axis_dir = np.linalg.eigh(cov)[1][:, :, -1]
+        rel = rel - np.einsum("ni,ni->n", rel, axis_dir)[:, None] * axis_dir
+    rho = np.maximum(np.linalg.norm(rel, axis=1), 0.5 * float(sp.min()))
+    sigma = np.sqrt(sigma2)
+    offset = sigma * _disk_radius_from_half_max(rho / sigma) - rho
+    offset = np.clip(offset, 0.0, _MAX_BLUR_OFFSET_VOXELS * float(sp.min()))
+    info.update(applied=True, offset_mm_mean=float(offset.mean()), offset_mm_max=float(offset.max()))
+    return offset, info
+
+
 def _upsample(f: np.ndarray, factor: int) -> np.ndarray:
     """Cubic-spline resampling at index steps of 1/factor (sample q sits at index q/factor)."""
     from scipy import ndimage
@@ -417,6 +515,18 @@ def _cut_and_cap(mesh, origin: np.ndarray, keep_normal: np.ndarray, name: str):
     import trimesh
     from shapely.geometry import Point, Polygon
 
+    # Vertices lying (nearly) on the plane make the cut produce sliver triangles, and slivers
+    # make gmsh's surface classification recurse without end. Push such vertices off the
+    # plane, each to its own side, by a fraction of the typical edge length.
+    n_unit = np.asarray(keep_normal, float) / np.linalg.norm(keep_normal)
+    clearance = _CUT_CLEARANCE_EDGE_FRACTION * float(np.median(mesh.edges_unique_length))
+    d = (mesh.vertices - origin) @ n_unit
+    near = np.abs(d) < clearance
+    if np.any(near):
+        side = np.where(d[near] >= 0, 1.0, -1.0)
+        verts = mesh.vertices.copy()
+        verts[near] += ((side * clearance - d[near])[:, None]) * n_unit
+        mesh = trimesh.Trimesh(verts, mesh.faces, process=False)
     try:
         cut = trimesh.intersections.slice_mesh_plane(mesh, keep_normal, origin, cap=False)
     except Exception as exc:  # noqa: BLE001 - trimesh raises assorted errors on degenerate input
@@ -470,12 +580,20 @@ def _cap_geometry(mesh, idx: np.ndarray, normal) -> dict:
 
 
 def _skeleton_centreline(binary: np.ndarray, mask: Volume) -> tuple[np.ndarray, np.ndarray]:
-    from scipy import ndimage
-    from skimage.morphology import skeletonize
+    """Medial points of the mask and their inscribed radius (mm), for mesh sizing.
 
-    edt = ndimage.distance_transform_edt(binary, sampling=mask.spacing_mm)
-    skel = skeletonize(binary)
-    idx = np.argwhere(skel)
+    The medial ridge of the distance transform: voxels whose distance to the background is
+    maximal in their 3x3x3 neighbourhood and at least half the largest distance within
+    two voxels (which drops ridge fragments near a bumpy wall). Thinning (Lee's
+    skeletonisation) is not used: it erodes an open tube that leaves the image to nothing.
+    """
+    from scipy import ndimage
+
+    edt = ndimage.distance_transform_edt(np.pad(binary, 1, mode="edge"), sampling=mask.spacing_mm)[
+        1:-1, 1:-1, 1:-1]
+    ridge = (edt > 0) & (edt >= ndimage.maximum_filter(edt, size=3))
+    ridge &= edt >= 0.5 * ndimage.maximum_filter(edt, size=5)
+    idx = np.argwhere(ridge)
     if len(idx) == 0:
         idx = np.array([np.unravel_index(int(np.argmax(edt)), edt.shape)])
     radius = edt[tuple(idx.T)].astype(float)
@@ -519,6 +637,7 @@ def make_tagged_surface(
     crop_margin_mm: float | None = None,
     max_faces: int = DEFAULT_MAX_FACES,
     upsample: int | None = None,
+    blur_correction: bool = True,
 ) -> TaggedSurface:
     """Build a watertight surface with flat, tagged caps from a lumen label map.
 
@@ -550,6 +669,11 @@ def make_tagged_surface(
         ``-(2 pi / N)^2 / 6`` for N edges around the lumen: -2.6 % at a 2.5-voxel radius).
         Default: 2 when the median centreline radius is below 4 voxels, else 1.
 
+    blur_correction : bool
+        With ``intensity``: move the half-maximum surface outwards by sigma^2 / (2 R), the
+        inward shift that scanner blur (sigma measured from the edge slope) causes on a
+        curved lumen of local radius R (see ``_blur_correction``). Reported under
+        ``report["blur_correction"]``.
     Returns
     -------
     TaggedSurface
@@ -635,6 +759,16 @@ def make_tagged_surface(
     report["raw_faces"] = int(len(mesh.faces))
     check_watertight(mesh, "the raw marching-cubes surface")
 
+    # 1b. undo the inward shift of the half-maximum contour of a blurred, curved edge
+    if intensity is not None and blur_correction:
+        offset, binfo = _blur_correction(mesh, binary, intensity.array, level, mask, cl_xyz)
+        if binfo.get("applied"):
+            vol0 = float(mesh.volume)
+            mesh = trimesh.Trimesh(mesh.vertices + offset[:, None] * mesh.vertex_normals, mesh.faces,
+                                   process=False)
+            binfo["volume_change_percent"] = 100.0 * (float(mesh.volume) - vol0) / vol0
+        report["blur_correction"] = binfo
+
     # 2. Taubin smoothing (non-shrinking)
     vol_before = float(mesh.volume)
     if smoothing_iterations > 0:
@@ -646,7 +780,9 @@ def make_tagged_surface(
     report["smoothing_iterations"] = int(smoothing_iterations)
 
     # 3. decimation of the closed wall surface (before capping, so caps stay flat)
-    n_target = int(max_faces)
+    # always decimate a little: quadric collapse removes the near-degenerate slivers of
+    # marching cubes first (they cost nothing), which gmsh's classification cannot digest
+    n_target = min(int(max_faces), int(_SLIVER_DECIMATION_KEEP * len(mesh.faces)))
     if target_edge_mm is not None:
         n_target = min(n_target, int(np.ceil(mesh.area / (np.sqrt(3) / 4 * target_edge_mm**2))))
     n_target = max(n_target, 500)

@@ -301,9 +301,8 @@ def _run_gmsh(surface: TaggedSurface, msh_path: Path, cells_per_radius: float, m
             if optimize:
                 gmsh.model.mesh.optimize("Netgen")
             if order == 2:
+                # (no "HighOrder" optimisation: on some surfaces gmsh aborts the whole process in it)
                 gmsh.model.mesh.setOrder(2)
-                if optimize:
-                    gmsh.model.mesh.optimize("HighOrder")
         except MeshingError:
             raise
         except Exception as exc:
