@@ -109,7 +109,21 @@ def load_mesh(path, comm=MPI.COMM_WORLD, *, length_unit_m: float = 1e-3):
         raise FlowError(f"mesh file {str(path)!r} does not exist")
     if path.suffix.lower() != ".msh":
         raise FlowError(f"mesh file {str(path)!r} must be a gmsh .msh file")
-    data = dolfinx.io.gmsh.read_from_msh(str(path), comm, 0, gdim=3)
+    # as dolfinx.io.gmsh.read_from_msh, but with gmsh's terminal output off (it would
+    # otherwise print to standard output, which `digipat ... --json` reserves for JSON)
+    import gmsh
+
+    if comm.rank == 0:
+        gmsh.initialize(interruptible=False)
+        try:
+            gmsh.option.setNumber("General.Terminal", 0)
+            gmsh.model.add("Mesh from file")
+            gmsh.merge(str(path))
+            data = dolfinx.io.gmsh.model_to_mesh(gmsh.model, comm, 0, gdim=3)
+        finally:
+            gmsh.finalize()
+    else:
+        data = dolfinx.io.gmsh.model_to_mesh(gmsh.model, comm, 0, gdim=3)
     mesh, cell_tags, facet_tags = _unpack(data, f"mesh file {str(path)!r}")
     scale_mesh(mesh, length_unit_m)
     return mesh, cell_tags, facet_tags

@@ -33,7 +33,7 @@ def test_flow_requires_out():
 
 def _assert_failed_cleanly(p, out: Path, *words):
     assert p.returncode == 1, p.stderr
-    assert p.stderr.startswith("digipat: error:"), p.stderr
+    assert p.stderr.strip().splitlines()[-1].startswith("digipat: error:"), p.stderr
     for w in words:
         assert w in p.stderr, p.stderr
     assert not (out / "results.json").exists()
@@ -73,7 +73,12 @@ def test_vessel_reaching_one_crop_plane(tmp_path):
     arr[30:] = 40.0  # the vessel now ends inside the image: only the z=0 face is open
     write_image(ang.image.with_array(arr), tmp_path / "stump.nii.gz")
     out = tmp_path / "out"
+    # automatic detection refuses a bright structure that does not cross the image ...
     p = _run("flow", tmp_path / "stump.nii.gz", "--out", out)
+    _assert_failed_cleanly(p, out, "two faces")
+    # ... and with a seed inside it, the surface stage finds a single opening
+    seed = ang.centrelines_xyz_mm[0][10]
+    p = _run("flow", tmp_path / "stump.nii.gz", "--out", out, "--seed-mm", *seed)
     _assert_failed_cleanly(p, out, "crop plane")
 
 
