@@ -10,6 +10,11 @@ Typical use::
 Equations and references: :mod:`physics.flow.solver`.
 """
 
+# h5py must be loaded before dolfinx: the dolfinx wheel's HDF5 symbols, loaded first, make a
+# later `import h5py` (used by meshio's XDMF writer) fail with "Not a datatype".
+import h5py  # noqa: F401,E402
+
+
 from .mesh import load_mesh, mesh_from_gmsh_model, scale_mesh
 from .outputs import FIELD_FILES, FlowResult
 from .problem import (
