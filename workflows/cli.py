@@ -39,6 +39,10 @@ def _add_flow_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--solver", choices=("direct", "iterative"), default=d.solver,
                    help="linear solver: direct (MUMPS) or iterative (Krylov + GAMG, Stokes only) "
                         f"(default {d.solver})")
+    g.add_argument("--newton-max-iterations", type=int, default=d.newton_max_iterations,
+                   help=f"Newton iteration limit for Navier-Stokes (default {d.newton_max_iterations})")
+    g.add_argument("--petsc-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra PETSc option passed to the flow solver, e.g. ksp_rtol=1e-10 (repeatable)")
     g.add_argument("--np", dest="n_procs", type=int, default=d.n_procs,
                    help="MPI ranks for the flow solve (runs mpiexec -n NP; default 1)")
     g.add_argument("--no-fields", action="store_true", help="do not write ParaView field files")
@@ -65,6 +69,16 @@ def _add_flow_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--json", action="store_true", help="print results.json to standard output")
 
 
+def _petsc_options(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--petsc-option expects KEY=VALUE, got {item!r}")
+        out[key.strip().lstrip("-")] = value.strip()
+    return out
+
+
 def _config_from_args(a: argparse.Namespace) -> VesselFlowConfig:
     return VesselFlowConfig(
         flow_rate_ml_s=a.flow_rate_ml_s,
@@ -81,6 +95,8 @@ def _config_from_args(a: argparse.Namespace) -> VesselFlowConfig:
         viscosity_Pa_s=a.viscosity_pa_s,
         proximal_pressure_Pa=a.proximal_pressure_pa,
         solver=a.solver,
+        newton_max_iterations=a.newton_max_iterations,
+        petsc_options=_petsc_options(a.petsc_option),
         n_procs=a.n_procs,
         write_fields=not a.no_fields,
     )

@@ -79,6 +79,8 @@ class VesselFlowConfig:
     viscosity_Pa_s: float = 3.5e-3
     proximal_pressure_Pa: float = 13332.0
     solver: str = "direct"
+    newton_max_iterations: int = 25
+    petsc_options: dict[str, str] = field(default_factory=dict)
     n_procs: int = 1
     write_fields: bool = True
 
@@ -101,6 +103,10 @@ class VesselFlowConfig:
             )
         if self.mesh_order not in (1, 2):
             raise WorkflowError(f"mesh_order must be 1 or 2, got {self.mesh_order!r}")
+        if int(self.newton_max_iterations) < 1:
+            raise WorkflowError(f"newton_max_iterations must be >= 1, got {self.newton_max_iterations!r}")
+        if not isinstance(self.petsc_options, dict):
+            raise WorkflowError(f"petsc_options must be a mapping of option -> value, got {self.petsc_options!r}")
         if int(self.n_procs) < 1:
             raise WorkflowError(f"n_procs must be >= 1, got {self.n_procs!r}")
         if self.smoothing_iterations < 0:
@@ -196,6 +202,8 @@ def _flow_problem_dict(cfg: VesselFlowConfig, outlet_tags: list[int]) -> dict:
         "blood": {"density_kg_m3": cfg.density_kg_m3, "viscosity_Pa_s": cfg.viscosity_Pa_s},
         "proximal_pressure_Pa": cfg.proximal_pressure_Pa,
         "solver": cfg.solver,
+        "newton_max_iterations": int(cfg.newton_max_iterations),
+        **({"petsc_options": dict(cfg.petsc_options)} if cfg.petsc_options else {}),
     }
 
 

@@ -118,3 +118,21 @@ def test_synth_then_flow_json(tmp_path):
     assert res["parameters"]["flow_rate_ml_s"] == 0.2
     assert (tmp_path / "run" / "results.json").exists()
     assert (tmp_path / "run" / "mesh" / "mesh.msh").exists()
+
+
+def test_newton_failure_exits_nonzero_without_results(tmp_path):
+    p = _run("synth", "--out", tmp_path / "pat", "--size", "small", "--stenosis", "0.6", "--json")
+    assert p.returncode == 0, p.stderr
+    import json
+
+    image = json.loads(p.stdout)["image"]
+    out = tmp_path / "run"
+    p = _run("flow", image, "--out", out, "--flow-rate-ml-s", "20", "--newton-max-iterations", "1",
+             "--no-fields", "--cells-per-radius", "2.5")
+    _assert_failed_cleanly(p, out, "converge")
+
+
+def test_bad_petsc_option(tmp_path):
+    p = _run("flow", tmp_path / "x.nii.gz", "--out", tmp_path / "o", "--petsc-option", "novalue")
+    assert p.returncode == 1
+    assert "KEY=VALUE" in p.stderr

@@ -123,3 +123,17 @@ def test_config_validation_names_the_field():
         VesselFlowConfig(model="euler")
     with pytest.raises(WorkflowError, match="seed_xyz_mm"):
         VesselFlowConfig(seed_xyz_mm=(1, 2))
+
+
+def test_bifurcation_two_outlets(tmp_path):
+    """A bifurcating vessel: one inlet, two outlets, mass conserved, Murray-like split."""
+    info = write_synthetic_patient(tmp_path / "pat", geometry="bifurcation", stenosis=0.0, size="small")
+    cfg = VesselFlowConfig(flow_rate_ml_s=0.2, model="stokes", cells_per_radius=3.0, write_fields=False)
+    res = run_vessel_flow(info["image"], tmp_path / "flow", cfg, quiet=True)
+    assert sorted(res["outflow_m3_s"]) == ["outlet1", "outlet2"]
+    assert res["mass_balance_rel_error"] < 0.005
+    q1, q2 = res["outflow_m3_s"]["outlet1"], res["outflow_m3_s"]["outlet2"]
+    assert q1 + q2 == pytest.approx(res["inflow_m3_s"], rel=5e-3)
+    # symmetric daughters share the flow nearly equally
+    assert q1 / q2 == pytest.approx(1.0, abs=0.1)
+    assert res["pressure_drop_Pa"] > 0
