@@ -95,6 +95,12 @@ def default_petsc_options(problem: FlowProblem) -> dict:
                 "snes_max_it": problem.newton_max_iterations,
             }
         )
+        if problem.solver == "direct":
+            # inexact Newton: factorise the Jacobian once (first step), then solve later steps
+            # with GMRES preconditioned by that LU (measured: 77 s -> 59 s at 204k DOFs, same dP
+            # to 1e-6; the later Jacobians differ little from the first)
+            opts.update({"ksp_type": "gmres", "ksp_gmres_restart": 100, "ksp_rtol": 1e-12,
+                         "ksp_atol": 1e-30, "ksp_max_it": 300, "snes_lag_preconditioner": -2})
     return opts
 
 
@@ -271,6 +277,11 @@ def solve_flow(mesh, facet_tags, problem: FlowProblem, *, progress: Callable[[st
     opts = default_petsc_options(problem)
     opts.update(problem.petsc_options or {})
     lin_opts = {k: v_ for k, v_ in opts.items() if not k.startswith("snes_")}
+    if problem.solver == "direct" and "ksp_type" not in (problem.petsc_options or {}):
+        lin_opts["ksp_type"] = "preonly"  # the Stokes solve is one LU solve
+        for k in ("ksp_gmres_restart", "ksp_rtol", "ksp_atol", "ksp_max_it"):
+            if k not in (problem.petsc_options or {}):
+                lin_opts.pop(k, None)
 
     a = [
         [mu * ufl.inner(ufl.grad(u), ufl.grad(v)) * dx, -p * ufl.div(v) * dx],
