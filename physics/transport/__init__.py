@@ -6,6 +6,7 @@ sources (:class:`PencilBeam`, :class:`ParallelBeam`, :class:`PointSource`,
 :func:`run` → :class:`TransportResult`. Numba kernels compile on first use.
 """
 
+from .ct import CTFanBeam
 from .engine import COMPTON_MODELS, Physics, Settings, VoxelPhantom, run
 from .materials import Material, TransportError, read_materials_csv
 from .sources import ParallelBeam, PencilBeam, PhotonBatch, PointSource, Source, Spectrum, read_spectrum_csv
@@ -13,6 +14,7 @@ from .tallies import ESCAPE_CATEGORIES, BatchRecord, TransportResult
 from .xsection import CrossSectionTables, build_tables, interp_mu_rho
 
 __all__ = [
+    "CTFanBeam",
     "COMPTON_MODELS", "Physics", "Settings", "VoxelPhantom", "run", "Material", "TransportError",
     "read_materials_csv", "ParallelBeam", "PencilBeam", "PhotonBatch", "PointSource", "Source",
     "Spectrum", "read_spectrum_csv", "ESCAPE_CATEGORIES", "BatchRecord", "TransportResult",
