@@ -370,6 +370,10 @@ def _assemble_results(cfg, image_path, image_hash, seg_rec, geo_rec, flow, timin
         "timings_s": timings,
         "provenance": provenance(image=str(image_path), image_sha256=image_hash),
     }
+    truth = seg_rec.get("metrics_vs_truth")
+    if truth:  # the headline segmentation numbers, when a truth mask was given
+        res["segmentation_dice"] = truth["dice"]
+        res["segmentation_hd95_mm"] = truth["hd95_mm"]
     if extra:
         res["patient"] = extra
     return res

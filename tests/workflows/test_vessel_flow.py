@@ -55,6 +55,7 @@ def test_straight_vessel_matches_poiseuille(straight_run):
     # the segmentation is checked against the generator's truth
     m = res["segmentation"]["metrics_vs_truth"]
     assert m["dice"] > 0.9
+    assert res["segmentation_dice"] == m["dice"]
 
 
 def test_rerun_skips_finished_stages(straight_run, capsys):
