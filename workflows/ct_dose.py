@@ -1,0 +1,337 @@
+"""``digipat dose``: a scenario file → a Monte Carlo photon-transport run → dose outputs.
+
+Composes :mod:`workflows.scenario` (the TOML contract of issue 3) with the engine in
+:mod:`physics.transport` (Woodcock tracking, kerma approximation; see its modules for the
+physics and references). Outputs in ``OUT`` (fixed names, written atomically; the stage
+record ``results.json`` is written last, so it exists only after a complete run):
+
+``dose.nii.gz``
+    Dose per voxel per source photon (Gy), float64, on the label map's grid.
+``dose_sigma.nii.gz``
+    Its 1σ statistical uncertainty from the batch spread (Gy).
+``organs.csv``
+    Per label: ``label_id, tissue_name, voxel_count, mass_g, edep_eV_per_photon,
+    edep_sigma_eV_per_photon, dose_Gy_per_photon, dose_sigma_Gy_per_photon``.
+``results.json``
+    ``schema_version``, per label the same quantities, energy incident / deposited /
+    escaping per photon (eV) and the relative energy-balance error, histories, batches,
+    histories per second, and provenance (inputs hash, versions, seed).
+
+Dose is ``D = E_dep / m`` with ``m = ρ V`` (1 eV = 1.602176634e-19 J). A rerun with
+the same inputs (scenario content and the files it names) finds ``results.json`` and
+skips the run unless ``force=True``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from workflows._io import SCHEMA_VERSION, hash_file, hash_params, provenance, write_json_atomic, write_text_atomic
+from workflows.scenario import Scenario, ScenarioError, read_scenario
+
+__all__ = ["DoseModel", "build_model", "run_dose", "RESULTS_NAME", "DOSE_NAME", "DOSE_SIGMA_NAME",
+           "ORGANS_NAME"]
+
+RESULTS_NAME = "results.json"
+DOSE_NAME = "dose.nii.gz"
+DOSE_SIGMA_NAME = "dose_sigma.nii.gz"
+ORGANS_NAME = "organs.csv"
+EV_TO_J = 1.602176634e-19
+
+
+@dataclass
+class DoseModel:
+    """The engine objects built from a scenario (ready for :func:`physics.transport.run`)."""
+
+    phantom: object
+    materials: Mapping[int, object]
+    source: object
+    physics: object
+    settings: object
+    volume: object  # the label map's pipeline.image.Volume (grid for the outputs)
+
+
+def _ray_hits_box(phantom, position_mm, direction) -> bool:
+    """Does the ray ``position + t d`` (t >= 0) cross the phantom's grid box (slab test)?"""
+    p = phantom.world_to_grid_cm(np.asarray(position_mm, float))
+    d = phantom.world_to_grid_dir(np.asarray(direction, float))
+    d = d / np.linalg.norm(d)
+    box = phantom.box_cm
+    t0, t1 = 0.0, np.inf
+    for a in range(3):
+        if abs(d[a]) < 1e-300:
+            if not 0.0 <= p[a] <= box[a]:
+                return False
+            continue
+        ta, tb = sorted(((0.0 - p[a]) / d[a], (box[a] - p[a]) / d[a]))
+        t0, t1 = max(t0, ta), min(t1, tb)
+    return t0 < t1
+
+
+def _check_element_columns(path: Path) -> None:
+    """Reject element-like column headers that are not chemical symbols (e.g. ``Xx``, ``OO``).
+
+    The engine's reader ignores columns that are not element symbols (so ``voxel_count``,
+    ``mass_g`` of the TG-195 table pass); a mistyped symbol would silently drop an element.
+    """
+    import re
+
+    from physics.transport.materials import ELEMENT_SYMBOLS
+
+    try:
+        with path.open(newline="") as fh:
+            header = [h.strip() for h in next(csv.reader(fh), [])]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScenarioError(f"[phantom] materials: cannot read {str(path)!r}: {exc}") from None
+    for h in header[3:]:
+        if re.fullmatch(r"[A-Za-z]{1,2}", h) and h not in ELEMENT_SYMBOLS:
+            raise ScenarioError(f"[phantom] materials: {path.name} has column {h!r}, which is not a known "
+                                f"element symbol (valid: chemical symbols H..Fm, case-sensitive, e.g. 'O', 'Ca')")
+
+
+def build_model(scenario: Scenario) -> DoseModel:
+    """Read the phantom, materials and spectrum of ``scenario`` and build the engine objects.
+
+    Parameters
+    ----------
+    scenario : Scenario
+        From :func:`workflows.scenario.read_scenario`.
+
+    Returns
+    -------
+    DoseModel
+
+    Raises
+    ------
+    ScenarioError
+        Unreadable or non-integer label map, negative labels, a label without a material,
+        an invalid material (unknown element, density <= 0, fractions not summing to 1),
+        an invalid spectrum (negative weights), a source that misses the phantom. The
+        message names the scenario key concerned.
+    """
+    from physics.transport import (CTFanBeam, ParallelBeam, PencilBeam, Physics, PointSource, Settings,
+                                   TransportError, VoxelPhantom, read_materials_csv, read_spectrum_csv)
+    from pipeline.image import read_image
+
+    ph = scenario.phantom
+    try:
+        vol = read_image(ph.labels)
+    except (ValueError, RuntimeError) as exc:  # ImageError, SimpleITK read failures
+        raise ScenarioError(f"[phantom] labels: cannot read {str(ph.labels)!r}: {exc}") from None
+    arr = np.asarray(vol.array)
+    if not np.issubdtype(arr.dtype, np.integer):
+        if not np.all(np.isfinite(arr)) or not np.array_equal(arr, np.round(arr)):
+            raise ScenarioError(f"[phantom] labels: {str(ph.labels)!r} must hold integer labels, "
+                                f"found non-integer values (dtype {arr.dtype})")
+    arr = arr.astype(np.int64)
+    if arr.min() < 0:
+        raise ScenarioError(f"[phantom] labels: labels must be >= 0, found {int(arr.min())}")
+    _check_element_columns(ph.materials)
+    try:
+        materials = read_materials_csv(ph.materials)
+    except TransportError as exc:
+        raise ScenarioError(f"[phantom] materials: {exc}") from None
+    used = np.unique(arr)
+    missing = [int(i) for i in used if int(i) not in materials]
+    if missing:
+        raise ScenarioError(f"[phantom] materials: labels {missing[:10]} of {ph.labels.name} have no row in "
+                            f"{ph.materials.name} (it has label_id {sorted(materials)[:20]})")
+
+    s = scenario.source
+    try:
+        energy = read_spectrum_csv(s.spectrum) if s.spectrum is not None else s.energy_keV
+    except TransportError as exc:
+        raise ScenarioError(f"[source] spectrum: {exc}") from None
+    g = s.geometry
+    try:
+        if s.type == "pencil":
+            source = PencilBeam(g["position_mm"], g["direction"], energy)
+        elif s.type == "parallel":
+            source = ParallelBeam(g["position_mm"], g["direction"], g["width_mm"], g["height_mm"], energy,
+                                  up=g.get("up"))
+        elif s.type == "point":
+            source = PointSource(g["position_mm"], energy)
+        else:
+            source = CTFanBeam(g["source_to_isocentre_mm"], g["fan_width_mm"], g["slice_width_mm"],
+                               g.get("angles_deg", [0.0]), energy, g.get("isocentre_mm", (0.0, 0.0, 0.0)),
+                               g.get("axis", (0.0, 0.0, 1.0)))
+    except TransportError as exc:
+        raise ScenarioError(f"[source] {exc}") from None
+
+    try:
+        phantom = VoxelPhantom(arr, vol.spacing_mm, vol.origin_xyz_mm, vol.direction_xyz)
+        e_max = max(150.0, source.max_energy_keV * 1.001)
+        physics = Physics(scenario.physics.compton, scenario.physics.rayleigh, scenario.physics.cutoff_keV,
+                          e_max_keV=e_max)
+        r = scenario.run
+        settings = Settings(r.histories_per_batch, r.batches, r.seed, r.threads)
+    except TransportError as exc:
+        raise ScenarioError(str(exc)) from None
+    if source.min_energy_keV <= physics.cutoff_keV:
+        key = "spectrum" if s.spectrum is not None else "energy_keV"
+        raise ScenarioError(f"[source] {key}: photon energies must exceed [physics] cutoff_keV = "
+                            f"{physics.cutoff_keV:g} keV, got {source.min_energy_keV:g} keV")
+    ray = source.central_ray()
+    if ray is not None and not _ray_hits_box(phantom, *ray):
+        if s.type == "ct":
+            what = (f"isocentre_mm {g.get('isocentre_mm', [0.0, 0.0, 0.0])} and axis "
+                    f"{g.get('axis', [0.0, 0.0, 1.0])}: the central ray at angle {source.angles_deg[0]:g} deg")
+        else:
+            what = f"position_mm {g['position_mm']} and direction {g['direction']}: the {s.type} beam"
+        raise ScenarioError(f"[source] {what} misses the phantom grid of {ph.labels.name}")
+    return DoseModel(phantom, materials, source, physics, settings, vol)
+
+
+def _organ_rows(result, materials, labels_arr) -> list[dict]:
+    counts = dict(zip(*np.unique(labels_arr, return_counts=True)))
+    rows = []
+    for r in result.label_table():
+        lab = r["label"]
+        rows.append({
+            "label_id": lab,
+            "tissue_name": materials[lab].name,
+            "voxel_count": int(counts.get(lab, 0)),
+            "mass_g": r["mass_g"],
+            "edep_eV_per_photon": r["edep_eV_per_photon"],
+            "edep_sigma_eV_per_photon": r["edep_sigma_eV_per_photon"],
+            "dose_Gy_per_photon": r["dose_Gy_per_photon"],
+            "dose_sigma_Gy_per_photon": r["dose_sigma_Gy_per_photon"],
+        })
+    return rows
+
+
+def _csv_text(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in r.items()})
+    return buf.getvalue()
+
+
+def _inputs_hash(scenario: Scenario) -> str:
+    """Hash of what determines the result: parameters and file contents (not paths, not threads)."""
+    d = scenario.to_dict()
+    d["source"].pop("spectrum", None)
+    d["run"].pop("threads", None)
+    return hash_params(d["source"], d["physics"], d["run"], [hash_file(f) for f in scenario.input_files()])
+
+
+def run_dose(scenario: Scenario | str | Path, out_dir: str | Path, *, threads: int | None = None,
+             force: bool = False, quiet: bool = False) -> dict:
+    """Run a dose scenario and write its outputs to ``out_dir``.
+
+    Parameters
+    ----------
+    scenario : Scenario or path
+        A validated scenario or the path of its TOML file.
+    out_dir : path
+        Output folder (created). Any old ``results.json`` is removed before a new run.
+    threads : int, optional
+        Numba threads; overrides ``[run] threads``.
+    force : bool
+        Rerun even if ``results.json`` holds a run of the same inputs.
+    quiet : bool
+        No progress lines on standard error.
+
+    Returns
+    -------
+    dict
+        The content of ``results.json``.
+
+    Raises
+    ------
+    ScenarioError
+        Any invalid input (see :func:`workflows.scenario.read_scenario` and :func:`build_model`).
+    """
+    import json
+    import sys
+
+    from physics.transport import TransportError
+    from physics.transport import run as transport_run
+    from pipeline.image import write_image
+
+    out = Path(out_dir)
+    try:
+        sc = scenario if isinstance(scenario, Scenario) else read_scenario(scenario)
+    except ScenarioError:
+        (out / RESULTS_NAME).unlink(missing_ok=True)  # no results.json after a failed run
+        raise
+    if threads is not None:
+        import dataclasses
+
+        from workflows.scenario import _integer
+        sc = dataclasses.replace(sc, run=dataclasses.replace(sc.run, threads=_integer("run", "threads", threads, 1)))
+    say = (lambda text: None) if quiet else (lambda text: print(text, file=sys.stderr, flush=True))
+    key = _inputs_hash(sc)
+    res_path = out / RESULTS_NAME
+    if not force and res_path.is_file() and (out / DOSE_NAME).is_file() and (out / ORGANS_NAME).is_file():
+        try:
+            old = json.loads(res_path.read_text())
+            if old.get("provenance", {}).get("inputs_hash") == key:
+                say(f"dose: up to date ({res_path}), skipped")
+                return old
+        except (OSError, json.JSONDecodeError):
+            pass
+    out.mkdir(parents=True, exist_ok=True)
+    res_path.unlink(missing_ok=True)  # never leave a stale result beside new (or failed) outputs
+
+    model = build_model(sc)
+    say(f"dose: {sc.run.histories} histories in {sc.run.batches} batches, grid {model.phantom.shape}")
+    t0 = time.perf_counter()
+    progress = None if quiet else (lambda b, n: say(f"  batch {b}/{n}"))
+    try:
+        result = transport_run(model.phantom, model.materials, model.source, model.physics, model.settings,
+                               progress=progress)
+    except TransportError as exc:
+        raise ScenarioError(str(exc)) from None
+    wall = time.perf_counter() - t0
+
+    dose, dose_sigma = result.dose_Gy_per_photon()
+    dose = np.where(np.isfinite(dose), dose, 0.0)
+    dose_sigma = np.where(np.isfinite(dose_sigma), dose_sigma, 0.0)
+    write_image(model.volume.with_array(dose.astype(np.float64)), out / DOSE_NAME)
+    write_image(model.volume.with_array(dose_sigma.astype(np.float64)), out / DOSE_SIGMA_NAME)
+    rows = _organ_rows(result, model.materials, model.phantom.material_id)
+    write_text_atomic(out / ORGANS_NAME, _csv_text(rows))
+
+    n = result.histories
+    incident = result.incident_total_eV / n
+    deposited = result.deposited_total_eV / n
+    escaped = result.escaped_total_eV / n
+    from physics.transport import ESCAPE_CATEGORIES
+    escape = {}
+    for cat in ESCAPE_CATEGORIES:
+        e_m, e_s = result.escape(cat, "energy_eV")
+        c_m, c_s = result.escape(cat, "count")
+        escape[cat] = {"energy_eV_per_photon": e_m, "energy_sigma_eV_per_photon": e_s,
+                       "photons_per_photon": c_m, "photons_sigma_per_photon": c_s}
+    results = {
+        "schema_version": SCHEMA_VERSION,
+        "stage": "dose",
+        "units": {"energy": "eV per source photon", "dose": "Gy per source photon", "mass": "g"},
+        "histories": n,
+        "batches": result.n_batches,
+        "histories_per_second": result.histories_per_second,
+        "wall_time_s": wall,
+        "incident_eV_per_photon": incident,
+        "deposited_eV_per_photon": deposited,
+        "escaped_eV_per_photon": escaped,
+        "energy_balance_relative_error": result.energy_balance_error,
+        "escape": escape,
+        "labels": {str(r["label_id"]): {k: v for k, v in r.items() if k != "label_id"} for r in rows},
+        "files": {"dose": DOSE_NAME, "dose_sigma": DOSE_SIGMA_NAME, "organs": ORGANS_NAME},
+        "scenario": sc.to_dict(),
+        "provenance": provenance(inputs_hash=key, seed=sc.run.seed, engine_fingerprint=result.fingerprint,
+                                 input_hashes={str(f): hash_file(f) for f in sc.input_files()}),
+    }
+    write_json_atomic(res_path, results)  # last: its presence marks a complete run
+    say(f"dose: done in {wall:.1f} s ({result.histories_per_second:.3g} histories/s); results: {res_path}")
+    return results
