@@ -16,6 +16,7 @@ reference spectra in ``reference/`` and ``reference/tg195/``).
 
 from __future__ import annotations
 
+import abc
 import csv
 import math
 from dataclasses import dataclass
@@ -175,7 +176,7 @@ def _energy(value) -> float | Spectrum:
     return _positive(value, "energy_keV")
 
 
-class Source:
+class Source(abc.ABC):
     """Base class: subclasses implement :meth:`sample` and set ``energy``."""
 
     energy: float | Spectrum
@@ -193,8 +194,9 @@ class Source:
             return self.energy.sample(n, rng)
         return np.full(n, float(self.energy))
 
-    def sample(self, n: int, rng: np.random.Generator) -> PhotonBatch:  # pragma: no cover
-        raise NotImplementedError
+    @abc.abstractmethod
+    def sample(self, n: int, rng: np.random.Generator) -> PhotonBatch:
+        """Draw ``n`` source photons (world positions in mm, unit directions, energies in keV)."""
 
     def central_ray(self) -> tuple[np.ndarray, np.ndarray] | None:
         """A ray that should hit the phantom (for a miss check), or None."""
