@@ -34,7 +34,7 @@ NJIT_FLAGS = {"cache": True, "fastmath": False, "nogil": True}
 N_ESCAPE_CATEGORIES = 7
 #: Quantities per escape category: energy (keV), count, uncollided energy, uncollided count.
 N_ESCAPE_QUANTITIES = 4
-_ESC_ROW = 32 + 8  # 28 used; padded
+_ESC_ROW = 32 + 8  # 28 escape entries, [28] world deposit; padded
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -176,6 +176,7 @@ def rotate(u, v, w, mu, phi):
 
 @njit(**NJIT_FLAGS)
 def _exit_face(x, y, z, u, v, w, lx, ly, lz):
+    """Face (0..5 = -x,+x,-y,+y,-z,+z) and distance through which a ray leaves the grid box."""
     best = 1e300
     face = 0
     if u > 0.0:
@@ -202,36 +203,93 @@ def _exit_face(x, y, z, u, v, w, lx, ly, lz):
         t = -z / w
         if t < best:
             best = t; face = 4
-    return face
+    return face, max(best, 0.0)
 
 
 @njit(**NJIT_FLAGS)
-def _entry_distance(x, y, z, u, v, w, lx, ly, lz):
-    """Distance to enter the box (0 if inside), or -1 if the ray misses it."""
+def _box_entry(x, y, z, u, v, w, x0, y0, z0, x1, y1, z1):
+    """Distance along the ray to enter the box ``[x0,x1]×[y0,y1]×[z0,z1]`` (0 if inside),
+    or -1 if the ray misses it."""
     t0 = -1e300
     t1 = 1e300
     p = (x, y, z)
     d = (u, v, w)
-    ln = (lx, ly, lz)
+    lo = (x0, y0, z0)
+    hi = (x1, y1, z1)
     for a in range(3):
         if d[a] != 0.0:
-            ta = -p[a] / d[a]
-            tb = (ln[a] - p[a]) / d[a]
+            ta = (lo[a] - p[a]) / d[a]
+            tb = (hi[a] - p[a]) / d[a]
             if ta > tb:
                 ta, tb = tb, ta
             t0 = max(t0, ta)
             t1 = min(t1, tb)
-        elif p[a] < 0.0 or p[a] > ln[a]:
+        elif p[a] < lo[a] or p[a] > hi[a]:
             return -1.0
     if t1 <= max(t0, 0.0):
         return -1.0
     return max(t0, 0.0)
 
 
+@njit(**NJIT_FLAGS)
+def _entry_distance(x, y, z, u, v, w, lx, ly, lz):
+    """Distance to enter the grid box ``[0,lx]×[0,ly]×[0,lz]`` (0 if inside), or -1 if missed."""
+    return _box_entry(x, y, z, u, v, w, 0.0, 0.0, 0.0, lx, ly, lz)
+
+
+@njit(**NJIT_FLAGS)
+def _box_exit(x, y, z, u, v, w, x0, y0, z0, x1, y1, z1):
+    """Distance along the ray from a point inside the box to its boundary."""
+    best = 1e300
+    if u > 0.0:
+        best = min(best, (x1 - x) / u)
+    elif u < 0.0:
+        best = min(best, (x0 - x) / u)
+    if v > 0.0:
+        best = min(best, (y1 - y) / v)
+    elif v < 0.0:
+        best = min(best, (y0 - y) / v)
+    if w > 0.0:
+        best = min(best, (z1 - z) / w)
+    elif w < 0.0:
+        best = min(best, (z0 - z) / w)
+    return max(best, 0.0)
+
+
+@njit(**NJIT_FLAGS)
+def _interact(st, e, u, v, w, m, ie, fe, mu_rho_t, mu_tab, sz_tab, ray_cum, hx, hx_inv, nx_tab,
+              cutoff_keV):
+    """One real collision in material row ``m``.
+
+    Returns ``(state, e_new, deposited_keV, u, v, w, alive)``.
+    """
+    st, r = next_uniform(st)
+    r *= mu_rho_t
+    a1 = mu_tab[m, ie, 1]
+    pe = a1 + fe * (mu_tab[m, ie + 1, 1] - a1)
+    if r < pe:
+        return st, 0.0, e, u, v, w, False
+    a2 = mu_tab[m, ie, 2]
+    co = a2 + fe * (mu_tab[m, ie + 1, 2] - a2)
+    dep = 0.0
+    if r < pe + co:
+        st, mu, e_new = sample_klein_nishina(st, e, sz_tab[m], hx_inv, nx_tab)
+        dep = e - e_new
+        if e_new < cutoff_keV:
+            return st, 0.0, e, u, v, w, False
+        e = e_new
+    else:
+        st, mu = sample_rayleigh(st, e, ray_cum[m], hx, nx_tab)
+    st, r = next_uniform(st)
+    u, v, w = rotate(u, v, w, mu, _TWO_PI * r)
+    return st, e, dep, u, v, w, True
+
+
 @njit(parallel=True, **NJIT_FLAGS)
-def transport(pos_cm, dir_, energy_keV, mat, dens, nx, ny, nz, dx, dy, dz,
+def transport(pos_cm, dir_, energy_keV, weight, mat, dens, nx, ny, nz, dx, dy, dz,
               mu_tab, majorant, ln_e0, inv_dln_e, sz_tab, ray_cum, hx,
-              cutoff_keV, seed, batch, history_offset, n_threads):
+              cutoff_keV, seed, batch, history_offset, n_threads,
+              world_row, world_rho, world_margin_cm):
     """Transport photons through a voxel grid by Woodcock tracking.
 
     Parameters
@@ -239,6 +297,8 @@ def transport(pos_cm, dir_, energy_keV, mat, dens, nx, ny, nz, dx, dy, dz,
     pos_cm, dir_ : float64 (n, 3)
         Start positions (grid frame, cm) and unit directions.
     energy_keV : float64 (n,)
+    weight : float64 (n,)
+        Statistical weight of each photon (multiplies every tally it contributes to).
     mat : int (nz*ny*nx,)
         Material row per voxel (C order of the [z, y, x] array).
     dens : float32 (nz*ny*nx,)
@@ -248,7 +308,7 @@ def transport(pos_cm, dir_, energy_keV, mat, dens, nx, ny, nz, dx, dy, dz,
     mu_tab : float64 (n_mat, n_E, 4)
         μ/ρ (cm²/g): total, photoelectric, Compton, Rayleigh on a uniform ln E grid.
     majorant : float64 (n_E,)
-        μ_max (1/cm) on the same grid.
+        μ_max (1/cm) of the grid on the same grid.
     ln_e0, inv_dln_e : float
         ln E of the first node and 1/step.
     sz_tab, ray_cum : float64 (n_mat, n_x)
@@ -258,14 +318,23 @@ def transport(pos_cm, dir_, energy_keV, mat, dens, nx, ny, nz, dx, dy, dz,
         Random stream of history h is ``(seed, batch, history_offset + h)``.
     n_threads : int
         ``numba.get_num_threads()`` of the caller (calling it here would stop caching).
+    world_row : int
+        Material row of the world (the medium outside the grid), or -1 for vacuum.
+    world_rho : float
+        World density (g/cm³).
+    world_margin_cm : float
+        The world is the grid box grown by this margin on every side; beyond it is vacuum.
 
     Returns
     -------
     edep_keV : float64 (nz*ny*nx,)
-        Energy deposited per voxel.
+        Weighted energy deposited per voxel.
     escape : float64 (7, 4)
-        Per category (faces -x,+x,-y,+y,-z,+z, missed): energy (keV), count, uncollided
-        energy, uncollided count.
+        Per category (the grid face -x,+x,-y,+y,-z,+z through which the photon last left
+        the grid, or "never entered the grid"): weighted energy (keV), count, uncollided
+        energy, uncollided count. With a world, a photon escapes when it leaves the world.
+    world_keV : float
+        Weighted energy deposited in the world medium.
     """
     n = energy_keV.shape[0]
     nvox = nx * ny * nz
@@ -281,6 +350,13 @@ def transport(pos_cm, dir_, energy_keV, mat, dens, nx, ny, nz, dx, dy, dz,
     n_e = majorant.shape[0]
     nx_tab = sz_tab.shape[1]
     hx_inv = 1.0 / hx
+    has_world = world_row >= 0
+    wx0 = -world_margin_cm
+    wy0 = -world_margin_cm
+    wz0 = -world_margin_cm
+    wx1 = lx + world_margin_cm
+    wy1 = ly + world_margin_cm
+    wz1 = lz + world_margin_cm
     for h in prange(n):
         tid = numba.get_thread_id()
         st = stream_start(seed, batch, history_offset + h)
@@ -291,22 +367,78 @@ def transport(pos_cm, dir_, energy_keV, mat, dens, nx, ny, nz, dx, dy, dz,
         v = dir_[h, 1]
         w = dir_[h, 2]
         e = energy_keV[h]
-        t_in = _entry_distance(x, y, z, u, v, w, lx, ly, lz)
-        if t_in < 0.0:
-            c = 6 * 4
-            esc[tid, c] += e
-            esc[tid, c + 1] += 1.0
-            esc[tid, c + 2] += e
-            esc[tid, c + 3] += 1.0
-            continue
-        x = min(max(x + t_in * u, 0.0), lx)
-        y = min(max(y + t_in * v, 0.0), ly)
-        z = min(max(z + t_in * w, 0.0), lz)
+        wt = weight[h]
         collided = False
+        last_face = 6
+        in_grid = False
+        can_enter = True
         te = (math.log(e) - ln_e0) * inv_dln_e
         ie = min(max(int(te), 0), n_e - 2)
         fe = te - ie
+        use_world = has_world
+        if has_world:
+            t_w = _box_entry(x, y, z, u, v, w, wx0, wy0, wz0, wx1, wy1, wz1)
+            if t_w < 0.0:
+                use_world = False  # misses the world, hence the grid inside it
+                can_enter = False
+            else:
+                x += t_w * u
+                y += t_w * v
+                z += t_w * w
         while True:
+            if not in_grid:
+                t_in = -1.0
+                if can_enter:
+                    t_in = _entry_distance(x, y, z, u, v, w, lx, ly, lz)
+                if not use_world:
+                    if t_in < 0.0:
+                        c = 4 * last_face
+                        esc[tid, c] += wt * e
+                        esc[tid, c + 1] += wt
+                        if not collided:
+                            esc[tid, c + 2] += wt * e
+                            esc[tid, c + 3] += wt
+                        break
+                    x = min(max(x + t_in * u, 0.0), lx)
+                    y = min(max(y + t_in * v, 0.0), ly)
+                    z = min(max(z + t_in * w, 0.0), lz)
+                    in_grid = True
+                    continue
+                # world medium: sample a flight, compare with the grid entry and world exit
+                a0 = mu_tab[world_row, ie, 0]
+                mu_w_rho = a0 + fe * (mu_tab[world_row, ie + 1, 0] - a0)
+                st, r = next_uniform(st)
+                s = -math.log(1.0 - r) / (world_rho * mu_w_rho)
+                if t_in >= 0.0 and s >= t_in:
+                    x = min(max(x + t_in * u, 0.0), lx)
+                    y = min(max(y + t_in * v, 0.0), ly)
+                    z = min(max(z + t_in * w, 0.0), lz)
+                    in_grid = True
+                    continue
+                if s >= _box_exit(x, y, z, u, v, w, wx0, wy0, wz0, wx1, wy1, wz1):
+                    c = 4 * last_face
+                    esc[tid, c] += wt * e
+                    esc[tid, c + 1] += wt
+                    if not collided:
+                        esc[tid, c + 2] += wt * e
+                        esc[tid, c + 3] += wt
+                    break
+                x += s * u
+                y += s * v
+                z += s * w
+                collided = True
+                can_enter = True
+                st, e, dep, u, v, w, alive = _interact(
+                    st, e, u, v, w, world_row, ie, fe, mu_w_rho, mu_tab, sz_tab, ray_cum, hx,
+                    hx_inv, nx_tab, cutoff_keV)
+                esc[tid, 28] += wt * dep
+                if not alive:
+                    break
+                te = (math.log(e) - ln_e0) * inv_dln_e
+                ie = min(max(int(te), 0), n_e - 2)
+                fe = te - ie
+                continue
+            # inside the grid: Woodcock tracking
             mu_max = majorant[ie] + fe * (majorant[ie + 1] - majorant[ie])
             st, r = next_uniform(st)
             s = -math.log(1.0 - r) / mu_max
@@ -314,13 +446,13 @@ def transport(pos_cm, dir_, energy_keV, mat, dens, nx, ny, nz, dx, dy, dz,
             yn = y + s * v
             zn = z + s * w
             if xn < 0.0 or xn >= lx or yn < 0.0 or yn >= ly or zn < 0.0 or zn >= lz:
-                c = 4 * _exit_face(x, y, z, u, v, w, lx, ly, lz)
-                esc[tid, c] += e
-                esc[tid, c + 1] += 1.0
-                if not collided:
-                    esc[tid, c + 2] += e
-                    esc[tid, c + 3] += 1.0
-                break
+                last_face, t_out = _exit_face(x, y, z, u, v, w, lx, ly, lz)
+                x += t_out * u
+                y += t_out * v
+                z += t_out * w
+                in_grid = False
+                can_enter = False  # a straight ray never re-enters a convex box
+                continue
             x = xn
             y = yn
             z = zn
@@ -336,39 +468,27 @@ def transport(pos_cm, dir_, energy_keV, mat, dens, nx, ny, nz, dx, dy, dz,
             if r * mu_max >= rho * mu_rho_t:
                 continue  # virtual collision
             collided = True
-            st, r = next_uniform(st)
-            r *= mu_rho_t
-            a1 = mu_tab[m, ie, 1]
-            pe = a1 + fe * (mu_tab[m, ie + 1, 1] - a1)
-            if r < pe:
-                local[tid, vox] += e
+            st, e, dep, u, v, w, alive = _interact(
+                st, e, u, v, w, m, ie, fe, mu_rho_t, mu_tab, sz_tab, ray_cum, hx, hx_inv, nx_tab,
+                cutoff_keV)
+            local[tid, vox] += wt * dep
+            if not alive:
                 break
-            a2 = mu_tab[m, ie, 2]
-            co = a2 + fe * (mu_tab[m, ie + 1, 2] - a2)
-            if r < pe + co:
-                st, mu, e_new = sample_klein_nishina(st, e, sz_tab[m], hx_inv, nx_tab)
-                local[tid, vox] += e - e_new
-                e = e_new
-                if e < cutoff_keV:
-                    local[tid, vox] += e
-                    break
-                te = (math.log(e) - ln_e0) * inv_dln_e
-                ie = min(max(int(te), 0), n_e - 2)
-                fe = te - ie
-            else:
-                st, mu = sample_rayleigh(st, e, ray_cum[m], hx, nx_tab)
-            st, r = next_uniform(st)
-            u, v, w = rotate(u, v, w, mu, _TWO_PI * r)
+            te = (math.log(e) - ln_e0) * inv_dln_e
+            ie = min(max(int(te), 0), n_e - 2)
+            fe = te - ie
     edep = np.zeros(nvox)
     for t in range(n_threads):
         for i in range(nvox):
             edep[i] += local[t, i]
     escape = np.zeros((N_ESCAPE_CATEGORIES, N_ESCAPE_QUANTITIES))
+    world_keV = 0.0
     for t in range(n_threads):
         for c in range(N_ESCAPE_CATEGORIES):
             for q in range(N_ESCAPE_QUANTITIES):
                 escape[c, q] += esc[t, c * 4 + q]
-    return edep, escape
+        world_keV += esc[t, 28]
+    return edep, escape, world_keV
 
 
 @njit(**NJIT_FLAGS)

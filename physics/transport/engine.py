@@ -15,7 +15,13 @@ double-counting histories, and batches computed by separate jobs merge exactly.
 
 Physics (see :mod:`._kernels`): photoelectric absorption, bound or free Compton,
 Rayleigh; electrons and sub-cutoff photons deposit locally (kerma approximation, as in
-TG-195 and MC-GPU). Outside the grid is vacuum (no world material yet).
+TG-195 and MC-GPU). Outside the grid is vacuum unless the phantom names a world material
+(``VoxelPhantom.world_material_id``, e.g. air): then the grid box grown by
+``world_margin_mm`` on every side is filled with it (photons are transported and scatter
+there; the energy they deposit there is tallied as ``world``) and beyond is vacuum.
+Photons may carry a statistical weight from source-side filtration (a bowtie filter);
+the filtered energy is tallied too, so that ``deposited + world + escaped + filtered =
+incident`` holds to round-off in every run.
 """
 
 from __future__ import annotations
@@ -70,6 +76,12 @@ class VoxelPhantom:
         Mass density per voxel (>= 0); default: nominal density of each material.
     labels : int array (nz, ny, nx), optional
         Tally labels (organs); default ``material_id``.
+    world_material_id : int, optional
+        Material id (a key of the ``materials`` mapping) filling the space around the grid,
+        e.g. air; default None (vacuum). Its nominal density is used.
+    world_margin_mm : float
+        The world is the grid box grown by this margin on every side (default 1000 mm);
+        beyond it is vacuum. Sources outside it fly in vacuum to its boundary.
     """
 
     material_id: np.ndarray
@@ -78,6 +90,8 @@ class VoxelPhantom:
     direction_xyz: np.ndarray = field(default_factory=lambda: np.eye(3))
     density_g_cm3: np.ndarray | None = None
     labels: np.ndarray | None = None
+    world_material_id: int | None = None
+    world_margin_mm: float = 1000.0
 
     def __post_init__(self):
         mid = np.asarray(self.material_id)
@@ -107,6 +121,16 @@ class VoxelPhantom:
             if lab.min() < 0:
                 raise TransportError(f"labels must be >= 0, got {lab.min()}")
             self.labels = lab
+        if self.world_material_id is not None and (
+                isinstance(self.world_material_id, bool)
+                or not isinstance(self.world_material_id, (int, np.integer)) or self.world_material_id < 0):
+            raise TransportError(f"world_material_id must be a material id (int >= 0) or None, "
+                                 f"got {self.world_material_id!r}")
+        wm = self.world_margin_mm
+        if isinstance(wm, bool) or not isinstance(wm, (int, float, np.integer, np.floating)) \
+                or not math.isfinite(wm) or wm <= 0:
+            raise TransportError(f"world_margin_mm must be a finite number > 0, got {wm!r}")
+        self.world_margin_mm = float(wm)
 
     @classmethod
     def from_volume(cls, volume, density_g_cm3=None, labels=None) -> "VoxelPhantom":
@@ -237,7 +261,8 @@ def _fingerprint(phantom, materials, source, physics, settings) -> str:
         "physics": vars(physics) if not hasattr(physics, "__dataclass_fields__") else
         {k: getattr(physics, k) for k in physics.__dataclass_fields__},
         "run": [settings.histories_per_batch, settings.seed, settings.chunk_size],
-        "kernel": 1,
+        "world": [phantom.world_material_id, phantom.world_margin_mm],
+        "kernel": 2,
     }
     h.update(json.dumps(meta, sort_keys=True, default=str).encode())
     return h.hexdigest()[:24]
@@ -253,6 +278,8 @@ class _Prepared:
     label_ids: np.ndarray
     voxel_mass_g: np.ndarray
     label_mass_g: np.ndarray
+    world_row: int = -1
+    world_rho: float = 0.0
 
 
 def _prepare(phantom: VoxelPhantom, materials: Mapping[int, Material], source: Source,
@@ -273,6 +300,10 @@ def _prepare(phantom: VoxelPhantom, materials: Mapping[int, Material], source: S
     if missing:
         raise TransportError(f"material ids {missing[:10]} of the phantom have no material "
                              f"(materials has ids {sorted(materials)[:20]})")
+    wid = phantom.world_material_id
+    if wid is not None and int(wid) not in materials:
+        raise TransportError(f"world_material_id {wid} has no material (materials has ids "
+                             f"{sorted(materials)[:20]})")
     if source.max_energy_keV > physics.e_max_keV:
         raise TransportError(f"source energy up to {source.max_energy_keV:g} keV exceeds the tables' "
                              f"e_max_keV = {physics.e_max_keV:g}; raise Physics.e_max_keV")
@@ -293,12 +324,19 @@ def _prepare(phantom: VoxelPhantom, materials: Mapping[int, Material], source: S
     mat = lut[phantom.material_id].ravel()
     mat = mat.astype(np.uint8 if len(used) <= 256 else np.int16)
     mats = [materials[i] for i in used]
+    world_row = -1
+    if wid is not None:
+        if int(wid) in used:
+            world_row = used.index(int(wid))
+        else:
+            world_row = len(mats)
+            mats.append(materials[int(wid)])
     tables = build_tables(mats, physics.compton, physics.rayleigh, physics.e_min_keV, physics.e_max_keV,
                           physics.n_energy)
     nominal = tables.densities_g_cm3.astype(np.float32)
     dens = (phantom.density_g_cm3.ravel() if phantom.density_g_cm3 is not None else nominal[mat])
     dens = np.ascontiguousarray(dens, dtype=np.float32)
-    rho_max = np.zeros(len(used))
+    rho_max = np.zeros(len(mats))
     np.maximum.at(rho_max, mat.astype(np.int64), dens.astype(np.float64))
     if rho_max.max() <= 0:
         raise TransportError("the phantom has zero density everywhere")
@@ -309,8 +347,11 @@ def _prepare(phantom: VoxelPhantom, materials: Mapping[int, Material], source: S
     dz, dy, dx = phantom.spacing_mm
     voxel_mass = dens.astype(np.float64) * (dx * dy * dz * 1e-3)
     label_mass = np.bincount(labels_flat, weights=voxel_mass, minlength=len(label_ids))
+    world_rho = float(tables.densities_g_cm3[world_row]) if world_row >= 0 else 0.0
+    if world_row >= 0 and world_rho <= 0:
+        raise TransportError(f"world material {wid} has density {world_rho}; it must be > 0")
     return _Prepared(np.ascontiguousarray(mat), dens, tables, np.ascontiguousarray(majorant),
-                     labels_flat.astype(np.int64), label_ids, voxel_mass, label_mass)
+                     labels_flat.astype(np.int64), label_ids, voxel_mass, label_mass, world_row, world_rho)
 
 
 def _run_batch(prep: _Prepared, phantom: VoxelPhantom, source: Source, physics: Physics,
@@ -322,6 +363,8 @@ def _run_batch(prep: _Prepared, phantom: VoxelPhantom, source: Source, physics: 
     voxel = np.zeros(nvox)
     escape = np.zeros((_kernels.N_ESCAPE_CATEGORIES, _kernels.N_ESCAPE_QUANTITIES))
     incident = 0.0
+    world = 0.0
+    filtered = 0.0
     n = settings.histories_per_batch
     hx = float(t.x_per_angstrom[1] - t.x_per_angstrom[0])
     for c, start in enumerate(range(0, n, settings.chunk_size)):
@@ -332,20 +375,30 @@ def _run_batch(prep: _Prepared, phantom: VoxelPhantom, source: Source, physics: 
         dirs = phantom.world_to_grid_dir(ph.direction)
         dirs = np.ascontiguousarray(dirs / np.linalg.norm(dirs, axis=1)[:, None])
         e = np.ascontiguousarray(ph.energy_keV, dtype=np.float64)
+        if ph.weight is None:
+            wgt = np.ones(m)
+        else:
+            wgt = np.ascontiguousarray(ph.weight, dtype=np.float64)
+            if wgt.shape != (m,) or not np.all((wgt > 0) & (wgt <= 1)):
+                raise TransportError(f"{type(source).__name__} returned photon weights outside (0, 1]")
+            filtered += float(np.sum((1.0 - wgt) * e))
         with np.errstate(over="ignore"):
-            v, esc = _kernels.transport(
-                pos, dirs, e, prep.mat, prep.dens, nx, ny, nz, dx, dy, dz,
+            v, esc, wk = _kernels.transport(
+                pos, dirs, e, wgt, prep.mat, prep.dens, nx, ny, nz, dx, dy, dz,
                 t.mu_rho_cm2_g, prep.majorant, t.ln_e0, 1.0 / t.dln_e, t.compton_s_over_z,
                 t.rayleigh_cum, hx, float(physics.cutoff_keV), int(settings.seed), int(batch), int(start),
-                numba.get_num_threads())
+                numba.get_num_threads(), prep.world_row, prep.world_rho,
+                float(phantom.world_margin_mm) / 10.0)
         voxel += v
         escape += esc
+        world += wk
         incident += float(e.sum())
     voxel *= 1000.0
     escape[:, 0] *= 1000.0
     escape[:, 2] *= 1000.0
     label = np.bincount(prep.labels_flat, weights=voxel, minlength=len(prep.label_ids))
-    return BatchRecord(batch, n, fingerprint, voxel, label, escape, incident * 1000.0)
+    return BatchRecord(batch, n, fingerprint, voxel, label, escape, incident * 1000.0,
+                       world * 1000.0, filtered * 1000.0)
 
 
 def run(phantom: VoxelPhantom, materials: Mapping[int, Material], source: Source,

@@ -8,7 +8,7 @@ label, or escaping through a face, in the batch). Over ``B`` batches the result 
     mean = Σ x_b / B,   σ_mean = sqrt((Σ x_b² / B − mean²) / (B − 1))
 
 (NaN for B = 1). Exact totals (energy in eV, not per photon) are kept too, for the
-energy-balance check ``deposited + escaped = incident``. A batch is stored as a
+energy-balance check ``deposited + world + escaped + filtered = incident``. A batch is stored as a
 :class:`BatchRecord`; adding the same records in the same order gives bit-identical
 results whether they come from one process or from merged batch files.
 """
@@ -63,6 +63,10 @@ class BatchRecord:
         energy (eV), uncollided count.
     incident_eV : float
         Energy of all source photons of the batch (eV).
+    world_eV : float
+        Energy deposited in the world medium around the grid (eV; 0 in vacuum).
+    filtered_eV : float
+        Energy removed at the source by filtration weights, ``Σ (1 − w) E`` (eV).
     """
 
     batch: int
@@ -72,18 +76,23 @@ class BatchRecord:
     label_eV: np.ndarray
     escape: np.ndarray
     incident_eV: float
+    world_eV: float = 0.0
+    filtered_eV: float = 0.0
 
     def save(self, path: str | Path) -> None:
         """Write atomically (temporary file, then rename)."""
         _atomic_savez(Path(path), batch=self.batch, histories=self.histories,
                       fingerprint=np.array(self.fingerprint), voxel_eV=self.voxel_eV,
-                      label_eV=self.label_eV, escape=self.escape, incident_eV=self.incident_eV)
+                      label_eV=self.label_eV, escape=self.escape, incident_eV=self.incident_eV,
+                      world_eV=self.world_eV, filtered_eV=self.filtered_eV)
 
     @classmethod
     def load(cls, path: str | Path) -> "BatchRecord":
         with np.load(path) as z:
             return cls(int(z["batch"]), int(z["histories"]), str(z["fingerprint"]), z["voxel_eV"].copy(),
-                       z["label_eV"].copy(), z["escape"].copy(), float(z["incident_eV"]))
+                       z["label_eV"].copy(), z["escape"].copy(), float(z["incident_eV"]),
+                       float(z["world_eV"]) if "world_eV" in z else 0.0,
+                       float(z["filtered_eV"]) if "filtered_eV" in z else 0.0)
 
 
 def _mean_sigma(s: np.ndarray, s2: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -131,6 +140,12 @@ class TransportResult:
     deposited_total_eV: float = 0.0
     escaped_total_eV: float = 0.0
     incident_total_eV: float = 0.0
+    world_total_eV: float = 0.0
+    filtered_total_eV: float = 0.0
+    world_sum: float = 0.0
+    world_sum_sq: float = 0.0
+    filtered_sum: float = 0.0
+    filtered_sum_sq: float = 0.0
     batches_done: list = field(default_factory=list)
 
     def __post_init__(self):
@@ -163,6 +178,14 @@ class TransportResult:
         self.label_sum_sq += xl * xl
         self.escape_sum += xe
         self.escape_sum_sq += xe * xe
+        xw = rec.world_eV / n
+        xf = rec.filtered_eV / n
+        self.world_sum += xw
+        self.world_sum_sq += xw * xw
+        self.filtered_sum += xf
+        self.filtered_sum_sq += xf * xf
+        self.world_total_eV += rec.world_eV
+        self.filtered_total_eV += rec.filtered_eV
         self.deposited_total_eV += float(rec.voxel_eV.sum())
         self.escaped_total_eV += float(rec.escape[:, 0].sum())
         self.incident_total_eV += rec.incident_eV
@@ -228,9 +251,22 @@ class TransportResult:
         return self._escape_all(0)[0]
 
     @property
+    def world_eV_per_photon(self) -> tuple[float, float]:
+        """Mean and σ of the energy deposited in the world medium per source photon (eV)."""
+        m, s = _mean_sigma(np.asarray(self.world_sum), np.asarray(self.world_sum_sq), self.n_batches)
+        return float(m), float(s)
+
+    @property
+    def filtered_eV_per_photon(self) -> tuple[float, float]:
+        """Mean and σ of the energy removed by source filtration per source photon (eV)."""
+        m, s = _mean_sigma(np.asarray(self.filtered_sum), np.asarray(self.filtered_sum_sq), self.n_batches)
+        return float(m), float(s)
+
+    @property
     def energy_balance_error(self) -> float:
-        """``(deposited + escaped − incident) / incident`` over all histories."""
-        return (self.deposited_total_eV + self.escaped_total_eV - self.incident_total_eV) / self.incident_total_eV
+        """``(deposited + world + escaped + filtered − incident) / incident`` over all histories."""
+        return (self.deposited_total_eV + self.world_total_eV + self.escaped_total_eV
+                + self.filtered_total_eV - self.incident_total_eV) / self.incident_total_eV
 
     def dose_Gy_per_photon(self) -> tuple[np.ndarray, np.ndarray]:
         """Mean dose per voxel per source photon and its σ (Gy); needs ``voxel_mass_g``."""

@@ -223,3 +223,78 @@ def test_pure_python_kernels(tmp_path):
         subprocess.run([sys.executable, "-c", code % path], cwd=root, env=env, check=True, timeout=300)
         out[flag] = np.load(path)
     np.testing.assert_allclose(out["1"], out["0"], rtol=1e-9, atol=1e-9)
+
+
+# ----------------------------------------------------------------------------- world medium
+AIR = Material("air", 0.001205, {"C": 0.000124, "N": 0.755268, "O": 0.231781, "Ar": 0.012827})
+
+
+def test_world_medium_attenuates_before_and_after_the_grid():
+    """A dense 'world' (water at 0.05 g/cm³, margin 30 cm) in front of and behind a water
+    slab: the uncollided transmission is exp(−μ_w·ρ_w·L_world − μ·x) over the whole path
+    (Beer–Lambert through both media), and the energy balance holds with the world term."""
+    thin_water = Material("thin water", 0.05, dict(WATER.mass_fractions))
+    t = build_tables([WATER, thin_water])
+    mu_s = t.mu_linear(0, 60.0)
+    mu_w = t.mu_linear(1, 60.0)
+    x_cm = 0.5 / mu_s
+    margin_cm = 30.0
+    ph = VoxelPhantom(np.zeros((1, 1, 1), np.int16), spacing_mm=(10 * x_cm, 2000.0, 2000.0),
+                      origin_xyz_mm=(0.0, 0.0, 5 * x_cm), world_material_id=1, world_margin_mm=10 * margin_cm)
+    # source 50 cm before the grid: 30 cm of it inside the world, then the slab, then 30 cm more
+    src = PencilBeam((0.0, 0.0, -500.0), (0.0, 0.0, 1.0), 60.0)
+    res = run(ph, {0: WATER, 1: thin_water}, src, settings=Settings(histories_per_batch=5000, n_batches=10, seed=9))
+    tr, s = res.escape("+z", "uncollided_count")
+    expect = np.exp(-mu_w * 2 * margin_cm - mu_s * x_cm)
+    assert abs(tr - expect) < 3 * s + 1e-12, (tr, expect, s)
+    assert abs(tr - np.exp(-mu_s * x_cm)) > 10 * s  # the world matters here
+    assert abs(res.energy_balance_error) < 1e-9
+    w, ws = res.world_eV_per_photon
+    assert w > 0 and ws > 0
+    # photons that never reach the grid (scattered away in the world first) count as 'missed'
+    assert res.escape("missed", "count")[0] > 0
+
+
+def test_world_air_balance_and_vacuum_default_unchanged():
+    """Real air around a water block (TG-195's world): the balance holds with the world term;
+    without a world material nothing is deposited outside the grid."""
+    base = dict(spacing_mm=(50.0, 200.0, 200.0), origin_xyz_mm=(0.0, 0.0, 25.0))
+    src = PencilBeam((0.0, 0.0, -600.0), (0.0, 0.0, 1.0), 56.4)
+    st = Settings(histories_per_batch=4000, n_batches=4, seed=2)
+    vac = run(VoxelPhantom(np.zeros((5, 1, 1), np.int16), **base), {0: WATER}, src, settings=st)
+    air = run(VoxelPhantom(np.zeros((5, 1, 1), np.int16), world_material_id=1, world_margin_mm=700.0, **base),
+              {0: WATER, 1: AIR}, src, settings=st)
+    assert vac.world_eV_per_photon[0] == 0.0 and vac.filtered_eV_per_photon[0] == 0.0
+    assert abs(vac.energy_balance_error) < 1e-9 and abs(air.energy_balance_error) < 1e-9
+    assert air.world_eV_per_photon[0] > 0
+
+
+class _WeightedPencil(PencilBeam):
+    """A pencil beam whose photons carry weights uniform in [0.2, 1] (a test filter)."""
+
+    def sample(self, n, rng):
+        b = super().sample(n, rng)
+        b.weight = 0.2 + 0.8 * rng.random(n)
+        return b
+
+
+def test_source_weights_scale_tallies_and_keep_the_balance():
+    ph = slab(n_layers=4, thickness_cm=4.0)
+    st = Settings(histories_per_batch=3000, n_batches=5, seed=5)
+    plain = run(ph, {0: WATER}, pencil(), settings=st)
+    weighted = run(ph, {0: WATER}, _WeightedPencil((0.0, 0.0, -50.0), (0.0, 0.0, 1.0), 60.0), settings=st)
+    assert abs(weighted.energy_balance_error) < 1e-9
+    f, _ = weighted.filtered_eV_per_photon
+    assert abs(f / 60e3 - 0.4) < 0.02  # E[1 − w] = 0.4
+    ratio = weighted.deposited_total_eV / plain.deposited_total_eV
+    assert abs(ratio - 0.6) < 0.05  # E[w] = 0.6
+
+
+def test_world_bad_input():
+    with pytest.raises(TransportError, match="world_material_id"):
+        VoxelPhantom(np.zeros((1, 1, 1), np.int16), world_material_id=-1)
+    with pytest.raises(TransportError, match="world_margin_mm"):
+        VoxelPhantom(np.zeros((1, 1, 1), np.int16), world_material_id=0, world_margin_mm=0)
+    with pytest.raises(TransportError, match="world_material_id 7 has no material"):
+        run(VoxelPhantom(np.zeros((1, 1, 1), np.int16), world_material_id=7), {0: WATER}, pencil(),
+            settings=Settings(histories_per_batch=10, n_batches=1))
