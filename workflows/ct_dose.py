@@ -34,7 +34,7 @@ from typing import Mapping
 import numpy as np
 
 from workflows._io import SCHEMA_VERSION, hash_file, hash_params, provenance, write_json_atomic, write_text_atomic
-from workflows.scenario import Scenario, ScenarioError, read_scenario
+from workflows.scenario import CT_CONTINUOUS_KEYS, Scenario, ScenarioError, read_scenario
 
 __all__ = ["DoseModel", "build_model", "run_dose", "RESULTS_NAME", "DOSE_NAME", "DOSE_SIGMA_NAME",
            "ORGANS_NAME"]
@@ -113,11 +113,17 @@ def build_model(scenario: Scenario) -> DoseModel:
     ScenarioError
         Unreadable or non-integer label map, negative labels, a label without a material,
         an invalid material (unknown element, density <= 0, fractions not summing to 1),
-        an invalid spectrum (negative weights), a source that misses the phantom. The
+        an invalid spectrum (negative weights) or SpekPy parameters (kVp out of range,
+        unknown filter material), a bowtie or world material without a row in the
+        materials table, an invalid scan (e.g. ``z_end_mm`` without ``pitch``), a source
+        that misses the phantom, ``world_material`` with an engine that lacks it. The
         message names the scenario key concerned.
     """
-    from physics.transport import (CTFanBeam, ParallelBeam, PencilBeam, Physics, PointSource, Settings,
-                                   TransportError, VoxelPhantom, read_materials_csv, read_spectrum_csv)
+    import dataclasses
+
+    from physics.transport import (Bowtie, CTFanBeam, ParallelBeam, PencilBeam, Physics, PointSource, Settings,
+                                   TransportError, VoxelPhantom, read_materials_csv, read_spectrum_csv,
+                                   spekpy_spectrum)
     from pipeline.image import read_image
 
     ph = scenario.phantom
@@ -144,12 +150,46 @@ def build_model(scenario: Scenario) -> DoseModel:
         raise ScenarioError(f"[phantom] materials: labels {missing[:10]} of {ph.labels.name} have no row in "
                             f"{ph.materials.name} (it has label_id {sorted(materials)[:20]})")
 
+    world_kwargs = {}
+    if ph.world_material is not None:
+        if ph.world_material not in materials:
+            raise ScenarioError(f"[phantom] world_material {ph.world_material} has no row in {ph.materials.name} "
+                                f"(it has label_id {sorted(materials)[:20]})")
+        try:
+            have = {f.name for f in dataclasses.fields(VoxelPhantom)}
+        except TypeError:  # not a dataclass
+            have = set()
+        if not {"world_material_id", "world_margin_mm"} <= have:
+            raise ScenarioError("[phantom] world_material needs engine support: this physics.transport "
+                                "VoxelPhantom has no world_material_id / world_margin_mm")
+        world_kwargs = {"world_material_id": ph.world_material, "world_margin_mm": ph.world_margin_mm}
+
     s = scenario.source
     try:
-        energy = read_spectrum_csv(s.spectrum) if s.spectrum is not None else s.energy_keV
+        if s.kvp is not None:
+            energy = spekpy_spectrum(s.kvp, s.anode_angle_deg, s.filtration_mm)
+        elif s.spectrum is not None:
+            energy = read_spectrum_csv(s.spectrum)
+        else:
+            energy = s.energy_keV
     except TransportError as exc:
-        raise ScenarioError(f"[source] spectrum: {exc}") from None
+        raise ScenarioError(f"[source] {'spectrum: ' if s.spectrum is not None else ''}{exc}") from None
     g = s.geometry
+    bowtie = None
+    if "bowtie" in g:
+        b = g["bowtie"]
+        if b["material_id"] not in materials:
+            raise ScenarioError(f"[source.bowtie] material_id {b['material_id']} has no row in {ph.materials.name} "
+                                f"(it has label_id {sorted(materials)[:20]})")
+        try:
+            if "profile" in b:
+                bowtie = Bowtie.from_csv(materials[b["material_id"]], b["profile"])
+            else:
+                bowtie = Bowtie.cylinder_compensator(
+                    materials[b["material_id"]], b["centre_thickness_mm"], b["phantom_radius_mm"], b["ratio"],
+                    b.get("max_thickness_mm"))
+        except TransportError as exc:
+            raise ScenarioError(f"[source.bowtie] {'profile: ' if 'profile' in b else ''}{exc}") from None
     try:
         if s.type == "pencil":
             source = PencilBeam(g["position_mm"], g["direction"], energy)
@@ -160,13 +200,14 @@ def build_model(scenario: Scenario) -> DoseModel:
             source = PointSource(g["position_mm"], energy)
         else:
             source = CTFanBeam(g["source_to_isocentre_mm"], g["fan_width_mm"], g["slice_width_mm"],
-                               g.get("angles_deg", [0.0]), energy, g.get("isocentre_mm", (0.0, 0.0, 0.0)),
-                               g.get("axis", (0.0, 0.0, 1.0)))
+                               g.get("angles_deg"), energy, g.get("isocentre_mm", (0.0, 0.0, 0.0)),
+                               g.get("axis", (0.0, 0.0, 1.0)), rotation=g.get("rotation", "discrete"),
+                               bowtie=bowtie, **{k: g[k] for k in CT_CONTINUOUS_KEYS if k in g})
     except TransportError as exc:
         raise ScenarioError(f"[source] {exc}") from None
 
     try:
-        phantom = VoxelPhantom(arr, vol.spacing_mm, vol.origin_xyz_mm, vol.direction_xyz)
+        phantom = VoxelPhantom(arr, vol.spacing_mm, vol.origin_xyz_mm, vol.direction_xyz, **world_kwargs)
         e_max = max(150.0, source.max_energy_keV * 1.001)
         physics = Physics(scenario.physics.compton, scenario.physics.rayleigh, scenario.physics.cutoff_keV,
                           e_max_keV=e_max)
@@ -175,14 +216,16 @@ def build_model(scenario: Scenario) -> DoseModel:
     except TransportError as exc:
         raise ScenarioError(str(exc)) from None
     if source.min_energy_keV <= physics.cutoff_keV:
-        key = "spectrum" if s.spectrum is not None else "energy_keV"
+        key = s.energy_key
         raise ScenarioError(f"[source] {key}: photon energies must exceed [physics] cutoff_keV = "
                             f"{physics.cutoff_keV:g} keV, got {source.min_energy_keV:g} keV")
     ray = source.central_ray()
     if ray is not None and not _ray_hits_box(phantom, *ray):
         if s.type == "ct":
+            where = (f"at angle {source.angles_deg[0]:g} deg" if source.rotation == "discrete" else
+                     f"from {np.round(ray[0], 3).tolist()} mm (middle of the scan)")
             what = (f"isocentre_mm {g.get('isocentre_mm', [0.0, 0.0, 0.0])} and axis "
-                    f"{g.get('axis', [0.0, 0.0, 1.0])}: the central ray at angle {source.angles_deg[0]:g} deg")
+                    f"{g.get('axis', [0.0, 0.0, 1.0])}: the central ray {where}")
         else:
             what = f"position_mm {g['position_mm']} and direction {g['direction']}: the {s.type} beam"
         raise ScenarioError(f"[source] {what} misses the phantom grid of {ph.labels.name}")
@@ -220,8 +263,20 @@ def _inputs_hash(scenario: Scenario) -> str:
     """Hash of what determines the result: parameters and file contents (not paths, not threads)."""
     d = scenario.to_dict()
     d["source"].pop("spectrum", None)
+    d["source"].get("bowtie", {}).pop("profile", None)  # its content is in input_files
     d["run"].pop("threads", None)
-    return hash_params(d["source"], d["physics"], d["run"], [hash_file(f) for f in scenario.input_files()])
+    extra = []
+    if scenario.source.kvp is not None:  # the spectrum is computed: its code version matters
+        from importlib.metadata import PackageNotFoundError, version
+        try:
+            extra.append(("spekpy", version("spekpy")))
+        except PackageNotFoundError:  # build_model then reports the missing package
+            extra.append(("spekpy", None))
+    world = {k: v for k, v in d["phantom"].items() if k.startswith("world_")}
+    parts = [d["source"], d["physics"], d["run"], [hash_file(f) for f in scenario.input_files()]]
+    if world or extra:
+        parts.append([world, extra])  # only when used, so older scenarios keep their hash
+    return hash_params(*parts)
 
 
 def run_dose(scenario: Scenario | str | Path, out_dir: str | Path, *, threads: int | None = None,

@@ -8,11 +8,12 @@ issue 3 ("Interface")::
     [phantom]
     labels = "phantom.nii.gz"       # integer label map; grid from the file
     materials = "materials.csv"     # label_id, tissue_name, density_g_cm3, <element>...
+    world_material = 0              # optional: label_id of the medium around the grid (air)
     [source]
     type = "pencil"                 # pencil | parallel | point | ct
     position_mm = [0.0, 0.0, -1.0]  # world (x, y, z) mm
     direction = [0.0, 0.0, 1.0]
-    energy_keV = 60.0               # or: spectrum = "spectrum.csv"
+    energy_keV = 60.0               # or: spectrum = "spectrum.csv", or: kvp = 120.0
     [physics]
     compton = "binding"             # binding | klein-nishina
     rayleigh = true
@@ -20,19 +21,67 @@ issue 3 ("Interface")::
     histories = 10000000
     seed = 1
 
-Relative paths are resolved against the scenario file's folder. Keys per source type:
+Relative paths are resolved against the scenario file's folder.
+
+``[phantom]``: ``labels`` and ``materials`` (required); optional ``world_material``, the
+``label_id`` (a row of the materials table, e.g. air) of the medium that fills everything
+outside the voxel grid, up to ``world_margin_mm`` (> 0, default 1000 mm; only with
+``world_material``) beyond the grid on every side. Default: vacuum outside the grid.
+
+``[source]`` keys per source type:
 
 - ``pencil``: ``position_mm``, ``direction``;
 - ``parallel``: ``position_mm`` (centre of the beam rectangle), ``direction``,
   ``width_mm``, ``height_mm``, optional ``up``;
 - ``point``: ``position_mm`` (isotropic emission);
-- ``ct``: ``source_to_isocentre_mm``, ``fan_width_mm``, ``slice_width_mm``, optional
-  ``angles_deg`` (default ``[0.0]``), ``isocentre_mm`` (default origin), ``axis``
-  (default ``[0, 0, 1]``) — the TG-195 geometry of :class:`physics.transport.CTFanBeam`.
+- ``ct``: ``source_to_isocentre_mm``, ``fan_width_mm``, ``slice_width_mm`` (full beam
+  widths on the isocentre plane), optional ``isocentre_mm`` (default origin), ``axis``
+  (default ``[0, 0, 1]``), and the scan (:class:`physics.transport.CTFanBeam`, TG-195
+  geometry):
 
-Every source takes exactly one of ``energy_keV`` or ``spectrum``. Optional keys:
-``[physics] cutoff_keV`` (default 1), ``[run] batches`` (default 10; ``histories`` must
-be a multiple of it) and ``[run] threads``.
+  - ``rotation = "discrete"`` (default) with ``angles_deg`` (default ``[0.0]``): one or
+    more projections, each photon at one of the angles;
+  - ``rotation = "continuous"``: angle uniform over the scan, with optional
+    ``start_angle_deg`` (default 0), ``pitch`` (table feed per rotation / slice width,
+    >= 0, default 0 = axial) and at most one of ``arc_deg`` (> 0), ``n_rotations``
+    (> 0) or ``z_end_mm`` (needs ``pitch`` > 0 and ``z_start_mm``); default one
+    rotation. ``z_start_mm`` is the focal spot's axial position at the start (mm along
+    ``axis`` from the isocentre; default: the scan is centred on the isocentre);
+  - ``[source.bowtie]`` (optional): a bowtie filter (primary-only weights) with
+    ``material_id`` (a ``label_id`` of the phantom's materials table) and either
+    ``profile`` (CSV with columns ``fan_mm`` or ``fan_angle_deg``, and ``thickness_mm``)
+    or the analytic cylinder compensator ``centre_thickness_mm``, ``phantom_radius_mm``,
+    ``ratio`` and optional ``max_thickness_mm``
+    (:meth:`physics.transport.Bowtie.cylinder_compensator`).
+
+  A helical scan with a bowtie::
+
+    [source]
+    type = "ct"
+    source_to_isocentre_mm = 600.0
+    fan_width_mm = 500.0
+    slice_width_mm = 40.0
+    rotation = "continuous"
+    pitch = 1.0                     # 40 mm table feed per rotation
+    z_start_mm = -100.0             # focal spot from z = -100 mm ...
+    z_end_mm = 100.0                # ... to +100 mm: 5 rotations
+    kvp = 120.0
+    [source.bowtie]
+    material_id = 20                # a label_id of the materials table, e.g. aluminium
+    profile = "bowtie.csv"          # columns fan_mm (or fan_angle_deg), thickness_mm
+
+Every source takes exactly one of ``energy_keV`` (monoenergetic, keV), ``spectrum``
+(CSV ``energy_keV, relative_fluence[, bin_low_keV, bin_high_keV]``) or ``kvp`` (a tube
+spectrum computed with SpekPy, :func:`physics.transport.spekpy_spectrum`), the last with
+optional ``anode_angle_deg`` (default 12) and ``filtration_mm`` (a table of SpekPy filter
+material → mm, default ``{Al = 2.5}``)::
+
+    kvp = 120.0
+    anode_angle_deg = 12.0
+    filtration_mm = {Al = 2.5, Cu = 0.1}
+
+Optional keys: ``[physics] cutoff_keV`` (default 1), ``[run] batches`` (default 10;
+``histories`` must be a multiple of it) and ``[run] threads``.
 
 This module only reads and checks the file (:func:`read_scenario` → :class:`Scenario`);
 :mod:`workflows.ct_dose` turns a scenario into an engine run. Every error is a
@@ -49,25 +98,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-__all__ = ["ScenarioError", "SOURCE_TYPES", "COMPTON_MODELS", "PhantomSpec", "SourceSpec",
+__all__ = ["ScenarioError", "SOURCE_TYPES", "COMPTON_MODELS", "CT_ROTATIONS", "CT_CONTINUOUS_KEYS",
+           "PhantomSpec", "SourceSpec",
            "PhysicsSpec", "RunSpec", "Scenario", "read_scenario", "parse_scenario"]
 
 SOURCE_TYPES = ("pencil", "parallel", "point", "ct")
 COMPTON_MODELS = ("binding", "klein-nishina")
+CT_ROTATIONS = ("discrete", "continuous")
 DEFAULT_BATCHES = 10
+DEFAULT_WORLD_MARGIN_MM = 1000.0
+DEFAULT_ANODE_ANGLE_DEG = 12.0
+DEFAULT_FILTRATION_MM = {"Al": 2.5}
 
 _SECTIONS = ("phantom", "source", "physics", "run")
-_PHANTOM_KEYS = ("labels", "materials")
+_PHANTOM_KEYS = ("labels", "materials", "world_material", "world_margin_mm")
 _PHYSICS_KEYS = ("compton", "rayleigh", "cutoff_keV")
 _RUN_KEYS = ("histories", "seed", "batches", "threads")
-_ENERGY_KEYS = ("energy_keV", "spectrum")
+_ENERGY_KEYS = ("energy_keV", "spectrum", "kvp")
+_KVP_KEYS = ("anode_angle_deg", "filtration_mm")
+#: ``[source] type = "ct"`` keys that only apply to ``rotation = "continuous"``.
+CT_CONTINUOUS_KEYS = ("start_angle_deg", "arc_deg", "n_rotations", "pitch", "z_start_mm", "z_end_mm")
+_BOWTIE_KEYS = ("material_id", "profile", "centre_thickness_mm", "phantom_radius_mm", "ratio", "max_thickness_mm")
+_BOWTIE_ANALYTIC = ("centre_thickness_mm", "phantom_radius_mm", "ratio")
 #: Geometry keys allowed per source type: (required, optional).
 _SOURCE_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "pencil": (("position_mm", "direction"), ()),
     "parallel": (("position_mm", "direction", "width_mm", "height_mm"), ("up",)),
     "point": (("position_mm",), ()),
     "ct": (("source_to_isocentre_mm", "fan_width_mm", "slice_width_mm"),
-           ("angles_deg", "isocentre_mm", "axis")),
+           ("angles_deg", "isocentre_mm", "axis", "rotation", *CT_CONTINUOUS_KEYS, "bowtie")),
 }
 
 
@@ -78,10 +137,22 @@ class ScenarioError(ValueError):
 # ----------------------------------------------------------------------------- specs
 @dataclass(frozen=True)
 class PhantomSpec:
-    """``[phantom]``: absolute paths of the label map and the materials table."""
+    """``[phantom]``: the label map, the materials table and the medium around the grid.
+
+    Attributes
+    ----------
+    labels, materials : Path
+        Absolute paths of the label map and the materials table.
+    world_material : int or None
+        ``label_id`` of the material outside the voxel grid (e.g. air); None: vacuum.
+    world_margin_mm : float
+        How far (mm) the world material extends beyond the grid on every side.
+    """
 
     labels: Path
     materials: Path
+    world_material: int | None = None
+    world_margin_mm: float = DEFAULT_WORLD_MARGIN_MM
 
 
 @dataclass(frozen=True)
@@ -92,17 +163,33 @@ class SourceSpec:
     ----------
     type : {'pencil', 'parallel', 'point', 'ct'}
     energy_keV : float or None
-        Monoenergetic photons (keV, > 0); None when ``spectrum`` is given.
+        Monoenergetic photons (keV, > 0); None when ``spectrum`` or ``kvp`` is given.
     spectrum : Path or None
         Spectrum CSV (``energy_keV, relative_fluence[, bin_low_keV, bin_high_keV]``).
     geometry : dict
-        The type's geometry keys (see the module docstring), floats / 3-lists of floats.
+        The type's geometry keys (see the module docstring), floats / 3-lists of floats;
+        for ``ct`` also ``rotation`` (str) and ``bowtie`` (a dict with ``material_id``
+        and either ``profile`` (Path) or the analytic parameters).
+    kvp : float or None
+        Tube potential (kV) of a SpekPy spectrum.
+    anode_angle_deg : float or None
+        Anode angle (degrees) of the SpekPy spectrum (set when ``kvp`` is).
+    filtration_mm : dict or None
+        SpekPy filter material → thickness (mm) (set when ``kvp`` is).
     """
 
     type: str
     energy_keV: float | None = None
     spectrum: Path | None = None
     geometry: Mapping[str, Any] = field(default_factory=dict)
+    kvp: float | None = None
+    anode_angle_deg: float | None = None
+    filtration_mm: Mapping[str, float] | None = None
+
+    @property
+    def energy_key(self) -> str:
+        """The scenario key that gives the energy: ``energy_keV``, ``spectrum`` or ``kvp``."""
+        return "kvp" if self.kvp is not None else "spectrum" if self.spectrum is not None else "energy_keV"
 
 
 @dataclass(frozen=True)
@@ -141,13 +228,22 @@ class Scenario:
     def to_dict(self) -> dict:
         """JSON-ready description (paths as strings)."""
         src = {"type": self.source.type, **{k: v for k, v in self.source.geometry.items()}}
+        if "bowtie" in src:
+            src["bowtie"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in src["bowtie"].items()}
         if self.source.energy_keV is not None:
             src["energy_keV"] = self.source.energy_keV
-        else:
+        elif self.source.spectrum is not None:
             src["spectrum"] = str(self.source.spectrum)
+        else:
+            src.update(kvp=self.source.kvp, anode_angle_deg=self.source.anode_angle_deg,
+                       filtration_mm=dict(self.source.filtration_mm))
+        phantom = {"labels": str(self.phantom.labels), "materials": str(self.phantom.materials)}
+        if self.phantom.world_material is not None:
+            phantom.update(world_material=self.phantom.world_material,
+                           world_margin_mm=self.phantom.world_margin_mm)
         return {
             "scenario": str(self.path) if self.path else None,
-            "phantom": {"labels": str(self.phantom.labels), "materials": str(self.phantom.materials)},
+            "phantom": phantom,
             "source": src,
             "physics": {"compton": self.physics.compton, "rayleigh": self.physics.rayleigh,
                         "cutoff_keV": self.physics.cutoff_keV},
@@ -160,6 +256,9 @@ class Scenario:
         files = [self.phantom.labels, self.phantom.materials]
         if self.source.spectrum is not None:
             files.append(self.source.spectrum)
+        profile = self.source.geometry.get("bowtie", {}).get("profile")
+        if profile is not None:
+            files.append(profile)
         return files
 
 
@@ -174,6 +273,13 @@ def _positive(sec: str, key: str, v: Any) -> float:
     x = _number(sec, key, v)
     if x <= 0:
         raise ScenarioError(f"[{sec}] {key} must be > 0, got {v!r}")
+    return x
+
+
+def _non_negative(sec: str, key: str, v: Any) -> float:
+    x = _number(sec, key, v)
+    if x < 0:
+        raise ScenarioError(f"[{sec}] {key} must be >= 0, got {v!r}")
     return x
 
 
@@ -227,6 +333,79 @@ def _require(sec: str, table: Mapping, key: str, hint: str = "") -> Any:
     return table[key]
 
 
+def _filtration(v: Any) -> dict[str, float]:
+    """``[source] filtration_mm``: a table of filter material → thickness (mm, >= 0)."""
+    if not isinstance(v, dict):
+        raise ScenarioError(f"[source] filtration_mm must be a table of filter material to thickness in mm, "
+                            f"e.g. filtration_mm = {{Al = 2.5, Cu = 0.1}}, got {v!r}")
+    return {str(m): _non_negative("source", f"filtration_mm.{m}", x) for m, x in v.items()}
+
+
+def _bowtie(v: Any, base: Path) -> dict[str, Any]:
+    """``[source.bowtie]``: material_id and either a profile CSV or the analytic parameters."""
+    sec = "source.bowtie"
+    if not isinstance(v, dict):
+        raise ScenarioError(f"[source] bowtie must be a table ([source.bowtie]), got {v!r}")
+    _no_unknown(sec, v, _BOWTIE_KEYS)
+    out: dict[str, Any] = {"material_id": _integer(sec, "material_id", _require(
+        sec, v, "material_id", " (the label_id of the filter material in the materials table)"), 0)}
+    analytic = [k for k in (*_BOWTIE_ANALYTIC, "max_thickness_mm") if k in v]
+    if ("profile" in v) == bool(analytic):
+        raise ScenarioError(f"[{sec}] give either profile (CSV file: fan_mm or fan_angle_deg, thickness_mm) or "
+                            f"the analytic {', '.join(_BOWTIE_ANALYTIC)}[, max_thickness_mm], not "
+                            f"{'both' if analytic else 'neither'}")
+    if "profile" in v:
+        out["profile"] = _file(sec, "profile", v["profile"], base)
+        return out
+    for k in _BOWTIE_ANALYTIC:
+        _require(sec, v, k, f" (the analytic bowtie needs {', '.join(_BOWTIE_ANALYTIC)})")
+    out["centre_thickness_mm"] = _non_negative(sec, "centre_thickness_mm", v["centre_thickness_mm"])
+    out["phantom_radius_mm"] = _positive(sec, "phantom_radius_mm", v["phantom_radius_mm"])
+    out["ratio"] = _non_negative(sec, "ratio", v["ratio"])
+    if "max_thickness_mm" in v:
+        out["max_thickness_mm"] = _non_negative(sec, "max_thickness_mm", v["max_thickness_mm"])
+    return out
+
+
+def _geometry(t: Mapping, stype: str, required, optional, base: Path) -> dict[str, Any]:
+    """The source type's geometry keys, each checked on its own (the source checks combinations)."""
+    rotation = t.get("rotation", "discrete")
+    if rotation not in CT_ROTATIONS:
+        raise ScenarioError(f"[source] rotation must be one of {', '.join(repr(r) for r in CT_ROTATIONS)}, "
+                            f"got {rotation!r}")
+    for k in CT_CONTINUOUS_KEYS:
+        if k in t and rotation != "continuous":
+            raise ScenarioError(f'[source] {k} needs rotation = "continuous" (rotation is {rotation!r}; '
+                                f"use angles_deg for discrete projections)")
+    if "angles_deg" in t and rotation != "discrete":
+        raise ScenarioError('[source] angles_deg applies to rotation = "discrete" only; for rotation = '
+                            '"continuous" give start_angle_deg and one of arc_deg, n_rotations or z_end_mm')
+    geom: dict[str, Any] = {}
+    for k in (*required, *optional):
+        if k not in t:
+            continue
+        v = t[k]
+        if k in ("position_mm", "isocentre_mm"):
+            geom[k] = _vec3("source", k, v)
+        elif k in ("direction", "up", "axis"):
+            geom[k] = _vec3("source", k, v, nonzero=True)
+        elif k == "angles_deg":
+            if not isinstance(v, list) or not v:
+                raise ScenarioError(f"[source] angles_deg must be a non-empty list of angles (degrees), got {v!r}")
+            geom[k] = [_number("source", k, a) for a in v]
+        elif k == "rotation":
+            geom[k] = v
+        elif k == "bowtie":
+            geom[k] = _bowtie(v, base)
+        elif k in ("start_angle_deg", "z_start_mm", "z_end_mm"):
+            geom[k] = _number("source", k, v)
+        elif k == "pitch":
+            geom[k] = _non_negative("source", k, v)
+        else:
+            geom[k] = _positive("source", k, v)
+    return geom
+
+
 def parse_scenario(data: Mapping[str, Any], base_dir: str | os.PathLike = ".",
                    path: str | os.PathLike | None = None) -> Scenario:
     """Validate a scenario given as a dict (the parsed TOML).
@@ -261,8 +440,16 @@ def parse_scenario(data: Mapping[str, Any], base_dir: str | os.PathLike = ".",
     # [phantom]
     t = _table(data, "phantom")
     _no_unknown("phantom", t, _PHANTOM_KEYS)
+    world = t.get("world_material")
+    if world is not None:
+        world = _integer("phantom", "world_material", world, 0)
+    elif "world_margin_mm" in t:
+        raise ScenarioError("[phantom] world_margin_mm needs world_material (the label_id of the medium "
+                            "outside the grid, e.g. air)")
+    margin = _positive("phantom", "world_margin_mm", t.get("world_margin_mm", DEFAULT_WORLD_MARGIN_MM))
     phantom = PhantomSpec(_file("phantom", "labels", _require("phantom", t, "labels"), base),
-                          _file("phantom", "materials", _require("phantom", t, "materials"), base))
+                          _file("phantom", "materials", _require("phantom", t, "materials"), base),
+                          world, margin)
 
     # [source]
     t = _table(data, "source")
@@ -271,7 +458,7 @@ def parse_scenario(data: Mapping[str, Any], base_dir: str | os.PathLike = ".",
         raise ScenarioError(f"[source] type must be one of {', '.join(repr(s) for s in SOURCE_TYPES)}, "
                             f"got {stype!r}")
     required, optional = _SOURCE_KEYS[stype]
-    allowed = ("type", *_ENERGY_KEYS, *required, *optional)
+    allowed = ("type", *_ENERGY_KEYS, *_KVP_KEYS, *required, *optional)
     for k in t:
         if k not in allowed:
             other = [s for s, (r, o) in _SOURCE_KEYS.items() if k in r or k in o]
@@ -279,26 +466,23 @@ def parse_scenario(data: Mapping[str, Any], base_dir: str | os.PathLike = ".",
             raise ScenarioError(f"[source] key {k!r} {why} (valid keys for {stype!r}: {', '.join(allowed)})")
     for k in required:
         _require("source", t, k, f" (needed by type {stype!r})")
-    if ("energy_keV" in t) == ("spectrum" in t):
-        raise ScenarioError("[source] give exactly one of energy_keV (keV) or spectrum (CSV file)")
+    given = [k for k in _ENERGY_KEYS if k in t]
+    if len(given) != 1:
+        raise ScenarioError("[source] give exactly one of energy_keV (keV), spectrum (CSV file) or kvp "
+                            f"(tube potential, kV, for a SpekPy spectrum), got {', '.join(given) or 'none'}")
     energy = _positive("source", "energy_keV", t["energy_keV"]) if "energy_keV" in t else None
     spectrum = _file("source", "spectrum", t["spectrum"], base) if "spectrum" in t else None
-    geom: dict[str, Any] = {}
-    for k in (*required, *optional):
-        if k not in t:
-            continue
-        v = t[k]
-        if k in ("position_mm", "isocentre_mm"):
-            geom[k] = _vec3("source", k, v)
-        elif k in ("direction", "up", "axis"):
-            geom[k] = _vec3("source", k, v, nonzero=True)
-        elif k == "angles_deg":
-            if not isinstance(v, list) or not v:
-                raise ScenarioError(f"[source] angles_deg must be a non-empty list of angles (degrees), got {v!r}")
-            geom[k] = [_number("source", k, a) for a in v]
-        else:
-            geom[k] = _positive("source", k, v)
-    source = SourceSpec(stype, energy, spectrum, geom)
+    kvp = anode = filtration = None
+    if "kvp" in t:
+        kvp = _positive("source", "kvp", t["kvp"])
+        anode = _positive("source", "anode_angle_deg", t.get("anode_angle_deg", DEFAULT_ANODE_ANGLE_DEG))
+        filtration = _filtration(t.get("filtration_mm", DEFAULT_FILTRATION_MM))
+    else:
+        for k in _KVP_KEYS:
+            if k in t:
+                raise ScenarioError(f"[source] {k} applies to a SpekPy spectrum only: give kvp, or remove {k}")
+    geom = _geometry(t, stype, required, optional, base)
+    source = SourceSpec(stype, energy, spectrum, geom, kvp, anode, filtration)
 
     # [physics]
     t = _table(data, "physics", required=False)

@@ -12,6 +12,7 @@ Everything here takes only arrays and scalars. Units: lengths in cm in the *grid
 * Compton: Klein–Nishina by Kahn's rejection method (Kahn, RAND AECU-3259, 1956; as in
   OpenMC ``klein_nishina``), then rejection on ``S(x)/Z`` (bound electrons, no Doppler).
 * Rayleigh: inverse CDF of ``F²(x)`` in ``x²``, rejection on ``(1 + cos²θ)/2``.
+* K fluorescence (optional): isotropic line photons after photoabsorption.
 * Electrons and photons below the cutoff deposit their energy where they are created
   (kerma approximation).
 
@@ -258,8 +259,11 @@ def _box_exit(x, y, z, u, v, w, x0, y0, z0, x1, y1, z1):
 
 @njit(**NJIT_FLAGS)
 def _interact(st, e, u, v, w, m, ie, fe, mu_rho_t, mu_tab, sz_tab, ray_cum, hx, hx_inv, nx_tab,
-              cutoff_keV):
+              cutoff_keV, fl_cum, fl_e):
     """One real collision in material row ``m``.
+
+    Photoabsorption may emit a K-fluorescence photon (``fl_cum[m, ie, l]``: cumulative
+    probability of lines ``0..l``; ``fl_e[m, l]``: their energies), emitted isotropically.
 
     Returns ``(state, e_new, deposited_keV, u, v, w, alive)``.
     """
@@ -268,6 +272,23 @@ def _interact(st, e, u, v, w, m, ie, fe, mu_rho_t, mu_tab, sz_tab, ray_cum, hx, 
     a1 = mu_tab[m, ie, 1]
     pe = a1 + fe * (mu_tab[m, ie + 1, 1] - a1)
     if r < pe:
+        n_l = fl_cum.shape[2]
+        top = fl_cum[m, ie, n_l - 1] + fe * (fl_cum[m, ie + 1, n_l - 1] - fl_cum[m, ie, n_l - 1])
+        if top > 0.0:
+            st, r2 = next_uniform(st)
+            if r2 < top:
+                for l in range(n_l):
+                    c = fl_cum[m, ie, l] + fe * (fl_cum[m, ie + 1, l] - fl_cum[m, ie, l])
+                    if r2 < c:
+                        break
+                e_fl = fl_e[m, l]
+                if e_fl >= cutoff_keV and e_fl < e:
+                    st, r3 = next_uniform(st)
+                    st, r4 = next_uniform(st)
+                    w = 2.0 * r3 - 1.0
+                    sn = math.sqrt(max(0.0, 1.0 - w * w))
+                    ph = _TWO_PI * r4
+                    return st, e_fl, e - e_fl, sn * math.cos(ph), sn * math.sin(ph), w, True
         return st, 0.0, e, u, v, w, False
     a2 = mu_tab[m, ie, 2]
     co = a2 + fe * (mu_tab[m, ie + 1, 2] - a2)
@@ -289,7 +310,7 @@ def _interact(st, e, u, v, w, m, ie, fe, mu_rho_t, mu_tab, sz_tab, ray_cum, hx, 
 def transport(pos_cm, dir_, energy_keV, weight, mat, dens, nx, ny, nz, dx, dy, dz,
               mu_tab, majorant, ln_e0, inv_dln_e, sz_tab, ray_cum, hx,
               cutoff_keV, seed, batch, history_offset, n_threads,
-              world_row, world_rho, world_margin_cm):
+              world_row, world_rho, world_margin_cm, fl_cum, fl_e):
     """Transport photons through a voxel grid by Woodcock tracking.
 
     Parameters
@@ -324,6 +345,8 @@ def transport(pos_cm, dir_, energy_keV, weight, mat, dens, nx, ny, nz, dx, dy, d
         World density (g/cm³).
     world_margin_cm : float
         The world is the grid box grown by this margin on every side; beyond it is vacuum.
+    fl_cum, fl_e : float64 (n_mat, n_E, L), (n_mat, L)
+        K-fluorescence tables (:func:`.xsection.fluorescence_tables`); zeros switch it off.
 
     Returns
     -------
@@ -430,7 +453,7 @@ def transport(pos_cm, dir_, energy_keV, weight, mat, dens, nx, ny, nz, dx, dy, d
                 can_enter = True
                 st, e, dep, u, v, w, alive = _interact(
                     st, e, u, v, w, world_row, ie, fe, mu_w_rho, mu_tab, sz_tab, ray_cum, hx,
-                    hx_inv, nx_tab, cutoff_keV)
+                    hx_inv, nx_tab, cutoff_keV, fl_cum, fl_e)
                 esc[tid, 28] += wt * dep
                 if not alive:
                     break
@@ -470,7 +493,7 @@ def transport(pos_cm, dir_, energy_keV, weight, mat, dens, nx, ny, nz, dx, dy, d
             collided = True
             st, e, dep, u, v, w, alive = _interact(
                 st, e, u, v, w, m, ie, fe, mu_rho_t, mu_tab, sz_tab, ray_cum, hx, hx_inv, nx_tab,
-                cutoff_keV)
+                cutoff_keV, fl_cum, fl_e)
             local[tid, vox] += wt * dep
             if not alive:
                 break

@@ -13,8 +13,8 @@ of threads. With ``Settings.state_dir`` every finished batch is written atomical
 and computes only the missing ones, so an interrupted run resumes without losing or
 double-counting histories, and batches computed by separate jobs merge exactly.
 
-Physics (see :mod:`._kernels`): photoelectric absorption, bound or free Compton,
-Rayleigh; electrons and sub-cutoff photons deposit locally (kerma approximation, as in
+Physics (see :mod:`._kernels`): photoelectric absorption with optional K fluorescence,
+bound or free Compton, Rayleigh; electrons and sub-cutoff photons deposit locally (kerma approximation, as in
 TG-195 and MC-GPU). Outside the grid is vacuum unless the phantom names a world material
 (``VoxelPhantom.world_material_id``, e.g. air): then the grid box grown by
 ``world_margin_mm`` on every side is filled with it (photons are transported and scatter
@@ -41,7 +41,7 @@ from . import _kernels
 from .materials import Material, TransportError
 from .sources import Source, Spectrum
 from .tallies import BatchRecord, TransportResult
-from .xsection import build_tables
+from .xsection import build_tables, fluorescence_tables
 
 __all__ = ["VoxelPhantom", "Physics", "Settings", "run", "COMPTON_MODELS"]
 
@@ -170,6 +170,9 @@ class Physics:
         Coherent scattering on/off.
     cutoff_keV : float
         Photons below this energy deposit locally (>= table minimum, default 1 keV).
+    fluorescence : bool
+        Emit and transport K-fluorescence photons (lines >= 5 keV, e.g. iodine's
+        28–33 keV) after photoabsorption; otherwise all the energy deposits locally.
     e_max_keV : float
         Top of the cross-section tables (keV).
     n_energy : int
@@ -179,6 +182,7 @@ class Physics:
     compton: str = "binding"
     rayleigh: bool = True
     cutoff_keV: float = 1.0
+    fluorescence: bool = True
     e_min_keV: float = 1.0
     e_max_keV: float = 150.0
     n_energy: int = 2000
@@ -188,6 +192,8 @@ class Physics:
             raise TransportError(f"compton must be one of {COMPTON_MODELS}, got {self.compton!r}")
         if not isinstance(self.rayleigh, bool):
             raise TransportError(f"rayleigh must be True or False, got {self.rayleigh!r}")
+        if not isinstance(self.fluorescence, bool):
+            raise TransportError(f"fluorescence must be True or False, got {self.fluorescence!r}")
         if not (0 < self.e_min_keV < self.e_max_keV):
             raise TransportError(f"need 0 < e_min_keV < e_max_keV, got {self.e_min_keV}, {self.e_max_keV}")
         if not (self.e_min_keV <= self.cutoff_keV < self.e_max_keV):
@@ -237,7 +243,7 @@ class Settings:
 def _describe(obj):
     if isinstance(obj, np.ndarray):
         return obj.tolist()
-    if isinstance(obj, Spectrum):
+    if isinstance(obj, Spectrum) or callable(getattr(obj, "to_dict", None)):
         return obj.to_dict()
     if isinstance(obj, (list, tuple)):
         return [_describe(o) for o in obj]
@@ -280,6 +286,8 @@ class _Prepared:
     label_mass_g: np.ndarray
     world_row: int = -1
     world_rho: float = 0.0
+    fl_cum: np.ndarray = None
+    fl_e: np.ndarray = None
 
 
 def _prepare(phantom: VoxelPhantom, materials: Mapping[int, Material], source: Source,
@@ -350,8 +358,13 @@ def _prepare(phantom: VoxelPhantom, materials: Mapping[int, Material], source: S
     world_rho = float(tables.densities_g_cm3[world_row]) if world_row >= 0 else 0.0
     if world_row >= 0 and world_rho <= 0:
         raise TransportError(f"world material {wid} has density {world_rho}; it must be > 0")
+    if physics.fluorescence:
+        fl_cum, fl_e = fluorescence_tables(mats, tables.energy_keV, tables.mu_rho_cm2_g[:, :, 1])
+    else:
+        fl_cum, fl_e = np.zeros((len(mats), tables.energy_keV.size, 1)), np.zeros((len(mats), 1))
     return _Prepared(np.ascontiguousarray(mat), dens, tables, np.ascontiguousarray(majorant),
-                     labels_flat.astype(np.int64), label_ids, voxel_mass, label_mass, world_row, world_rho)
+                     labels_flat.astype(np.int64), label_ids, voxel_mass, label_mass, world_row, world_rho,
+                     np.ascontiguousarray(fl_cum), np.ascontiguousarray(fl_e))
 
 
 def _run_batch(prep: _Prepared, phantom: VoxelPhantom, source: Source, physics: Physics,
@@ -388,7 +401,7 @@ def _run_batch(prep: _Prepared, phantom: VoxelPhantom, source: Source, physics: 
                 t.mu_rho_cm2_g, prep.majorant, t.ln_e0, 1.0 / t.dln_e, t.compton_s_over_z,
                 t.rayleigh_cum, hx, float(physics.cutoff_keV), int(settings.seed), int(batch), int(start),
                 numba.get_num_threads(), prep.world_row, prep.world_rho,
-                float(phantom.world_margin_mm) / 10.0)
+                float(phantom.world_margin_mm) / 10.0, prep.fl_cum, prep.fl_e)
         voxel += v
         escape += esc
         world += wk
@@ -401,9 +414,33 @@ def _run_batch(prep: _Prepared, phantom: VoxelPhantom, source: Source, physics: 
                        world * 1000.0, filtered * 1000.0)
 
 
+def _check_regions(regions, nvox: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    if regions is None:
+        return {}
+    if not isinstance(regions, Mapping):
+        raise TransportError("regions must be a mapping {name: (flat_voxel_indices, weights)}")
+    out = {}
+    for name, spec in regions.items():
+        try:
+            idx, w = spec
+            idx = np.asarray(idx).ravel()
+            w = np.asarray(w, dtype=float).ravel()
+        except (TypeError, ValueError):
+            raise TransportError(f"region {name!r} must be (flat_voxel_indices, weights)") from None
+        if not np.issubdtype(idx.dtype, np.integer) or idx.shape != w.shape:
+            raise TransportError(f"region {name!r}: indices must be integers and match the weights' length")
+        if idx.size and (idx.min() < 0 or idx.max() >= nvox):
+            raise TransportError(f"region {name!r}: voxel indices must lie in [0, {nvox})")
+        if not np.all(np.isfinite(w)) or np.any(w < 0):
+            raise TransportError(f"region {name!r}: weights must be finite and >= 0")
+        out[str(name)] = (idx.astype(np.int64), w)
+    return out
+
+
 def run(phantom: VoxelPhantom, materials: Mapping[int, Material], source: Source,
         physics: Physics | None = None, settings: Settings | None = None,
-        progress: Callable[[int, int], None] | None = None) -> TransportResult:
+        progress: Callable[[int, int], None] | None = None,
+        regions: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None) -> TransportResult:
     """Transport ``settings.n_batches × settings.histories_per_batch`` photons.
 
     Parameters
@@ -417,6 +454,11 @@ def run(phantom: VoxelPhantom, materials: Mapping[int, Material], source: Source
     settings : Settings, optional
     progress : callable, optional
         Called as ``progress(batches_done, n_batches)`` after every batch.
+    regions : mapping of str to (int array, float array), optional
+        Scoring regions: flat voxel indices (C order of the ``(nz, ny, nx)`` grid) and
+        weights (e.g. the fraction of each voxel inside a cylindrical chamber). Each
+        region's energy is tallied per batch, so :meth:`TransportResult.region` has an
+        honest σ.
 
     Returns
     -------
@@ -436,7 +478,9 @@ def run(phantom: VoxelPhantom, materials: Mapping[int, Material], source: Source
         raise TransportError(f"settings must be a Settings, got {type(settings).__name__}")
     prep = _prepare(phantom, materials, source, physics)
     fp = _fingerprint(phantom, materials, source, physics, settings)
-    result = TransportResult(tuple(phantom.shape), prep.label_ids, fp, prep.voxel_mass_g, prep.label_mass_g)
+    regs = _check_regions(regions, int(np.prod(phantom.shape)))
+    result = TransportResult(tuple(phantom.shape), prep.label_ids, fp, prep.voxel_mass_g, prep.label_mass_g,
+                             region_names=tuple(regs))
     state = Path(settings.state_dir) if settings.state_dir is not None else None
     old_threads = numba.get_num_threads()
     if settings.threads is not None:
@@ -461,7 +505,8 @@ def run(phantom: VoxelPhantom, materials: Mapping[int, Material], source: Source
                 n_computed += rec.histories
                 if path is not None:
                     rec.save(path)
-            result.add_batch(rec)
+            region_eV = np.array([float(np.dot(rec.voxel_eV[i], w)) for i, w in regs.values()])
+            result.add_batch(rec, region_eV if regs else None)
             if progress is not None:
                 progress(b + 1, settings.n_batches)
     finally:

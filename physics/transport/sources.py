@@ -11,7 +11,10 @@ Energy is either a single energy in keV or a :class:`Spectrum`: discrete lines
 (``energy_keV``, ``relative_fluence``) or, when bin edges are given, a histogram sampled
 uniformly inside each bin. Spectrum files are CSV with columns ``energy_keV,
 relative_fluence`` and optional ``bin_low_keV, bin_high_keV`` (the format of the
-reference spectra in ``reference/`` and ``reference/tg195/``).
+reference spectra in ``reference/`` and ``reference/tg195/``). :func:`spekpy_spectrum`
+computes a tube spectrum from kVp, anode angle and filtration with SpekPy (Poludniowski
+et al., *Phys. Med. Biol.* 66 (2021) 21NT02; Bujila et al., *Phys. Med.* 75 (2020) 44),
+binned with the same ``[bin_low_keV, bin_high_keV)`` convention.
 """
 
 from __future__ import annotations
@@ -21,13 +24,15 @@ import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
+from typing import Mapping
 
 import numpy as np
 
 from .materials import TransportError
 
-__all__ = ["PhotonBatch", "Spectrum", "read_spectrum_csv", "Source", "PencilBeam",
-           "ParallelBeam", "PointSource"]
+__all__ = ["PhotonBatch", "Spectrum", "read_spectrum_csv", "spekpy_spectrum", "SPEKPY_KVP_RANGE",
+           "Source", "PencilBeam", "ParallelBeam", "PointSource"]
 
 
 @dataclass
@@ -41,11 +46,17 @@ class PhotonBatch:
     direction : float64 (n, 3)
         Unit direction vectors (x, y, z).
     energy_keV : float64 (n,)
+    weight : float64 (n,), optional
+        Statistical weight in (0, 1] after source-side filtration (e.g. the expected
+        transmission through a bowtie filter); None means 1 for every photon. The engine
+        counts every photon as emitted (incident energy ``Σ E``) and tallies the filtered
+        part ``Σ (1 − w) E`` separately, so the energy balance stays exact.
     """
 
     position_mm: np.ndarray
     direction: np.ndarray
     energy_keV: np.ndarray
+    weight: np.ndarray | None = None
 
 
 def _vec3(value, name: str, unit: bool = False) -> np.ndarray:
@@ -168,6 +179,133 @@ def read_spectrum_csv(path: str | Path) -> Spectrum:
         if isinstance(exc, TransportError):
             raise TransportError(f"spectrum file {str(path)!r}: {exc}") from None
         raise TransportError(f"spectrum file {str(path)!r}: unreadable number ({exc})") from None
+
+
+#: Anode targets of SpekPy's default ('casim') model and their tube-potential range (kV),
+#: as enforced by ``spekpy.Spek`` (SpekPy 2.5).
+SPEKPY_KVP_RANGE: Mapping[str, tuple[float, float]] = MappingProxyType({
+    "W": (10.0, 500.0), "Mo": (10.0, 50.0), "Rh": (10.0, 50.0), "Cr": (10.0, 50.0),
+    "Cu": (10.0, 50.0), "Ag": (10.0, 50.0), "Au": (10.0, 50.0),
+})
+
+
+def _spekpy_materials() -> set[str]:
+    """Names SpekPy accepts as filter materials (its default and user material files)."""
+    from spekpy.IO import get_matls
+
+    usr, default = get_matls()
+    return set(usr) | set(default)
+
+
+def spekpy_spectrum(kvp, anode_angle_deg=12.0, filtration_mm: Mapping[str, float] = MappingProxyType({"Al": 2.5}),
+                    bin_keV=0.5, *, target: str = "W", min_relative_fluence: float = 1e-12) -> Spectrum:
+    """An x-ray tube spectrum computed with SpekPy, as a binned :class:`Spectrum`.
+
+    SpekPy's default physics model ('casim') gives the bremsstrahlung and characteristic
+    photon fluence of a thick-target tube at the reference point 1 m from the focal spot
+    on the central axis, attenuated by the given filters (SpekPy's own attenuation
+    tables). The fluence is returned per energy bin: SpekPy's bins have width
+    ``bin_keV`` and end at ``kvp``, so bin ``i`` is ``[k_i − Δ/2, k_i + Δ/2)`` around
+    SpekPy's mid-bin energy ``k_i``; photons are sampled uniformly inside a bin and the
+    mean energy (:attr:`Spectrum.mean_energy_keV`) equals SpekPy's ``get_emean``.
+
+    Parameters
+    ----------
+    kvp : float
+        Tube potential (kV); within :data:`SPEKPY_KVP_RANGE` of ``target`` (W: 10–500 kV).
+    anode_angle_deg : float
+        Anode (target) angle in degrees, 0 < angle < 90. SpekPy's default is 12°.
+    filtration_mm : mapping of str to float
+        Filter material → thickness (mm, >= 0), applied in order, e.g.
+        ``{"Al": 2.5, "Cu": 0.1}``. Material names are SpekPy's: element symbols
+        (``"Al"``, ``"Cu"``) or its named materials (``"Water, Liquid"``, ``"Air"``, …;
+        see ``spekpy.Spek.show_matls()``). Default 2.5 mm Al. An empty mapping gives the
+        unfiltered spectrum.
+    bin_keV : float
+        Energy bin width (keV), 0 < ``bin_keV`` <= ``kvp``/10. Default 0.5 keV.
+    target : str
+        Anode material, one of the keys of :data:`SPEKPY_KVP_RANGE`. Default ``"W"``.
+    min_relative_fluence : float
+        Bins holding less than this fraction of all photons are dropped (default 1e-12:
+        the strongly filtered low-energy tail, whose removal changes the total by < 1e-9).
+
+    Returns
+    -------
+    Spectrum
+        Bin representatives ``energy_keV`` = SpekPy's mid-bin energies, ``bin_low_keV``,
+        ``bin_high_keV`` edges (keV), ``relative_fluence`` = photon number per bin,
+        normalised to sum 1.
+
+    Raises
+    ------
+    TransportError
+        A parameter out of range, an unknown target or filter material (the message names
+        the parameter and what is valid), or SpekPy failing.
+    ImportError
+        SpekPy is not installed.
+
+    Notes
+    -----
+    SpekPy is imported only when this function is called.
+    """
+    if not isinstance(target, str) or target not in SPEKPY_KVP_RANGE:
+        raise TransportError(f"target must be one of {', '.join(repr(t) for t in SPEKPY_KVP_RANGE)}, "
+                             f"got {target!r}")
+    lo, hi = SPEKPY_KVP_RANGE[target]
+    if isinstance(kvp, bool) or not isinstance(kvp, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(kvp) or not lo <= kvp <= hi:
+        raise TransportError(f"kvp must be a number in [{lo:g}, {hi:g}] kV for target {target!r} "
+                             f"(SpekPy's range), got {kvp!r}")
+    kvp = float(kvp)
+    th = _positive(anode_angle_deg, "anode_angle_deg")
+    if th >= 90.0:
+        raise TransportError(f"anode_angle_deg must be in (0, 90) degrees, got {anode_angle_deg!r}")
+    dk = _positive(bin_keV, "bin_keV")
+    if dk > kvp / 10.0:
+        raise TransportError(f"bin_keV must be <= kvp/10 = {kvp / 10.0:g} keV (at least 10 bins), got {bin_keV!r}")
+    if isinstance(min_relative_fluence, bool) or not isinstance(min_relative_fluence, (int, float)) \
+            or not 0.0 <= min_relative_fluence < 1.0:
+        raise TransportError(f"min_relative_fluence must be a number in [0, 1), got {min_relative_fluence!r}")
+    if not isinstance(filtration_mm, Mapping):
+        raise TransportError(f"filtration_mm must be a mapping of filter material to thickness in mm, "
+                             f"e.g. {{'Al': 2.5}}, got {filtration_mm!r}")
+    try:
+        import spekpy
+    except ImportError as exc:  # pragma: no cover - dependency missing
+        raise ImportError("spekpy_spectrum needs SpekPy: pip install spekpy") from exc
+    known = _spekpy_materials()
+    filters = []
+    for matl, t in filtration_mm.items():
+        if not isinstance(matl, str) or matl not in known:
+            symbols = sorted(m for m in known if len(m) <= 2)
+            raise TransportError(
+                f"filtration_mm: unknown filter material {matl!r}; SpekPy knows element symbols "
+                f"({', '.join(symbols[:12])}, …) and {len(known) - len(symbols)} named materials such as "
+                f"'Water, Liquid', 'Air', 'Polymethyl Methacrylate' (case-sensitive)")
+        if isinstance(t, bool) or not isinstance(t, (int, float, np.integer, np.floating)) \
+                or not math.isfinite(t) or t < 0:
+            raise TransportError(f"filtration_mm[{matl!r}] must be a thickness in mm >= 0, got {t!r}")
+        filters.append((matl, float(t)))
+    try:
+        spek = spekpy.Spek(kvp=kvp, th=th, dk=dk, targ=target)
+        for matl, t in filters:
+            if t > 0:
+                spek.filter(matl, t)
+        k, n_per_bin = spek.get_spectrum(flu=True, diff=False)
+        width = float(spek.state.model_parameters.dk)
+    except Exception as exc:  # noqa: BLE001 - SpekPy raises bare Exception
+        raise TransportError(f"SpekPy failed for kvp={kvp:g}, anode_angle_deg={th:g}, "
+                             f"filtration_mm={dict(filters)}: {exc}") from None
+    k = np.asarray(k, dtype=float)
+    n_per_bin = np.clip(np.asarray(n_per_bin, dtype=float), 0.0, None)
+    total = n_per_bin.sum()
+    if not np.isfinite(total) or total <= 0:
+        raise TransportError(f"SpekPy returned an empty spectrum for kvp={kvp:g}, filtration_mm={dict(filters)} "
+                             f"(filtration too thick?)")
+    keep = n_per_bin > min_relative_fluence * total
+    low = np.maximum(k - 0.5 * width, 0.0)
+    high = np.minimum(k + 0.5 * width, kvp)
+    return Spectrum(k[keep], n_per_bin[keep], low[keep], high[keep])
 
 
 def _energy(value) -> float | Spectrum:

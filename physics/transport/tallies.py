@@ -147,6 +147,9 @@ class TransportResult:
     filtered_sum: float = 0.0
     filtered_sum_sq: float = 0.0
     batches_done: list = field(default_factory=list)
+    region_names: tuple = ()
+    region_sum: np.ndarray = field(default=None)
+    region_sum_sq: np.ndarray = field(default=None)
 
     def __post_init__(self):
         nvox = int(np.prod(self.shape))
@@ -157,10 +160,18 @@ class TransportResult:
         for name in ("escape_sum", "escape_sum_sq"):
             if getattr(self, name) is None:
                 setattr(self, name, np.zeros((len(ESCAPE_CATEGORIES), len(_ESC_Q))))
+        self.region_names = tuple(self.region_names)
+        for name in ("region_sum", "region_sum_sq"):
+            if getattr(self, name) is None:
+                setattr(self, name, np.zeros(len(self.region_names)))
 
     # ------------------------------------------------------------------ accumulate
-    def add_batch(self, rec: BatchRecord) -> None:
-        """Add one batch (raises if it belongs to another run or was already added)."""
+    def add_batch(self, rec: BatchRecord, region_eV: np.ndarray | None = None) -> None:
+        """Add one batch (raises if it belongs to another run or was already added).
+
+        ``region_eV``: the batch's energy (eV, total) in each of :attr:`region_names`
+        (weighted voxel sums computed by the engine), required when regions are defined.
+        """
         if self.fingerprint and rec.fingerprint != self.fingerprint:
             raise TransportError(f"batch {rec.batch} belongs to another run (fingerprint "
                                  f"{rec.fingerprint} != {self.fingerprint})")
@@ -168,6 +179,12 @@ class TransportResult:
             raise TransportError(f"batch {rec.batch} was already added")
         if rec.voxel_eV.size != self.voxel_sum.size or rec.label_eV.size != self.label_sum.size:
             raise TransportError(f"batch {rec.batch} has tallies of another size")
+        if len(self.region_names):
+            if region_eV is None or np.shape(region_eV) != (len(self.region_names),):
+                raise TransportError(f"batch {rec.batch}: region tallies for {self.region_names} are missing")
+            xr = np.asarray(region_eV, float) / float(rec.histories)
+            self.region_sum += xr
+            self.region_sum_sq += xr * xr
         n = float(rec.histories)
         xv = rec.voxel_eV / n
         xl = rec.label_eV / n
@@ -276,6 +293,19 @@ class TransportResult:
         with np.errstate(divide="ignore", invalid="ignore"):
             k = ev_to_j / (self.voxel_mass_g.reshape(self.shape) * 1e-3)
         return self.edep_eV_per_photon * k, self.edep_sigma_eV_per_photon * k
+
+    def region(self, name: str) -> tuple[float, float]:
+        """Mean and σ of the energy deposited in a scoring region per source photon (eV).
+
+        Regions are weighted voxel sums given to :func:`~.engine.run` (``regions=``), e.g.
+        a cylindrical chamber with partial-volume weights; σ comes from the batch spread of
+        the region total (not from per-voxel σ, which would ignore their correlation).
+        """
+        if name not in self.region_names:
+            raise TransportError(f"no region {name!r}; regions are {list(self.region_names)}")
+        i = self.region_names.index(name)
+        m, s = _mean_sigma(self.region_sum[i], self.region_sum_sq[i], self.n_batches)
+        return float(m), float(s)
 
     def label_table(self) -> list[dict]:
         """Per label: ``label``, ``edep_eV_per_photon``, ``edep_sigma_eV_per_photon``,

@@ -23,6 +23,14 @@ Angular sampling tables on a uniform grid of momentum transfer ``x = sin(θ/2)/�
 * Compton: ``S_mix(x)/Z_mix`` with ``S_mix = Σ (w_i/A_i) S_i``, ``Z_mix = Σ (w_i/A_i) Z_i``;
   the kernel samples Klein–Nishina by Kahn's method and accepts with ``S/Z``.
 
+K-shell fluorescence (:func:`fluorescence_tables`): after a photoabsorption on element i
+at energy E, the probability of a K-shell vacancy is
+``w_i τ_K,i(E) / τ_mix(E)`` (``CS_Photo_Partial``), of a radiative refill ``ω_K``
+(``FluorYield``), and of each K line its radiative rate (``RadRate``, ``LineEnergy``); the
+line photon is emitted isotropically and transported, the rest (E − E_line) deposits
+locally. Only K lines above ``min_line_keV`` (default 5 keV; lower ones travel < 0.1 mm
+in tissue) are kept; L and M fluorescence and Auger electrons deposit locally.
+
 Tables are built once per composition and cached as ``.npz`` in
 ``$DIGIPAT_CACHE_DIR/transport`` (default ``~/.cache/digipat/transport``), keyed by a
 hash of composition, grids and the xraylib version.
@@ -219,6 +227,72 @@ def interp_mu_rho(tables: CrossSectionTables, material_index: int, energy_keV,
         else:
             out = out + np.interp(np.log(e), le, y)
     return out
+
+
+#: K lines considered for fluorescence: Kα2, Kα1, Kβ3, Kβ1, Kβ2 (KN2, KN3).
+_K_LINES = ("KL2_LINE", "KL3_LINE", "KM2_LINE", "KM3_LINE", "KN2_LINE", "KN3_LINE")
+
+
+def fluorescence_tables(materials: Sequence[Material], energy_keV: np.ndarray, photoelectric_cm2_g: np.ndarray,
+                        min_line_keV: float = 5.0) -> tuple[np.ndarray, np.ndarray]:
+    """Cumulative K-fluorescence emission probabilities per photoabsorption.
+
+    ``photoelectric_cm2_g`` (n_mat, n_E) is the materials' photoelectric μ/ρ on
+    ``energy_keV`` (the ``photoelectric`` column of :class:`CrossSectionTables`).
+
+    Returns
+    -------
+    cum : float64 (n_mat, n_E, L)
+        ``cum[m, k, l]`` = probability that a photoabsorption in material ``m`` at
+        ``energy_keV[k]`` emits one of lines ``0..l`` (non-decreasing in ``l``, ≤ 1).
+    line_keV : float64 (n_mat, L)
+        Line energies (0 for padding). ``L >= 1``.
+    """
+    xrl = _xraylib()
+    e = np.asarray(energy_keV, float)
+    per_mat = []
+    for i_m, m in enumerate(materials):
+        pe = np.asarray(photoelectric_cm2_g[i_m], float)
+        lines = []
+        for z, w in m.elements:
+            try:
+                edge = xrl.EdgeEnergy(z, xrl.K_SHELL)
+                omega = xrl.FluorYield(z, xrl.K_SHELL)
+            except ValueError:
+                continue
+            kept = []
+            for name in _K_LINES:
+                try:
+                    el, rate = xrl.LineEnergy(z, getattr(xrl, name)), xrl.RadRate(z, getattr(xrl, name))
+                except ValueError:
+                    continue
+                if el >= min_line_keV and rate > 0:
+                    kept.append((el, rate))
+            if not kept or edge > e[-1]:
+                continue
+            tau_k = np.zeros(e.size)
+            for k, ei in enumerate(e):
+                if ei > edge:
+                    try:
+                        tau_k[k] = xrl.CS_Photo_Partial(z, xrl.K_SHELL, float(ei))
+                    except ValueError:
+                        tau_k[k] = 0.0
+            for el, rate in kept:
+                lines.append((el, w * tau_k * omega * rate))
+        per_mat.append((pe, lines))
+    n_l = max(1, max(len(lines) for _, lines in per_mat))
+    cum = np.zeros((len(materials), e.size, n_l))
+    line_keV = np.zeros((len(materials), n_l))
+    for i, (pe, lines) in enumerate(per_mat):
+        acc = np.zeros(e.size)
+        for j, (el, part) in enumerate(lines):
+            with np.errstate(divide="ignore", invalid="ignore"):
+                acc = acc + np.where(pe > 0, part / pe, 0.0)
+            cum[i, :, j] = acc
+            line_keV[i, j] = el
+        if lines:
+            cum[i, :, len(lines):] = acc[:, None]
+    return np.clip(cum, 0.0, 1.0), line_keV
 
 
 def build_tables(materials: Sequence[Material], compton: str = "binding", rayleigh: bool = True,

@@ -298,3 +298,39 @@ def test_world_bad_input():
     with pytest.raises(TransportError, match="world_material_id 7 has no material"):
         run(VoxelPhantom(np.zeros((1, 1, 1), np.int16), world_material_id=7), {0: WATER}, pencil(),
             settings=Settings(histories_per_batch=10, n_batches=1))
+
+
+def test_iodine_k_fluorescence_escape_matches_analytic():
+    """50 keV pencil beam on a thin iodine foil (μT ≈ 0.1): switching K fluorescence on
+    lowers the deposited energy by the escaping K-line energy, computed independently as
+    Σ_l E_l ω_K p_l ∫ τ_K ρ e^{−μx} ½[E₂(μ_l x) + E₂(μ_l (T−x))] dx (isotropic emission,
+    single-flight escape; xraylib's partial K cross section, yield and line rates)."""
+    import xraylib as xrl
+    from scipy.integrate import quad
+    from scipy.special import expn
+
+    iodine = Material("iodine", 4.93, {"I": 1.0})
+    t = build_tables([iodine])
+    mu = t.mu_linear(0, 50.0)
+    T = 0.1 / mu
+    tau_k = xrl.CS_Photo_Partial(53, xrl.K_SHELL, 50.0) * iodine.density_g_cm3
+    omega = xrl.FluorYield(53, xrl.K_SHELL)
+    expect = 0.0
+    for name in ("KL2_LINE", "KL3_LINE", "KM2_LINE", "KM3_LINE", "KN2_LINE", "KN3_LINE"):
+        line = getattr(xrl, name)
+        try:
+            el, rate = xrl.LineEnergy(53, line), xrl.RadRate(53, line)
+        except ValueError:
+            continue
+        mu_l = t.mu_linear(0, el)
+        f = quad(lambda x: tau_k * np.exp(-mu * x) * 0.5 * (expn(2, mu_l * x) + expn(2, mu_l * (T - x))), 0, T)[0]
+        expect += el * omega * rate * f * 1000.0  # eV per photon
+    ph = VoxelPhantom(np.zeros((1, 1, 1), np.int16), spacing_mm=(10 * T, 2000.0, 2000.0))
+    st = Settings(histories_per_batch=50_000, n_batches=8, seed=12)
+    on = run(ph, {0: iodine}, pencil(50.0), Physics(fluorescence=True), st)
+    off = run(ph, {0: iodine}, pencil(50.0), Physics(fluorescence=False), st)
+    d_on, d_off = on.label_edep_eV_per_photon[0], off.label_edep_eV_per_photon[0]
+    sig = np.hypot(on.label_edep_sigma_eV_per_photon[0], off.label_edep_sigma_eV_per_photon[0])
+    assert abs((d_off - d_on) - expect) < 3 * sig + 0.03 * expect, (d_off - d_on, expect, sig)
+    assert expect > 10 * sig  # the effect is resolved
+    assert abs(on.energy_balance_error) < 1e-9
