@@ -31,6 +31,7 @@ validate: $(STAMP)
 
 benchmark: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/bench_vessel_flow.py
+	$(BIN)/python benchmarks/bench_transport.py
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache

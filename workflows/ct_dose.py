@@ -210,7 +210,7 @@ def build_model(scenario: Scenario) -> DoseModel:
         phantom = VoxelPhantom(arr, vol.spacing_mm, vol.origin_xyz_mm, vol.direction_xyz, **world_kwargs)
         e_max = max(150.0, source.max_energy_keV * 1.001)
         physics = Physics(scenario.physics.compton, scenario.physics.rayleigh, scenario.physics.cutoff_keV,
-                          e_max_keV=e_max)
+                          fluorescence=scenario.physics.fluorescence, e_max_keV=e_max)
         r = scenario.run
         settings = Settings(r.histories_per_batch, r.batches, r.seed, r.threads)
     except TransportError as exc:
@@ -379,6 +379,8 @@ def run_dose(scenario: Scenario | str | Path, out_dir: str | Path, *, threads: i
         "incident_eV_per_photon": incident,
         "deposited_eV_per_photon": deposited,
         "escaped_eV_per_photon": escaped,
+        "world_eV_per_photon": result.world_total_eV / n,
+        "filtered_at_source_eV_per_photon": result.filtered_total_eV / n,
         "energy_balance_relative_error": result.energy_balance_error,
         "escape": escape,
         "labels": {str(r["label_id"]): {k: v for k, v in r.items() if k != "label_id"} for r in rows},

@@ -80,7 +80,8 @@ material → mm, default ``{Al = 2.5}``)::
     anode_angle_deg = 12.0
     filtration_mm = {Al = 2.5, Cu = 0.1}
 
-Optional keys: ``[physics] cutoff_keV`` (default 1), ``[run] batches`` (default 10;
+Optional keys: ``[physics] cutoff_keV`` (default 1), ``[physics] fluorescence`` (K-shell
+fluorescence photons transported, default true), ``[run] batches`` (default 10;
 ``histories`` must be a multiple of it) and ``[run] threads``.
 
 This module only reads and checks the file (:func:`read_scenario` → :class:`Scenario`);
@@ -112,7 +113,7 @@ DEFAULT_FILTRATION_MM = {"Al": 2.5}
 
 _SECTIONS = ("phantom", "source", "physics", "run")
 _PHANTOM_KEYS = ("labels", "materials", "world_material", "world_margin_mm")
-_PHYSICS_KEYS = ("compton", "rayleigh", "cutoff_keV")
+_PHYSICS_KEYS = ("compton", "rayleigh", "cutoff_keV", "fluorescence")
 _RUN_KEYS = ("histories", "seed", "batches", "threads")
 _ENERGY_KEYS = ("energy_keV", "spectrum", "kvp")
 _KVP_KEYS = ("anode_angle_deg", "filtration_mm")
@@ -199,6 +200,7 @@ class PhysicsSpec:
     compton: str = "binding"
     rayleigh: bool = True
     cutoff_keV: float = 1.0
+    fluorescence: bool = True
 
 
 @dataclass(frozen=True)
@@ -246,7 +248,7 @@ class Scenario:
             "phantom": phantom,
             "source": src,
             "physics": {"compton": self.physics.compton, "rayleigh": self.physics.rayleigh,
-                        "cutoff_keV": self.physics.cutoff_keV},
+                        "cutoff_keV": self.physics.cutoff_keV, "fluorescence": self.physics.fluorescence},
             "run": {"histories": self.run.histories, "seed": self.run.seed, "batches": self.run.batches,
                     "threads": self.run.threads},
         }
@@ -495,7 +497,10 @@ def parse_scenario(data: Mapping[str, Any], base_dir: str | os.PathLike = ".",
     if not isinstance(rayleigh, bool):
         raise ScenarioError(f"[physics] rayleigh must be true or false, got {rayleigh!r}")
     cutoff = _positive("physics", "cutoff_keV", t.get("cutoff_keV", 1.0))
-    physics = PhysicsSpec(compton, rayleigh, cutoff)
+    fluorescence = t.get("fluorescence", True)
+    if not isinstance(fluorescence, bool):
+        raise ScenarioError(f"[physics] fluorescence must be true or false, got {fluorescence!r}")
+    physics = PhysicsSpec(compton, rayleigh, cutoff, fluorescence)
 
     # [run]
     t = _table(data, "run")

@@ -123,7 +123,9 @@ def test_energy_balance(pencil_run):
     _, _, res = pencil_run
     dep = sum(r["edep_eV_per_photon"] for r in res["labels"].values())
     assert res["incident_eV_per_photon"] == pytest.approx(60_000.0, rel=1e-12)
-    assert abs(dep + res["escaped_eV_per_photon"] - 60_000.0) / 60_000.0 < 1e-9
+    assert abs(dep + res["escaped_eV_per_photon"] + res["world_eV_per_photon"]
+               + res["filtered_at_source_eV_per_photon"] - 60_000.0) / 60_000.0 < 1e-9
+    assert res["world_eV_per_photon"] == 0.0 and res["filtered_at_source_eV_per_photon"] == 0.0
     assert abs(res["energy_balance_relative_error"]) < 1e-9
     # a pencil beam along +z into the middle of the box: nothing misses, most energy leaves
     assert res["escape"]["missed"]["photons_per_photon"] == 0.0
@@ -163,7 +165,9 @@ def test_parallel_beam_spectrum_uncollided_transmission(tmp_path):
     assert abs(unc - expect) < 4 * math.sqrt(expect * (1 - expect) / 20000)
     assert r.label_edep_eV_per_photon[0] == pytest.approx(res["labels"]["1"]["edep_eV_per_photon"], rel=1e-12)
     dep = sum(v["edep_eV_per_photon"] for v in res["labels"].values())
-    assert abs(dep + res["escaped_eV_per_photon"] - 60_000.0) / 60_000.0 < 1e-9
+    assert abs(dep + res["escaped_eV_per_photon"] + res["world_eV_per_photon"]
+               + res["filtered_at_source_eV_per_photon"] - 60_000.0) / 60_000.0 < 1e-9
+    assert res["world_eV_per_photon"] == 0.0 and res["filtered_at_source_eV_per_photon"] == 0.0
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -185,6 +189,7 @@ BAD = {
     "key of another type": (dict(source={"fan_width_mm": 10.0}), ["'fan_width_mm'", "does not apply", "pencil"]),
     "bad source type": (dict(source={"type": "laser"}), ["[source] type", "'laser'", "pencil"]),
     "bad compton": (dict(physics={"compton": "free"}), ["[physics] compton", "klein-nishina"]),
+    "bad fluorescence": (dict(physics={"fluorescence": "yes"}), ["[physics] fluorescence", "true or false"]),
     "missing labels file": (dict(phantom={"labels": "nope.nii.gz"}), ["[phantom] labels", "nope.nii.gz",
                                                                      "does not exist"]),
     "missing spectrum": (dict(source={"energy_keV": None, "spectrum": "no.csv"}), ["[source] spectrum", "no.csv"]),
@@ -280,7 +285,9 @@ def test_ct_source_four_angles_energy_balance(tmp_path):
     res = json.loads((out / "results.json").read_text())
     assert res["scenario"]["source"]["angles_deg"] == [0.0, 90.0, 180.0, 270.0]
     dep = sum(v["edep_eV_per_photon"] for v in res["labels"].values())
-    assert abs(dep + res["escaped_eV_per_photon"] - 60_000.0) / 60_000.0 < 1e-9
+    assert abs(dep + res["escaped_eV_per_photon"] + res["world_eV_per_photon"]
+               + res["filtered_at_source_eV_per_photon"] - 60_000.0) / 60_000.0 < 1e-9
+    assert res["world_eV_per_photon"] == 0.0 and res["filtered_at_source_eV_per_photon"] == 0.0
     assert dep > 0
     # the slice is 10 mm thick at the isocentre (z in [-5, 5] mm): the outer z-layers get little dose
     d = np.asarray(read_image(out / "dose.nii.gz").array)
