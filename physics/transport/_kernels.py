@@ -414,31 +414,22 @@ def transport(pos_cm, dir_, energy_keV, weight, mat, dens, nx, ny, nz, dx, dy, d
                 if can_enter:
                     t_in = _entry_distance(x, y, z, u, v, w, lx, ly, lz)
                 if not use_world:
-                    if t_in < 0.0:
-                        c = 4 * last_face
-                        esc[tid, c] += wt * e
-                        esc[tid, c + 1] += wt
-                        if not collided:
-                            esc[tid, c + 2] += wt * e
-                            esc[tid, c + 3] += wt
-                        break
+                    enter = t_in >= 0.0
+                    leave = not enter
+                else:  # world medium: sample a flight, compare with the grid entry and world exit
+                    a0 = mu_tab[world_row, ie, 0]
+                    mu_w_rho = a0 + fe * (mu_tab[world_row, ie + 1, 0] - a0)
+                    st, r = next_uniform(st)
+                    s = -math.log(1.0 - r) / (world_rho * mu_w_rho)
+                    enter = t_in >= 0.0 and s >= t_in
+                    leave = not enter and s >= _box_exit(x, y, z, u, v, w, wx0, wy0, wz0, wx1, wy1, wz1)
+                if enter:
                     x = min(max(x + t_in * u, 0.0), lx)
                     y = min(max(y + t_in * v, 0.0), ly)
                     z = min(max(z + t_in * w, 0.0), lz)
                     in_grid = True
                     continue
-                # world medium: sample a flight, compare with the grid entry and world exit
-                a0 = mu_tab[world_row, ie, 0]
-                mu_w_rho = a0 + fe * (mu_tab[world_row, ie + 1, 0] - a0)
-                st, r = next_uniform(st)
-                s = -math.log(1.0 - r) / (world_rho * mu_w_rho)
-                if t_in >= 0.0 and s >= t_in:
-                    x = min(max(x + t_in * u, 0.0), lx)
-                    y = min(max(y + t_in * v, 0.0), ly)
-                    z = min(max(z + t_in * w, 0.0), lz)
-                    in_grid = True
-                    continue
-                if s >= _box_exit(x, y, z, u, v, w, wx0, wy0, wz0, wx1, wy1, wz1):
+                if leave:
                     c = 4 * last_face
                     esc[tid, c] += wt * e
                     esc[tid, c + 1] += wt
