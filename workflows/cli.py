@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="digipat",
         description="digipat: a segmented medical image becomes a digital patient "
-                    "(vessel blood flow with FEniCSx; CT dose comes in later releases).",
+                    "(vessel blood flow with FEniCSx; CT organ dose with a Monte Carlo photon-transport engine).",
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -214,6 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--quiet", action="store_true", help="no progress lines")
     x.add_argument("--json", action="store_true", help="print results.json to standard output")
     x.set_defaults(func=cmd_dose)
+
+    from workflows import phantom_cmd
+
+    phantom_cmd.add_parser(sub)
     return p
 
 
