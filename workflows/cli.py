@@ -152,6 +152,21 @@ def cmd_dose(a: argparse.Namespace) -> int:
     results = run_dose(a.scenario, out, threads=a.threads, force=a.force, quiet=a.quiet or a.json)
     if a.json:
         print(json.dumps(results, indent=2))
+    elif not a.quiet and results.get("stage") == "patient_dose":
+        unit = results["units"]["dose"]
+        print(f"{'organ':<28} {'mass g':>9} {'dose':>10} {'±2σ':>9} {'/CTDIvol':>9}  ({unit})")
+        for r in sorted(results["organs"], key=lambda r: -(r.get("dose_mGy") or r["dose_Gy_per_photon"])):
+            d = r.get("dose_mGy", r["dose_Gy_per_photon"])
+            s = r.get("dose_sigma_mGy", r["dose_sigma_Gy_per_photon"])
+            pc = r.get("dose_per_ctdivol")
+            print(f"{r['organ']:<28} {r['mass_g']:9.4g} {d:10.4g} {2 * s:9.2g} "
+                  f"{pc if pc is not None else float('nan'):9.3g}{'  (σ > 10 %)' if r['sigma_flag'] else ''}")
+        print(f"CTDIvol {results['ctdivol_mGy'] or float('nan'):.3g} mGy "
+              f"({results['ctdi_phantom_diameter_cm']} cm phantom); effective dose "
+              f"{results['effective_dose_mSv'] or float('nan'):.3g} ± "
+              f"{2 * (results['effective_dose_sigma_mSv'] or float('nan')):.2g} mSv (2σ), covering "
+              f"{results['effective_dose_detail']['weight_covered']:.2f} of Σw_T")
+        print(f"results: {out / 'results.json'}")
     elif not a.quiet:
         for lab, r in results["labels"].items():
             print(f"label {lab:>4} {r['tissue_name']:<20} dose {r['dose_Gy_per_photon']:.4e} "

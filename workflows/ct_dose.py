@@ -314,6 +314,23 @@ def run_dose(scenario: Scenario | str | Path, out_dir: str | Path, *, threads: i
     from pipeline.image import write_image
 
     out = Path(out_dir)
+    if not isinstance(scenario, Scenario) and Path(scenario).is_file():
+        import tomllib
+
+        try:
+            raw = tomllib.loads(Path(scenario).read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError):
+            raw = None
+        if isinstance(raw, dict) and isinstance(raw.get("source"), dict) and raw["source"].get("type") == "protocol":
+            # a CT protocol on a digital patient: organ doses in mGy, per CTDIvol, effective dose
+            from workflows.patient_dose import run_patient_dose
+
+            try:
+                return run_patient_dose(raw, Path(scenario).resolve().parent, out, threads=threads, force=force,
+                                        quiet=quiet)
+            except ScenarioError:
+                (out / RESULTS_NAME).unlink(missing_ok=True)
+                raise
     try:
         sc = scenario if isinstance(scenario, Scenario) else read_scenario(scenario)
     except ScenarioError:

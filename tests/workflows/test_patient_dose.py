@@ -1,0 +1,110 @@
+"""``digipat dose`` with a CT protocol on a built-in age phantom: outputs, the age trend
+of dose per CTDIvol, and bad input.
+
+Independent expectation for the age trend: for a fixed protocol the dose per CTDIvol
+(32 cm phantom) of trunk organs inside the scanned range falls as the patient grows
+(AAPM Report 204, size-specific dose estimates: conversion factor ≈ 2.3 at 12 cm effective
+diameter, ≈ 1.4 at 24 cm, ≈ 1.1 at 32 cm)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from workflows.cli import main
+
+PROTOCOL = Path(__file__).resolve().parents[2] / "workflows" / "data" / "protocol_example.toml"
+
+
+def _protocol(tmp: Path, z0: float, z1: float) -> Path:
+    text = PROTOCOL.read_text()
+    text = text.replace("z_start_mm = -150.0", f"z_start_mm = {z0}").replace("z_end_mm = 150.0", f"z_end_mm = {z1}")
+    text = "\n".join(line for line in text.splitlines() if not line.startswith("tube_current_modulation"))
+    p = tmp / f"protocol_{z0:g}_{z1:g}.toml"
+    p.write_text(text)
+    return p
+
+
+def _scenario(tmp: Path, age: str, protocol: Path, histories=150_000, extra="") -> Path:
+    s = tmp / f"scenario_{age}.toml"
+    s.write_text(f'[phantom]\nbuiltin = "{age}"\nsex = "male"\nvoxel_mm = 5.0\n{extra}'
+                 f'[source]\ntype = "protocol"\nprotocol = "{protocol.name}"\n'
+                 f'[run]\nhistories = {histories}\nctdi_histories = 200000\nbatches = 5\nseed = 3\n')
+    return s
+
+
+def _liver_range(age):
+    from phantoms.stylized import build_reference_phantom
+
+    ph = build_reference_phantom(age, "male", 5.0)
+    lab = ph.organ("liver").label
+    k = np.nonzero(np.any(np.asarray(ph.labels.array) == lab, axis=(1, 2)))[0]
+    dz = ph.labels.spacing_mm[0]
+    z0 = ph.labels.origin_xyz_mm[2]
+    return float(z0 + k.min() * dz), float(z0 + k.max() * dz)
+
+
+def test_organ_dose_per_ctdivol_falls_with_age(tmp_path):
+    """A scan over each phantom's liver: liver dose per CTDIvol decreases newborn → adult."""
+    per_ctdivol = {}
+    for age in ("newborn", "1y", "5y", "10y", "15y", "adult"):
+        z0, z1 = _liver_range(age)
+        scen = _scenario(tmp_path, age, _protocol(tmp_path, round(z0), round(z1)))
+        assert main(["dose", str(scen), "--out", str(tmp_path / age), "--quiet"]) == 0
+        res = json.loads((tmp_path / age / "results.json").read_text())
+        row = {r["organ"]: r for r in res["organs"]}["liver"]
+        per_ctdivol[age] = (row["dose_per_ctdivol"], row["dose_per_ctdivol_sigma"])
+    vals = [per_ctdivol[a] for a in ("newborn", "1y", "5y", "10y", "15y", "adult")]
+    for (a, sa), (b, sb) in zip(vals, vals[1:]):
+        assert a > b - 2 * np.hypot(sa, sb), per_ctdivol
+    assert vals[0][0] > 1.5 * vals[-1][0], per_ctdivol
+    assert 0.7 < vals[-1][0] < 2.0, per_ctdivol  # adult liver in-field: about the CTDIvol
+
+
+def test_outputs_rerun_and_effective_dose(tmp_path):
+    shutil.copy(PROTOCOL, tmp_path / "p.toml")
+    p = _protocol(tmp_path, 100.0, 250.0)
+    scen = _scenario(tmp_path, "5y", p, histories=100_000)
+    out = tmp_path / "out"
+    assert main(["dose", str(scen), "--out", str(out), "--quiet"]) == 0
+    for f in ("results.json", "organs.csv", "dose_mGy.nii.gz", "dose_sigma_mGy.nii.gz", "dose_map.png",
+              "organ_doses.png", "phantom/labels.nii.gz", "phantom/materials.csv", "phantom/organs.json",
+              "ctdi/ctdi.json"):
+        assert (out / f).is_file(), f
+    res = json.loads((out / "results.json").read_text())
+    assert res["ctdivol_mGy"] > 0 and res["effective_dose_mSv"] > 0
+    assert res["effective_dose_detail"]["weight_covered"] == pytest.approx(1.0)
+    assert abs(res["energy_balance_relative_error"]) < 1e-9
+    organs = {r["organ"]: r for r in res["organs"]}
+    assert organs["liver"]["dose_mGy"] > 10 * organs["brain"]["dose_mGy"]  # in field vs far outside
+    assert all(r["sigma_flag"] == (r["sigma_relative"] is None or r["sigma_relative"] > 0.1)
+               for r in res["organs"])
+    mtime = (out / "results.json").stat().st_mtime_ns
+    assert main(["dose", str(scen), "--out", str(out), "--quiet"]) == 0  # same inputs: skipped
+    assert (out / "results.json").stat().st_mtime_ns == mtime
+
+
+@pytest.mark.parametrize("case, edit, words", [
+    ("bad age", ('builtin = "5y"', 'builtin = "3y"'), ["[phantom] builtin", "newborn", "adult"]),
+    ("bad sex", ('sex = "male"', 'sex = "x"'), ["[phantom] sex"]),
+    ("missing protocol", ('protocol = "', 'protocol = "no_'), ["[source] protocol", "does not exist"]),
+    ("unknown key", ("seed = 3", "seed = 3\nbogus = 1"), ["[run]", "'bogus'"]),
+])
+def test_bad_scenarios(tmp_path, capsys, case, edit, words):
+    p = _protocol(tmp_path, 100.0, 250.0)
+    scen = _scenario(tmp_path, "5y", p)
+    scen.write_text(scen.read_text().replace(*edit))
+    assert main(["dose", str(scen), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert "digipat: error:" in err and all(w in err for w in words), err
+    assert not (tmp_path / "o" / "results.json").exists()
+
+
+def test_scan_range_missing_the_phantom(tmp_path, capsys):
+    p = _protocol(tmp_path, 3000.0, 3200.0)
+    scen = _scenario(tmp_path, "newborn", p)
+    assert main(["dose", str(scen), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert "digipat: error:" in err and "z" in err, err

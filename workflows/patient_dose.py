@@ -1,0 +1,329 @@
+"""Organ doses of a CT scan in a digital patient: phantom + protocol → mGy, per CTDIvol, E.
+
+This is what ``digipat dose`` runs when the scenario's ``[source]`` is a CT protocol::
+
+    [phantom]
+    builtin = "adult"          # newborn | 1y | 5y | 10y | 15y | adult (stylised ICRP 89 phantom)
+    sex = "female"             # male | female (default male)
+    voxel_mm = 4.0             # optional (default per age; 1-10 mm)
+    # or, instead of builtin: labels = "labels.nii.gz", materials = "materials.csv",
+    #                          organs = "organs.json" (optional: organ names for the report)
+    [source]
+    type = "protocol"
+    protocol = "chest.toml"    # the CT protocol (workflows.protocol)
+    [physics]                  # optional, as for every scenario
+    [run]
+    histories = 2000000        # photons over the whole helical scan
+    ctdi_histories = 2000000   # photons for the CTDI phantom run (default: histories)
+    seed = 1
+    batches = 10               # optional
+    threads = 2                # optional
+
+The phantom's world frame is the scanner's: the table axis is world +z through
+x = y = 0, the isocentre is the origin, so the protocol's ``z_start_mm``/``z_end_mm`` are
+phantom z coordinates (the stylised phantoms have z = 0 at the base of the trunk and the
+trunk axis at x = y = 0). Everything outside the grid is air.
+
+Normalisation. The engine gives energy per source photon of the scan. The CTDI run of
+:func:`workflows.ctdi.run_ctdi` (the protocol's 16 or 32 cm PMMA phantom, default
+32 cm or the one its measured CTDIvol refers to) gives CTDIvol per photon of one axial
+rotation and the photons per 100 mAs (from the measured CTDIvol if the protocol has one,
+else SpekPy's tube output). Then
+
+- organ dose (mGy) = D per photon × photons of the scan, photons of the scan =
+  photons per 100 mAs × scan mAs / 100 (scan mAs = mAs per rotation × rotations ×
+  mean relative tube current);
+- CTDIvol (mGy) = CTDIvol per 100 mAs × mAs per rotation / 100 × mean relative mA;
+- organ dose per CTDIvol = their ratio (independent of the tube-output calibration);
+- effective dose with ICRP 103 weights (:mod:`workflows.effective_dose`).
+
+Outputs in ``OUT``: ``results.json`` (written last, atomically), ``organs.csv``,
+``dose_mGy.nii.gz``, ``dose_sigma_mGy.nii.gz``, ``dose_map.png`` (three planes over the
+anatomy), ``organ_doses.png`` (bars with 2σ), ``phantom/`` (labels, materials, organs)
+and ``ctdi/ctdi.json``. Organs whose relative σ exceeds ``SIGMA_FLAG`` are flagged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from workflows._io import hash_params, provenance, write_json_atomic, write_text_atomic
+
+__all__ = ["run_patient_dose", "PROTOCOL_PHANTOM_KEYS", "SIGMA_FLAG"]
+
+SCHEMA_VERSION = "1.0"
+#: Organs with σ/dose above this are flagged in the table (``sigma_flag``).
+SIGMA_FLAG = 0.10
+PROTOCOL_PHANTOM_KEYS = ("builtin", "sex", "voxel_mm", "labels", "materials", "organs")
+_SOURCE_KEYS = ("type", "protocol")
+_RUN_KEYS = ("histories", "ctdi_histories", "seed", "batches", "threads")
+_PHYSICS_KEYS = ("compton", "rayleigh", "cutoff_keV", "fluorescence")
+
+
+def _err(msg: str):
+    from workflows.scenario import ScenarioError
+
+    return ScenarioError(msg)
+
+
+def _section(data: Mapping, name: str, allowed, required=True) -> dict:
+    t = data.get(name)
+    if t is None:
+        if required:
+            raise _err(f"missing section [{name}]")
+        return {}
+    if not isinstance(t, dict):
+        raise _err(f"[{name}] must be a table, got {t!r}")
+    for k in t:
+        if k not in allowed:
+            raise _err(f"[{name}] unknown key {k!r} (allowed with a protocol source: {', '.join(allowed)})")
+    return t
+
+
+def _int(sec, key, v, minimum):
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        raise _err(f"[{sec}] {key} must be an integer >= {minimum}, got {v!r}")
+    return v
+
+
+def _parse(data: Mapping, base: Path) -> dict:
+    extra = set(data) - {"phantom", "source", "physics", "run"}
+    if extra:
+        raise _err(f"unknown section [{sorted(extra)[0]}] (sections: phantom, source, physics, run)")
+    ph = _section(data, "phantom", PROTOCOL_PHANTOM_KEYS)
+    src = _section(data, "source", _SOURCE_KEYS)
+    phys = _section(data, "physics", _PHYSICS_KEYS, required=False)
+    run = _section(data, "run", _RUN_KEYS)
+    if "protocol" not in src:
+        raise _err("[source] protocol is required with type = \"protocol\" (path to the CT protocol TOML)")
+    proto = Path(src["protocol"])
+    proto = proto if proto.is_absolute() else base / proto
+    if not proto.is_file():
+        raise _err(f"[source] protocol {str(proto)!r} does not exist")
+    if "builtin" in ph:
+        if "labels" in ph or "materials" in ph:
+            raise _err("[phantom] give either builtin or labels + materials, not both")
+        from phantoms.stylized import SUPPORTED_AGES
+
+        if ph["builtin"] not in SUPPORTED_AGES:
+            raise _err(f"[phantom] builtin must be one of {list(SUPPORTED_AGES)}, got {ph['builtin']!r}")
+        sex = ph.get("sex", "male")
+        if sex not in ("male", "female"):
+            raise _err(f"[phantom] sex must be 'male' or 'female', got {sex!r}")
+        vox = ph.get("voxel_mm")
+        if vox is not None and (isinstance(vox, bool) or not isinstance(vox, (int, float)) or vox <= 0):
+            raise _err(f"[phantom] voxel_mm must be a number > 0, got {vox!r}")
+        phantom = {"builtin": ph["builtin"], "sex": sex, "voxel_mm": vox}
+    else:
+        for k in ("labels", "materials"):
+            if k not in ph:
+                raise _err(f"[phantom] needs builtin = AGE, or labels and materials (missing {k!r})")
+        phantom = {}
+        for k in ("labels", "materials", "organs"):
+            if k in ph:
+                p = Path(ph[k])
+                p = p if p.is_absolute() else base / p
+                if not p.exists():
+                    raise _err(f"[phantom] {k} {str(p)!r} does not exist")
+                phantom[k] = p
+        phantom["sex"] = ph.get("sex", "male")
+        if phantom["sex"] not in ("male", "female"):
+            raise _err(f"[phantom] sex must be 'male' or 'female', got {phantom['sex']!r}")
+    if "histories" not in run:
+        raise _err("[run] histories is required")
+    hist = _int("run", "histories", run["histories"], 1)
+    batches = _int("run", "batches", run.get("batches", 10), 1)
+    if hist % batches:
+        raise _err(f"[run] histories ({hist}) must be a multiple of batches ({batches})")
+    ctdi_h = _int("run", "ctdi_histories", run.get("ctdi_histories", hist), 2)
+    seed = _int("run", "seed", run.get("seed", 1), 0)
+    threads = run.get("threads")
+    if threads is not None:
+        threads = _int("run", "threads", threads, 1)
+    for k in ("rayleigh", "fluorescence"):
+        if k in phys and not isinstance(phys[k], bool):
+            raise _err(f"[physics] {k} must be true or false, got {phys[k]!r}")
+    return {"phantom": phantom, "protocol": proto, "physics": dict(phys), "histories": hist, "batches": batches,
+            "ctdi_histories": ctdi_h, "seed": seed, "threads": threads}
+
+
+def _load_phantom(spec: dict, out: Path, quiet: bool):
+    """Voxel phantom, materials, organ names per label, label masses (g)."""
+    from physics.transport import VoxelPhantom, read_materials_csv
+    from pipeline.image import read_image
+
+    if "builtin" in spec:
+        from phantoms.stylized import build_reference_phantom, write_phantom
+
+        if not quiet:
+            print(f"[phantom] building the stylised {spec['builtin']} {spec['sex']} phantom", flush=True)
+        ref = build_reference_phantom(spec["builtin"], spec["sex"], spec["voxel_mm"])
+        files = write_phantom(ref, out / "phantom")
+        labels_path, materials_path, organs_path = files["labels"], files["materials"], files["organs"]
+    else:
+        labels_path, materials_path = spec["labels"], spec["materials"]
+        organs_path = spec.get("organs")
+    vol = read_image(labels_path)
+    arr = np.asarray(vol.array)
+    if not np.issubdtype(arr.dtype, np.integer):
+        if not np.all(arr == np.round(arr)):
+            raise _err(f"[phantom] labels {str(labels_path)!r} must hold integer labels")
+        arr = arr.astype(np.int32)
+    mats = read_materials_csv(materials_path)
+    names = {lab: m.name for lab, m in mats.items()}
+    if organs_path is not None:
+        info = json.loads(Path(organs_path).read_text())
+        organs = info.get("organs", info)
+        if isinstance(organs, dict):
+            for name, rec in organs.items():
+                ids = rec.get("label_ids") or ([rec["label"]] if "label" in rec else [])
+                for i in ids:
+                    names[int(i)] = rec.get("name", name)
+        elif isinstance(organs, list):
+            for rec in organs:
+                for i in rec.get("label_ids", [rec.get("label")]):
+                    if i is not None:
+                        names[int(i)] = rec.get("name", str(i))
+    world = 0 if 0 in mats and mats[0].density_g_cm3 < 0.01 else None
+    phantom = VoxelPhantom(arr, vol.spacing_mm, vol.origin_xyz_mm, vol.direction_xyz, world_material_id=world)
+    return phantom, mats, names, vol
+
+
+def run_patient_dose(data: Mapping[str, Any], base_dir: str | Path, out_dir: str | Path, *,
+                     threads: int | None = None, force: bool = False, quiet: bool = False) -> dict:
+    """Run a protocol scenario (module docstring) and write its outputs; returns results."""
+    from physics.transport import Physics, Settings, TransportError, run
+    from pipeline.image import Volume, write_image
+    from workflows.ctdi import run_ctdi
+    from workflows.dose_figures import plot_dose_overlay, plot_organ_doses
+    from workflows.effective_dose import effective_dose, icrp_tissue
+    from workflows.protocol import read_protocol
+
+    spec = _parse(data, Path(base_dir))
+    out = Path(out_dir)
+    key = hash_params({"scenario": json.loads(json.dumps(data, default=str)),
+                       "protocol": spec["protocol"].read_text()})
+    res_path = out / "results.json"
+    if not force and res_path.is_file():
+        try:
+            old = json.loads(res_path.read_text())
+            if old.get("inputs_sha256") == key:
+                if not quiet:
+                    print(f"[dose] {res_path} is up to date (same inputs); --force reruns", flush=True)
+                return old
+        except (OSError, json.JSONDecodeError):
+            pass
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    protocol = read_protocol(spec["protocol"])
+    phantom, mats, names, vol = _load_phantom(spec["phantom"], out, quiet)
+    try:
+        source = protocol.source(phantom=phantom)
+        e_max = max(150.0, source.max_energy_keV * 1.001)
+        physics = Physics(**{**spec["physics"], "e_max_keV": e_max})
+        th = threads if threads is not None else spec["threads"]
+        settings = Settings(spec["histories"] // spec["batches"], spec["batches"], spec["seed"], th,
+                            state_dir=out / ".batches")
+        if not quiet:
+            print(f"[dose] {spec['histories']:.3g} photons, {protocol.n_rotations:.2f} rotations, "
+                  f"{protocol.kvp:g} kVp, pitch {protocol.pitch:g}", flush=True)
+        res = run(phantom, mats, source, physics, settings,
+                  progress=None if quiet else (lambda b, n: print(f"[dose] batch {b}/{n}", flush=True)))
+    except TransportError as exc:
+        raise _err(str(exc)) from None
+    diameter = protocol.ctdi_phantom_diameter_cm or 32
+    if not quiet:
+        print(f"[ctdi] {diameter} cm PMMA phantom, {spec['ctdi_histories']:.3g} photons", flush=True)
+    ctdi = run_ctdi(protocol, diameter, spec["ctdi_histories"], spec["seed"], th, out / "ctdi")
+    photons_100 = ctdi["tube_output"]["photons_per_100mAs"]
+    scan_mAs = protocol.scan_mAs
+    ctdivol_mGy = ctdi.get("ctdivol_mGy")
+    n_scan = photons_100 * scan_mAs / 100.0 if scan_mAs is not None else None
+    rows = []
+    organ_dose_mGy = {}
+    organ_mass = {}
+    for r in res.label_table():
+        lab = r["label"]
+        if lab == 0 or r.get("mass_g", 0) <= 0:
+            continue
+        d, s = r["dose_Gy_per_photon"], r["dose_sigma_Gy_per_photon"]
+        name = names.get(lab, str(lab))
+        row = {"label": lab, "organ": name, "tissue": mats[lab].name if lab in mats else "",
+               "icrp103_tissue": icrp_tissue(name), "mass_g": r["mass_g"],
+               "edep_eV_per_photon": r["edep_eV_per_photon"], "edep_sigma_eV_per_photon": r["edep_sigma_eV_per_photon"],
+               "dose_Gy_per_photon": d, "dose_sigma_Gy_per_photon": s}
+        if n_scan is not None:
+            row["dose_mGy"] = d * n_scan * 1e3
+            row["dose_sigma_mGy"] = s * n_scan * 1e3
+            if ctdivol_mGy:
+                row["dose_per_ctdivol"] = row["dose_mGy"] / ctdivol_mGy
+                row["dose_per_ctdivol_sigma"] = row["dose_sigma_mGy"] / ctdivol_mGy
+        rel = s / d if d > 0 and math.isfinite(s) else math.inf
+        row["sigma_relative"] = rel if math.isfinite(rel) else None
+        row["sigma_flag"] = bool(rel > SIGMA_FLAG)
+        rows.append(row)
+        organ_dose_mGy[name] = (row.get("dose_mGy", d), row.get("dose_sigma_mGy", s))
+        organ_mass[name] = r["mass_g"]
+    eff = effective_dose(organ_dose_mGy, spec["phantom"]["sex"], organ_mass)
+    # maps: mGy per voxel for the whole scan (or Gy per photon when the tube output is unknown)
+    dose_pp, sig_pp = res.dose_Gy_per_photon()
+    scale = n_scan * 1e3 if n_scan is not None else 1.0
+    unit = "mGy" if n_scan is not None else "Gy per photon"
+    dmap = np.where(np.isfinite(dose_pp), dose_pp, 0.0) * scale
+    smap = np.where(np.isfinite(sig_pp), sig_pp, 0.0) * scale
+    for name, arr in (("dose_mGy.nii.gz", dmap), ("dose_sigma_mGy.nii.gz", smap)):
+        write_image(Volume(arr.astype(np.float32), vol.spacing_mm, vol.origin_xyz_mm, vol.direction_xyz), out / name)
+    labels_arr = np.asarray(vol.array)
+    plot_dose_overlay(labels_arr, dmap, vol.spacing_mm, out / "dose_map.png", dose_unit=unit,
+                      title=f"{protocol.kvp:g} kVp, pitch {protocol.pitch:g}: dose over the anatomy")
+    key_v, key_s = ("dose_mGy", "dose_sigma_mGy") if n_scan is not None else ("dose_Gy_per_photon",
+                                                                             "dose_sigma_Gy_per_photon")
+    plot_organ_doses([r for r in rows if r["icrp103_tissue"] or r["mass_g"] > 0], out / "organ_doses.png",
+                     value_key=key_v, sigma_key=key_s, unit=unit, title="organ doses")
+    import csv
+    import io
+
+    buf = io.StringIO()
+    cols = ["label", "organ", "tissue", "icrp103_tissue", "mass_g", "dose_mGy", "dose_sigma_mGy",
+            "dose_per_ctdivol", "dose_per_ctdivol_sigma", "dose_Gy_per_photon", "dose_sigma_Gy_per_photon",
+            "sigma_flag"]
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    write_text_atomic(out / "organs.csv", buf.getvalue())
+    results = {
+        "schema_version": SCHEMA_VERSION, "stage": "patient_dose", "inputs_sha256": key,
+        "units": {"dose": unit, "mass": "g", "energy": "eV per source photon"},
+        "phantom": {k: (str(v) if isinstance(v, Path) else v) for k, v in spec["phantom"].items()},
+        "protocol": protocol.to_dict(),
+        "histories": res.histories, "histories_per_second": res.histories_per_second,
+        "energy_balance_relative_error": res.energy_balance_error,
+        "ctdi": {k: ctdi.get(k) for k in ("ctdi100_centre_Gy_per_photon", "ctdi100_periphery_Gy_per_photon",
+                                          "ctdiw_Gy_per_photon", "ctdivol_Gy_per_photon", "ctdivol_mGy_per_100mAs",
+                                          "ctdivol_mGy")},
+        "ctdi_phantom_diameter_cm": diameter,
+        "ctdivol_mGy": ctdivol_mGy,
+        "scan_mAs": scan_mAs, "photons_per_100mAs": photons_100, "photons_in_scan": n_scan,
+        "tube_output_source": ctdi["tube_output"].get("source"),
+        "organs": rows,
+        "effective_dose_mSv": eff["effective_dose"] if n_scan is not None else None,
+        "effective_dose_sigma_mSv": eff["effective_dose_sigma"] if n_scan is not None else None,
+        "effective_dose_per_ctdivol_mSv_per_mGy": (eff["effective_dose"] / ctdivol_mGy
+                                                   if n_scan is not None and ctdivol_mGy else None),
+        "effective_dose_detail": eff,
+        "flagged_organs": [r["organ"] for r in rows if r["sigma_flag"]],
+        "wall_time_s": time.perf_counter() - t0,
+        "provenance": provenance(seed=spec["seed"], inputs_sha256=key),
+    }
+    write_json_atomic(res_path, results)
+    if not quiet:
+        print(f"[dose] CTDIvol {ctdivol_mGy if ctdivol_mGy is not None else float('nan'):.3g} mGy; "
+              f"effective dose {results['effective_dose_mSv'] or float('nan'):.3g} mSv; results: {res_path}",
+              flush=True)
+    return results
