@@ -230,9 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--json", action="store_true", help="print results.json to standard output")
     x.set_defaults(func=cmd_dose)
 
-    from workflows import phantom_cmd
+    from workflows import ctdi, phantom_cmd
 
     phantom_cmd.add_parser(sub)
+    ctdi.add_parser(sub)
     return p
 
 
