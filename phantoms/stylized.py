@@ -63,10 +63,9 @@ What is compared and what is not
 ``organs.json`` gives, per label, the mass, the ICRP 89 reference and the deviation. Not
 compared (and why):
 
-* skin — the one-voxel layer (1–2 mm, and stair-stepped) cannot take the reference skin
-  thickness (about 0.7 mm newborn to 1.6 mm adult), so its mass misses the ICRP 89 value:
-  from −4 % (adult male) and +2 % (newborn, 1 mm) to +119 % (10 y) at the default voxel
-  sizes (reported, not fitted);
+* (skin is compared: the one-voxel layer, 1–2 mm and stair-stepped, is thicker than real
+  skin, about 0.7 mm newborn to 1.6 mm adult, so its density is scaled to give the ICRP 89
+  mass — the mass thickness a photon crosses is then right; the factor is in the note);
 * eye lenses — no ICRP 89 value was found; design size (a few voxels at the defaults);
 * adipose, skeletal muscle — not modelled separately (residual soft tissue); lung tissue
   without blood — the lungs are modelled with their blood (ICRP 89 ``lungs``); total
@@ -79,6 +78,8 @@ compared (and why):
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import json
 import math
@@ -221,8 +222,6 @@ _COMPOSITES = {
 }
 #: Organs whose mass is reported but not fitted to (or checked against) ICRP 89, and why.
 EXCLUDED_FROM_MASS_CHECK = {
-    "skin": "a closed one-voxel layer cannot take the reference skin thickness (0.7-1.6 mm), so its mass "
-            "differs from the ICRP 89 value at voxel sizes of 1-2 mm; the layer is kept closed rather than thinned",
     "eye_lens": "no ICRP 89 value found; design size of a few voxels at the default voxel sizes",
     "soft_tissue": "residual tissue (muscle, adipose, cartilage, vessels, ...); no single reference",
 }
@@ -1218,6 +1217,14 @@ def _finish(age, sex, vmm, b: _Body, grid: _Grid, lab, targets, params) -> Refer
         i = info.get(d.name, {})
         ref = i.get("reference_mass_g")
         note = i.get("note", "")
+        if d.name == "skin" and ref and mass > 0:
+            # the closed one-voxel layer is thicker than real skin: keep its mass thickness
+            # (and the organ mass) by scaling its density, as mass-preserving resampling does
+            f = ref / mass
+            t = dataclasses.replace(t, density_g_cm3=t.density_g_cm3 * f)
+            mass = vol * t.density_g_cm3
+            note = "; ".join(x for x in (note, f"one-voxel layer; density scaled x{f:.3f} so that the mass "
+                                               "(and mass thickness) is the ICRP 89 value") if x)
         if d.name in EXCLUDED_FROM_MASS_CHECK:
             note = "; ".join(x for x in (note, "not fitted: " + EXCLUDED_FROM_MASS_CHECK[d.name]) if x)
         if d.name == "yellow_marrow":
@@ -1226,8 +1233,6 @@ def _finish(age, sex, vmm, b: _Body, grid: _Grid, lab, targets, params) -> Refer
             note = "; ".join(x for x in (note, "water composition stands in for urine") if x)
         dev = None if not ref else 100.0 * (mass - ref) / ref
         target = targets.get(d.name)
-        if d.name == "skin":
-            target = None
         organs[k] = OrganEntry(label=k, name=d.name, tissue=t, mass_g=mass, volume_cm3=vol, target_mass_g=target,
                                reference_mass_g=ref, mass_reference=i.get("mass_reference"), deviation_pct=dev,
                                icrp103_tissue=d.icrp103, note=note)

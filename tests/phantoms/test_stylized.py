@@ -36,11 +36,15 @@ def phantom(age: str, sex: str):
 
 
 def voxel_masses(ph) -> dict[str, float]:
-    """Mass (g) of every label, from the label map and the tissue library (independent of ph.organs)."""
+    """Mass (g) of every label, from the label map and the densities the dose engine gets
+    (``ph.materials()``: the library's, except skin, whose one-voxel layer is density-scaled)."""
     counts = np.bincount(ph.labels.array.ravel(), minlength=max(LABELS) + 1)
     v_cm3 = ph.voxel_mm ** 3 / 1000.0
-    return {d.name: counts[k] * v_cm3 * tissue(d.tissue, ph.age).density_g_cm3
-            for k, d in LABELS.items() if k != 0 and counts[k] > 0}
+    dens = {k: t.density_g_cm3 for k, t in ph.materials()}
+    for k, d in LABELS.items():
+        if d.name != "skin" and k in dens:
+            assert dens[k] == tissue(d.tissue, ph.age).density_g_cm3
+    return {d.name: counts[k] * v_cm3 * dens[k] for k, d in LABELS.items() if k != 0 and counts[k] > 0}
 
 
 def reference(name: str, age: str, sex: str) -> float | None:
@@ -182,7 +186,11 @@ def test_every_label_has_a_material_and_materials_are_normalised(age, sex):
     for label, t in rows.items():
         assert sum(t.mass_fractions.values()) == pytest.approx(1.0, abs=1e-4)
         expected = tissue(LABELS[label].tissue, age)
-        assert t.density_g_cm3 == expected.density_g_cm3 and t.mass_fractions == expected.mass_fractions
+        assert t.mass_fractions == expected.mass_fractions
+        if LABELS[label].name == "skin":  # density-scaled one-voxel layer: the ICRP 89 skin mass
+            assert 0.3 * expected.density_g_cm3 < t.density_g_cm3 < 1.5 * expected.density_g_cm3
+        else:
+            assert t.density_g_cm3 == expected.density_g_cm3
 
 
 def test_write_phantom_files_read_back(tmp_path):
