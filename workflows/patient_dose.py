@@ -72,24 +72,22 @@ def _err(msg: str):
     return ScenarioError(msg)
 
 
+def _checks():
+    from workflows._toml import Checks
+    from workflows.scenario import ScenarioError
+
+    return Checks(ScenarioError)
+
+
 def _section(data: Mapping, name: str, allowed, required=True) -> dict:
-    t = data.get(name)
-    if t is None:
-        if required:
-            raise _err(f"missing section [{name}]")
-        return {}
-    if not isinstance(t, dict):
-        raise _err(f"[{name}] must be a table, got {t!r}")
-    for k in t:
-        if k not in allowed:
-            raise _err(f"[{name}] unknown key {k!r} (allowed with a protocol source: {', '.join(allowed)})")
-    return t
+    c = _checks()
+    t = c.table(data, name, required)
+    c.no_unknown(name, t, allowed)
+    return dict(t)
 
 
 def _int(sec, key, v, minimum):
-    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-        raise _err(f"[{sec}] {key} must be an integer >= {minimum}, got {v!r}")
-    return v
+    return _checks().integer(sec, key, v, minimum)
 
 
 def _parse(data: Mapping, base: Path) -> dict:

@@ -92,6 +92,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from workflows._toml import Checks
+
 import numpy as np
 
 from physics.transport import Bowtie, CTFanBeam, Material, Spectrum, TransportError, spekpy_spectrum
@@ -134,6 +136,11 @@ _CTDI_DIAMETERS_CM = (16, 32)
 
 class ProtocolError(ValueError):
     """A protocol file is missing, unreadable or invalid (the message names the key)."""
+
+
+_CHECKS = Checks(ProtocolError)
+_number, _positive, _non_negative = _CHECKS.number, _CHECKS.positive, _CHECKS.non_negative
+_table, _no_unknown, _require = _CHECKS.table, _CHECKS.no_unknown, _CHECKS.require
 
 
 # ----------------------------------------------------------------------------- the source
@@ -467,47 +474,16 @@ def _grid_z_extent_mm(phantom) -> tuple[float, float]:
 
 
 # ----------------------------------------------------------------------------- parsing
-def _number(sec: str, key: str, v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise ProtocolError(f"[{sec}] {key} must be a finite number, got {v!r}")
-    return float(v)
 
 
-def _positive(sec: str, key: str, v: Any) -> float:
-    x = _number(sec, key, v)
-    if x <= 0:
-        raise ProtocolError(f"[{sec}] {key} must be > 0, got {v!r}")
-    return x
 
 
-def _non_negative(sec: str, key: str, v: Any) -> float:
-    x = _number(sec, key, v)
-    if x < 0:
-        raise ProtocolError(f"[{sec}] {key} must be >= 0, got {v!r}")
-    return x
 
 
-def _table(data: Mapping, sec: str, required: bool) -> Mapping:
-    t = data.get(sec)
-    if t is None:
-        if required:
-            raise ProtocolError(f"missing section [{sec}]")
-        return {}
-    if not isinstance(t, dict):
-        raise ProtocolError(f"[{sec}] must be a table (section), got {t!r}")
-    return t
 
 
-def _no_unknown(sec: str, table: Mapping, allowed) -> None:
-    for k in table:
-        if k not in allowed:
-            raise ProtocolError(f"[{sec}] unknown key {k!r} (valid keys: {', '.join(allowed)})")
 
 
-def _require(sec: str, table: Mapping, key: str, hint: str = "") -> Any:
-    if key not in table:
-        raise ProtocolError(f"[{sec}] missing key {key!r}{hint}")
-    return table[key]
 
 
 def _material(v: Any) -> Material:

@@ -99,6 +99,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from workflows._toml import Checks
+
 __all__ = ["ScenarioError", "SOURCE_TYPES", "COMPTON_MODELS", "CT_ROTATIONS", "CT_CONTINUOUS_KEYS",
            "PhantomSpec", "SourceSpec",
            "PhysicsSpec", "RunSpec", "Scenario", "read_scenario", "parse_scenario"]
@@ -133,6 +135,11 @@ _SOURCE_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 
 class ScenarioError(ValueError):
     """A scenario file is missing, unreadable or invalid (the message names the key)."""
+
+
+_CHECKS = Checks(ScenarioError)
+_number, _positive, _non_negative, _integer = _CHECKS.number, _CHECKS.positive, _CHECKS.non_negative, _CHECKS.integer
+_table, _no_unknown, _require = _CHECKS.table, _CHECKS.no_unknown, _CHECKS.require
 
 
 # ----------------------------------------------------------------------------- specs
@@ -265,32 +272,12 @@ class Scenario:
 
 
 # ----------------------------------------------------------------------------- checks
-def _number(sec: str, key: str, v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise ScenarioError(f"[{sec}] {key} must be a finite number, got {v!r}")
-    return float(v)
 
 
-def _positive(sec: str, key: str, v: Any) -> float:
-    x = _number(sec, key, v)
-    if x <= 0:
-        raise ScenarioError(f"[{sec}] {key} must be > 0, got {v!r}")
-    return x
 
 
-def _non_negative(sec: str, key: str, v: Any) -> float:
-    x = _number(sec, key, v)
-    if x < 0:
-        raise ScenarioError(f"[{sec}] {key} must be >= 0, got {v!r}")
-    return x
 
 
-def _integer(sec: str, key: str, v: Any, minimum: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise ScenarioError(f"[{sec}] {key} must be an integer >= {minimum}, got {v!r}")
-    if v < minimum:
-        raise ScenarioError(f"[{sec}] {key} must be an integer >= {minimum}, got {v!r}")
-    return v
 
 
 def _vec3(sec: str, key: str, v: Any, nonzero: bool = False) -> list[float]:
@@ -312,27 +299,10 @@ def _file(sec: str, key: str, v: Any, base: Path) -> Path:
     return p.resolve()
 
 
-def _table(data: Mapping, sec: str, required: bool = True) -> Mapping:
-    t = data.get(sec)
-    if t is None:
-        if required:
-            raise ScenarioError(f"missing section [{sec}]")
-        return {}
-    if not isinstance(t, dict):
-        raise ScenarioError(f"[{sec}] must be a table (section), got {t!r}")
-    return t
 
 
-def _no_unknown(sec: str, table: Mapping, allowed) -> None:
-    for k in table:
-        if k not in allowed:
-            raise ScenarioError(f"[{sec}] unknown key {k!r} (valid keys: {', '.join(allowed)})")
 
 
-def _require(sec: str, table: Mapping, key: str, hint: str = "") -> Any:
-    if key not in table:
-        raise ScenarioError(f"[{sec}] missing key {key!r}{hint}")
-    return table[key]
 
 
 def _filtration(v: Any) -> dict[str, float]:
