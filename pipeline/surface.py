@@ -638,6 +638,7 @@ def make_tagged_surface(
     max_faces: int = DEFAULT_MAX_FACES,
     upsample: int | None = None,
     blur_correction: bool = True,
+    boundary_offset_mm: float = 0.0,
 ) -> TaggedSurface:
     """Build a watertight surface with flat, tagged caps from a lumen label map.
 
@@ -674,6 +675,11 @@ def make_tagged_surface(
         inward shift that scanner blur (sigma measured from the edge slope) causes on a
         curved lumen of local radius R (see ``_blur_correction``). Reported under
         ``report["blur_correction"]``.
+    boundary_offset_mm : float
+        Move the wall outwards (> 0) or inwards (< 0) by this distance along its normals
+        before the caps are cut: a uniform sub-voxel offset for geometric sensitivity
+        studies (a tube of radius r becomes r + offset). Reported under
+        ``report["boundary_offset"]``.
     Returns
     -------
     TaggedSurface
@@ -703,6 +709,9 @@ def make_tagged_surface(
     if isinstance(smoothing_iterations, bool) or not isinstance(smoothing_iterations, (int, np.integer)) \
             or smoothing_iterations < 0:
         raise SurfaceError(f"smoothing_iterations must be an integer >= 0, got {smoothing_iterations!r}")
+    if isinstance(boundary_offset_mm, bool) or not isinstance(boundary_offset_mm, (int, float)) \
+            or not np.isfinite(boundary_offset_mm):
+        raise SurfaceError(f"boundary_offset_mm must be a finite number (mm), got {boundary_offset_mm!r}")
     if target_edge_mm is not None and not (np.isfinite(target_edge_mm) and target_edge_mm > 0):
         raise SurfaceError(f"target_edge_mm must be a positive number of mm or None, got {target_edge_mm!r}")
     if crop_margin_mm is not None and not (np.isfinite(crop_margin_mm) and crop_margin_mm >= 0):
@@ -768,6 +777,15 @@ def make_tagged_surface(
                                    process=False)
             binfo["volume_change_percent"] = 100.0 * (float(mesh.volume) - vol0) / vol0
         report["blur_correction"] = binfo
+
+    # 1c. deliberate uniform offset of the wall along its normals (sensitivity studies)
+    if boundary_offset_mm:
+        vol0 = float(mesh.volume)
+        mesh = trimesh.Trimesh(mesh.vertices + float(boundary_offset_mm) * mesh.vertex_normals, mesh.faces,
+                               process=False)
+        check_watertight(mesh, f"the surface offset by {boundary_offset_mm} mm")
+        report["boundary_offset"] = {"offset_mm": float(boundary_offset_mm),
+                                     "volume_change_percent": 100.0 * (float(mesh.volume) - vol0) / vol0}
 
     # 2. Taubin smoothing (non-shrinking)
     vol_before = float(mesh.volume)

@@ -61,6 +61,9 @@ def _add_flow_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--upper-hu", type=float, help="upper HU bound excluding calcium (default: automatic)")
     g.add_argument("--smoothing-iterations", type=int, default=d.smoothing_iterations,
                    help=f"Taubin smoothing iterations of the surface (default {d.smoothing_iterations})")
+    g.add_argument("--boundary-offset-mm", type=float, default=0.0,
+                   help="move the reconstructed wall outwards (>0) or inwards (<0) by this many mm "
+                        "(geometric sensitivity studies; default 0)")
     g.add_argument("--cells-per-radius", type=float, default=d.cells_per_radius,
                    help="mesh resolution: element size = local radius / this (default "
                         f"{d.cells_per_radius})")
@@ -92,6 +95,7 @@ def _config_from_args(a: argparse.Namespace) -> VesselFlowConfig:
         upper_hu=a.upper_hu,
         smoothing_iterations=a.smoothing_iterations,
         cells_per_radius=a.cells_per_radius,
+        boundary_offset_mm=a.boundary_offset_mm,
         mesh_order=a.mesh_order,
         model=a.model,
         density_kg_m3=a.density_kg_m3,

@@ -62,7 +62,9 @@ class VesselFlowConfig:
     ``flow_rate_ml_s`` is the inflow (1 ml/s = 1e-6 m³/s; a resting coronary artery carries
     about 1–2 ml/s). ``seed_xyz_mm`` picks the vessel (world point inside the lumen) and
     ``inlet_xyz_mm`` the inlet cap (nearest opening); by default the largest bright
-    component crossing the image and its largest opening are used.
+    component crossing the image and its largest opening are used. ``boundary_offset_mm``
+    moves the reconstructed wall outwards (> 0) or inwards along its normals, for
+    geometric sensitivity studies.
     """
 
     flow_rate_ml_s: float = 1.0
@@ -83,6 +85,7 @@ class VesselFlowConfig:
     petsc_options: dict[str, str] = field(default_factory=dict)
     n_procs: int = 1
     write_fields: bool = True
+    boundary_offset_mm: float = 0.0
 
     def __post_init__(self) -> None:
         def positive(name):
@@ -109,6 +112,8 @@ class VesselFlowConfig:
             raise WorkflowError(f"petsc_options must be a mapping of option -> value, got {self.petsc_options!r}")
         if int(self.n_procs) < 1:
             raise WorkflowError(f"n_procs must be >= 1, got {self.n_procs!r}")
+        if not (isinstance(self.boundary_offset_mm, (int, float)) and np.isfinite(self.boundary_offset_mm)):
+            raise WorkflowError(f"boundary_offset_mm must be a finite number (mm), got {self.boundary_offset_mm!r}")
         if self.smoothing_iterations < 0:
             raise WorkflowError(f"smoothing_iterations must be >= 0, got {self.smoothing_iterations}")
         for name in ("seed_xyz_mm", "inlet_xyz_mm"):
@@ -182,6 +187,7 @@ def _geometry(image, seg_record: dict, cfg: VesselFlowConfig, out: Path) -> dict
         level=seg_record["level_hu"],
         inlet=inlet,
         smoothing_iterations=cfg.smoothing_iterations,
+        boundary_offset_mm=float(cfg.boundary_offset_mm),
     )
     surf.write(out / "surface.stl")
     write_json_atomic(out / "surface.json", surf.to_json_dict())
@@ -301,7 +307,10 @@ def run_vessel_flow(
 
     # 2 + 3. surface and volume mesh (recomputed together: the surface object feeds gmsh)
     geo_keys = ("inlet_xyz_mm", "smoothing_iterations", "cells_per_radius", "mesh_order")
-    geo_key = hash_params(seg_key, {k: getattr(cfg, k) for k in geo_keys})
+    geo_params = {k: getattr(cfg, k) for k in geo_keys}
+    if cfg.boundary_offset_mm:  # (absent when 0, so caches of earlier runs stay valid)
+        geo_params["boundary_offset_mm"] = float(cfg.boundary_offset_mm)
+    geo_key = hash_params(seg_key, geo_params)
     msh = out / "mesh" / "mesh.msh"
     geo_rec = cache.done("geometry", geo_key, [msh, out / "surface.stl"])
     if geo_rec is None:
