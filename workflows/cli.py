@@ -179,6 +179,15 @@ def cmd_dose(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study_run(a: argparse.Namespace) -> int:
+    from workflows.study import run_study
+
+    res = run_study(a.study_file, a.out, quiet=a.quiet or a.json)
+    if a.json:
+        print(json.dumps(res, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="digipat",
@@ -233,6 +242,18 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--quiet", action="store_true", help="no progress lines")
     x.add_argument("--json", action="store_true", help="print results.json to standard output")
     x.set_defaults(func=cmd_dose)
+
+    st = sub.add_parser("study", help="geometric sensitivity studies (run STUDY_FILE)")
+    st_sub = st.add_subparsers(dest="study_command", metavar="ACTION")
+    st_sub.required = True
+    sr = st_sub.add_parser("run", help="run or resume a study (TOML); finished cases are skipped",
+                           description="Run the cases of STUDY_FILE (workflows/study.py documents the format) "
+                                       "into OUT/cases/, then write OUT/study.json with the elasticity.")
+    sr.add_argument("study_file", help="study file (.toml)")
+    sr.add_argument("--out", required=True, help="output folder")
+    sr.add_argument("--quiet", action="store_true")
+    sr.add_argument("--json", action="store_true", help="print study.json")
+    sr.set_defaults(func=cmd_study_run)
 
     from workflows import ctdi, phantom_cmd
 

@@ -2,14 +2,15 @@
 tube, Hagen–Poiseuille ΔP ∝ r⁻⁴ at fixed flow), end to end through segmentation, the
 surface offset, meshing and the Stokes solve; plus the fitting function on exact data."""
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from workflows.demo import write_synthetic_patient
 from workflows.sensitivity import elasticity
-from workflows.vessel_flow import VesselFlowConfig, WorkflowError, run_vessel_flow
+from workflows.vessel_flow import VesselFlowConfig, WorkflowError
 
 
 def test_elasticity_fit_exact_power_law_and_errors():
@@ -25,20 +26,68 @@ def test_elasticity_fit_exact_power_law_and_errors():
         elasticity([1], [1])
 
 
-def test_pressure_drop_elasticity_straight_tube(tmp_path):
-    info = write_synthetic_patient(tmp_path / "patient", geometry="straight", stenosis=0.0, size="small")
-    r0 = info["radius_mm"]
-    radii, dps = [], []
-    for d in (-0.1, 0.0, 0.1):
-        cfg = VesselFlowConfig(flow_rate_ml_s=0.5, model="stokes", write_fields=False, boundary_offset_mm=d)
-        res = run_vessel_flow(info["image"], tmp_path / f"flow{d:+.1f}", cfg, quiet=True)
-        assert res["surface"]["report"].get("boundary_offset", {"offset_mm": 0.0})["offset_mm"] == d
-        # ΔP per unit length between the caps (the caps do not move with the offset)
-        caps = {c["name"]: np.asarray(c["centre_xyz_mm"]) for c in res["surface"]["caps"]}
-        length = float(np.linalg.norm(caps["inlet"] - caps["outlet1"]))
-        radii.append(r0 + d)
-        dps.append(res["pressure_drop_Pa"] / length)
-    e = elasticity(radii, dps)
+STUDY = """
+[study]
+name = "radius sensitivity, straight tube"
+output = "pressure_drop_Pa"
+[base]
+synthetic = "straight"
+stenosis = 0.0
+size = "small"
+flow_rate_ml_s = 0.5
+model = "stokes"
+[design]
+type = "oat"
+parameter = "boundary_offset_mm"
+values = [-0.1, 0.0, 0.1]
+"""
+
+
+def test_pressure_drop_elasticity_straight_tube_study(tmp_path, capsys):
+    """``digipat study run``: wall offsets −0.1, 0, +0.1 mm on the 2 mm straight vessel give
+    d ln ΔP / d ln r = −4 ± 10 %; a rerun skips finished cases, and a case lost in a kill
+    (its results.json missing) is recomputed alone with the same numbers."""
+    from workflows.cli import main
+
+    f = tmp_path / "study.toml"
+    f.write_text(STUDY)
+    out = tmp_path / "out"
+    assert main(["study", "run", str(f), "--out", str(out), "--quiet"]) == 0
+    res = json.loads((out / "study.json").read_text())
+    e = res["elasticity"]
     assert abs(e["elasticity"] + 4.0) < 0.4, e
+    assert e["ci_low"] < e["elasticity"] < e["ci_high"]
+    for c in res["cases"]:
+        rep = json.loads(Path(c["results"]).read_text())["surface"]["report"]
+        assert rep.get("boundary_offset", {"offset_mm": 0.0})["offset_mm"] == c["value"]
+    # resume: case_001 was "in flight" when the study was killed
+    mtimes = {c["id"]: Path(c["results"]).stat().st_mtime_ns for c in res["cases"]}
+    Path(res["cases"][1]["results"]).unlink()
+    assert main(["study", "run", str(f), "--out", str(out)]) == 0
+    assert "2 already finished" in capsys.readouterr().out
+    again = json.loads((out / "study.json").read_text())
+    for c in again["cases"]:
+        if c["id"] != "case_001":
+            assert Path(c["results"]).stat().st_mtime_ns == mtimes[c["id"]]
+    assert again["elasticity"]["elasticity"] == pytest.approx(e["elasticity"], rel=1e-6)
     with pytest.raises(WorkflowError, match="boundary_offset_mm"):
         VesselFlowConfig(boundary_offset_mm=math.nan)
+
+
+@pytest.mark.parametrize("edit, words", [
+    (('values = [-0.1, 0.0, 0.1]', 'values = [0.1]'), ["[design] values", "at least 2"]),
+    (('parameter = "boundary_offset_mm"', 'parameter = "viscosity"'), ["[design] parameter"]),
+    (('synthetic = "straight"', 'synthetic = "spiral"'), ["[base] synthetic"]),
+    (('[run]', '[runs]'), []),
+    (('output = "pressure_drop_Pa"', 'output = "dp"'), ["[study] output"]),
+    (('model = "stokes"', 'model = "stokes"\nbogus = 1'), ["[base]", "'bogus'"]),
+])
+def test_bad_study_files(tmp_path, capsys, edit, words):
+    from workflows.cli import main
+
+    f = tmp_path / "study.toml"
+    f.write_text(STUDY.replace(*edit) if edit[0] in STUDY else STUDY + "\n[runs]\nworkers = 1\n")
+    assert main(["study", "run", str(f), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert "digipat: error:" in err and all(w in err for w in words), err
+    assert not (tmp_path / "o" / "study.json").exists()
