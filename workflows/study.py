@@ -22,7 +22,7 @@ A study (TOML) names the base case, the perturbation and the design::
 Every case runs the vessel workflow in ``OUT/cases/case_NNN`` and is finished when its
 ``results.json`` exists (written last and atomically by the workflow), so a rerun skips
 finished cases and a killed study loses at most the cases in flight. ``OUT/study.json``
-(written last) holds each case's input and output and, for ``boundary_offset_mm``, the
+(written last) and ``OUT/report.html`` (self-contained) hold each case's input and output and, for ``boundary_offset_mm``, the
 elasticity d ln Q / d ln r of the output to the mean lumen radius (r = r₀ + δ, with r₀ the
 equivalent radius of the unperturbed lumen, √(V/(πL)) from the surface report, or the
 synthetic patient's radius), with its confidence interval. The case list is explicit
@@ -201,6 +201,9 @@ def run_study(study: dict | str | os.PathLike, out_dir: str | os.PathLike, *, qu
             summary["reference_radius_mm"] = r0
             summary["elasticity"] = elasticity([r0 + r["value"] for r in ok], [r["output"] for r in ok])
     summary["provenance"] = provenance(inputs_sha256=hash_params(study))
+    from workflows.study_report import write_study_report
+
+    summary["report"] = str(write_study_report(summary, out))
     write_json_atomic(out / "study.json", summary)
     if "elasticity" in summary:
         e = summary["elasticity"]

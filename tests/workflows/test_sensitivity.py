@@ -60,6 +60,15 @@ def test_pressure_drop_elasticity_straight_tube_study(tmp_path, capsys):
     for c in res["cases"]:
         rep = json.loads(Path(c["results"]).read_text())["surface"]["report"]
         assert rep.get("boundary_offset", {"offset_mm": 0.0})["offset_mm"] == c["value"]
+    page = (out / "report.html").read_text()
+    assert f"{e['elasticity']:.3f}" in page and "data:image/png;base64," in page
+    import base64
+    import io
+
+    import matplotlib.image as mpimg
+
+    png = base64.b64decode(page.split("data:image/png;base64,")[1].split('"')[0])
+    assert mpimg.imread(io.BytesIO(png), format="png")[..., :3].std() > 0.05  # the plot is not blank
     # resume: case_001 was "in flight" when the study was killed
     mtimes = {c["id"]: Path(c["results"]).stat().st_mtime_ns for c in res["cases"]}
     Path(res["cases"][1]["results"]).unlink()
