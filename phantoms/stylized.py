@@ -79,6 +79,7 @@ compared (and why):
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 
 import json
@@ -290,14 +291,16 @@ class _Grid:
         return sl, x[None, None, :], y[None, :, None], z[:, None, None]
 
 
-class _Shape:
+class _Shape(abc.ABC):
     """A solid: ``inside(x, y, z)`` on broadcastable coordinate arrays, and a bounding box."""
 
+    @abc.abstractmethod
     def bbox(self) -> tuple[np.ndarray, np.ndarray]:
-        raise NotImplementedError
+        """Lower and upper corners (x, y, z) in cm."""
 
+    @abc.abstractmethod
     def inside(self, x, y, z) -> np.ndarray:
-        raise NotImplementedError
+        """Boolean array: which points lie in the solid."""
 
 
 def _clip(mask, clips, x, y, z):

@@ -8,6 +8,8 @@ names the section and key, e.g. ``"[tube] kvp must be > 0, got -1"``.
 from __future__ import annotations
 
 import math
+import tomllib
+from pathlib import Path
 from typing import Any, Mapping
 
 __all__ = ["Checks"]
@@ -18,6 +20,17 @@ class Checks:
 
     def __init__(self, error: type[ValueError]):
         self.error = error
+
+    def load(self, path, what: str) -> tuple[dict, Path]:
+        """Parse the TOML file ``path`` (``what`` names it in errors: "scenario file", ...)."""
+        p = Path(path)
+        if not p.is_file():
+            raise self.error(f"{what} {str(p)!r} does not exist")
+        try:
+            with p.open("rb") as fh:
+                return tomllib.load(fh), p
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise self.error(f"{what} {str(p)!r} is not valid TOML: {exc}") from None
 
     def number(self, sec: str, key: str, v: Any) -> float:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):

@@ -87,7 +87,6 @@ from __future__ import annotations
 
 import math
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -687,14 +686,7 @@ def read_protocol(path: str | os.PathLike) -> Protocol:
     ProtocolError
         Missing or unparsable file, or any invalid section / key (see :func:`parse_protocol`).
     """
-    p = Path(path)
-    if not p.is_file():
-        raise ProtocolError(f"protocol file {str(p)!r} does not exist")
-    try:
-        with p.open("rb") as fh:
-            data = tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
-        raise ProtocolError(f"protocol file {str(p)!r} is not valid TOML: {exc}") from None
+    data, p = _CHECKS.load(path, "protocol file")
     try:
         return parse_protocol(data, p.resolve().parent, p)
     except ProtocolError as exc:

@@ -94,7 +94,6 @@ from __future__ import annotations
 
 import math
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -507,14 +506,7 @@ def read_scenario(path: str | os.PathLike) -> Scenario:
     ScenarioError
         Missing or unparsable file, or any invalid section / key (see :func:`parse_scenario`).
     """
-    p = Path(path)
-    if not p.is_file():
-        raise ScenarioError(f"scenario file {str(p)!r} does not exist")
-    try:
-        with p.open("rb") as fh:
-            data = tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError(f"scenario file {str(p)!r} is not valid TOML: {exc}") from None
+    data, p = _CHECKS.load(path, "scenario file")
     try:
         return parse_scenario(data, p.resolve().parent, p)
     except ScenarioError as exc:

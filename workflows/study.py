@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tomllib
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Mapping
@@ -58,13 +57,7 @@ _C = Checks(StudyError)
 
 def read_study(path: str | os.PathLike) -> dict:
     """Read and validate a study file; returns a plain dict with resolved paths."""
-    p = Path(path)
-    if not p.is_file():
-        raise StudyError(f"study file {str(p)!r} does not exist")
-    try:
-        data = tomllib.loads(p.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise StudyError(f"study file {str(p)!r} is not valid TOML: {exc}") from None
+    data, p = _C.load(path, "study file")
     return parse_study(data, p.resolve().parent)
 
 
