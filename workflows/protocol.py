@@ -96,7 +96,7 @@ from workflows._toml import Checks
 import numpy as np
 
 from physics.transport import Bowtie, CTFanBeam, Material, Spectrum, TransportError, spekpy_spectrum
-from physics.transport.sources import PhotonBatch, _spekpy_materials
+from physics.transport.sources import _spekpy_materials
 
 __all__ = ["ProtocolError", "Protocol", "ModulatedCTFanBeam", "BOWTIE_MATERIALS", "BOWTIE_PRESETS",
            "DEFAULT_SOURCE_TO_ISOCENTRE_MM", "DEFAULT_FAN_WIDTH_MM", "read_protocol", "parse_protocol",
@@ -199,25 +199,11 @@ class ModulatedCTFanBeam(CTFanBeam):
         t = np.clip(t, 0.0, 1.0)
         return self._knots[k] + t * (self._knots[k + 1] - self._knots[k])
 
-    def sample(self, n, rng):
-        """Sample ``n`` photons (world frame); see :meth:`physics.transport.CTFanBeam.sample`."""
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-            raise TransportError(f"n must be an integer >= 0, got {n!r}")
-        n = int(n)
-        R = self.source_to_isocentre_mm
-        x, y = self._plane_points(n, rng)
+    def _scan_positions(self, n, rng):
+        """Axial position drawn with density ∝ relative mA; the angle follows the helix."""
         z = self.sample_z_mm(n, rng)
         phi_deg = 360.0 * (z - self.z_start_mm) / (self.pitch * self.slice_width_mm)
-        theta = np.radians(self.start_angle_deg + phi_deg)
-        centre = self.isocentre_xyz_mm + z[:, None] * self.axis
-        c = np.cos(theta)[:, None] * self.u + np.sin(theta)[:, None] * self.v
-        f = np.cross(self.axis, c)
-        pos = centre - R * c
-        d = R * c + x[:, None] * f + y[:, None] * self.axis
-        d /= np.linalg.norm(d, axis=1, keepdims=True)
-        energy = self._energies(n, rng)
-        weight = None if self.bowtie is None else self.bowtie_transmission(x, y, energy)
-        return PhotonBatch(pos, d, energy, weight)
+        return np.radians(self.start_angle_deg + phi_deg), z
 
     def to_dict(self) -> dict:
         return {**super().to_dict(), "type": "ModulatedCTFanBeam",

@@ -579,6 +579,16 @@ class CTFanBeam(Source):
             have += int(keep.sum())
         return np.concatenate(xs)[:n], np.concatenate(ys)[:n]
 
+    def _scan_positions(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
+        """Tube angle (radians) of each photon and its axial offset (mm along the axis from
+        the isocentre, None for axial scans). Subclasses change the scan here."""
+        if self.rotation == "continuous":
+            phi_deg = self.total_angle_deg * rng.random(n)
+            return np.radians(self.start_angle_deg + phi_deg), self.helix_z_mm(phi_deg)
+        if self.angles_deg.size == 1:
+            return np.full(n, math.radians(self.angles_deg[0])), None
+        return np.radians(self.angles_deg[rng.integers(0, self.angles_deg.size, size=n)]), None
+
     def sample(self, n, rng):
         """Sample ``n`` photons (world frame).
 
@@ -600,16 +610,8 @@ class CTFanBeam(Source):
         n = int(n)
         R = self.source_to_isocentre_mm
         x, y = self._plane_points(n, rng)
-        if self.rotation == "continuous":
-            phi_deg = self.total_angle_deg * rng.random(n)
-            theta = np.radians(self.start_angle_deg + phi_deg)
-            centre = self.isocentre_xyz_mm + self.helix_z_mm(phi_deg)[:, None] * self.axis
-        else:
-            if self.angles_deg.size == 1:
-                theta = np.full(n, math.radians(self.angles_deg[0]))
-            else:
-                theta = np.radians(self.angles_deg[rng.integers(0, self.angles_deg.size, size=n)])
-            centre = self.isocentre_xyz_mm
+        theta, z = self._scan_positions(n, rng)
+        centre = self.isocentre_xyz_mm if z is None else self.isocentre_xyz_mm + z[:, None] * self.axis
         c = np.cos(theta)[:, None] * self.u + np.sin(theta)[:, None] * self.v
         f = np.cross(self.axis, c)
         pos = centre - R * c
