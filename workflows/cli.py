@@ -139,13 +139,21 @@ def cmd_synth(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from workflows.demo import run_demo
+    from workflows.demo import run_demo, run_full_demo
 
     cfg = _config_from_args(a)
     out = Path(a.out)
-    results = run_demo(out, cfg, geometry=a.geometry, stenosis=a.stenosis, size=a.size, seed=a.seed,
-                       quiet=a.quiet or a.json, force=a.force)
-    _finish(results, out / "flow", a)
+    if a.flow_only:
+        results = run_demo(out, cfg, geometry=a.geometry, stenosis=a.stenosis, size=a.size, seed=a.seed,
+                           quiet=a.quiet or a.json, force=a.force)
+        _finish(results, out / "flow", a)
+        return 0
+    res = run_full_demo(out, cfg, geometry=a.geometry, stenosis=a.stenosis, size=a.size, seed=a.seed,
+                        quiet=a.quiet or a.json, force=a.force, workers=a.workers, age=a.age)
+    if a.json:
+        print(json.dumps({k: v for k, v in res.items() if not k.endswith("_summary")}, indent=2, default=str))
+    elif a.quiet:
+        print(res["report_html"])
     return 0
 
 
@@ -182,7 +190,9 @@ def cmd_dose(a: argparse.Namespace) -> int:
 def cmd_study_run(a: argparse.Namespace) -> int:
     from workflows.study import run_study
 
-    res = run_study(a.study_file, a.out, quiet=a.quiet or a.json)
+    cases = [c.strip() for c in a.cases.split(",") if c.strip()] if a.cases else None
+    res = run_study(a.study_file, a.out, quiet=a.quiet or a.json, cases=cases, analyse=not a.no_analysis,
+                    report=not a.no_report)
     if a.json:
         print(json.dumps(res, indent=2))
     return 0
@@ -219,14 +229,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_synth)
 
-    d = sub.add_parser("demo", help="the main job on the built-in synthetic patient",
-                       description="Synthetic stenosed coronary-like vessel -> segmentation -> mesh -> "
-                                   "Navier-Stokes; writes OUT/flow/results.json and a summary.")
+    d = sub.add_parser("demo", help="the whole digital patient on built-in data, ending in a report",
+                       description="The built-in digital patient: synthetic stenosed coronary-like vessel -> "
+                                   "segmentation -> mesh -> Navier-Stokes (OUT/flow/), an age-specific phantom -> "
+                                   "CT organ doses, a small sensitivity study of both (OUT/studies/), and "
+                                   "OUT/report.html + OUT/report.pdf. Finished stages are reused on rerun.")
     d.add_argument("--out", default="demo_output", help="output folder (default demo_output)")
     d.add_argument("--geometry", choices=geometries, default="straight")
     d.add_argument("--stenosis", type=float, default=0.5, help="area reduction 0..0.9 (default 0.5)")
     d.add_argument("--size", choices=("small", "medium", "large"), default="medium")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--age", choices=("newborn", "1y", "5y", "10y", "15y", "adult"), default="5y",
+                   help="age of the dose phantom (default 5y)")
+    d.add_argument("--workers", type=int, default=2, help="study cases run in parallel (default 2)")
+    d.add_argument("--flow-only", action="store_true",
+                   help="only the vessel flow job (OUT/flow/), as before the studies were added")
     _add_flow_options(d)
     d.set_defaults(func=cmd_demo)
 
@@ -247,10 +264,19 @@ def build_parser() -> argparse.ArgumentParser:
     st_sub = st.add_subparsers(dest="study_command", metavar="ACTION")
     st_sub.required = True
     sr = st_sub.add_parser("run", help="run or resume a study (TOML); finished cases are skipped",
-                           description="Run the cases of STUDY_FILE (workflows/study.py documents the format) "
-                                       "into OUT/cases/, then write OUT/study.json with the elasticity.")
+                           description="Run the cases of STUDY_FILE (workflows/study.py documents the format: "
+                                       "flow or dose path, parameters with ranges or distributions, OAT / Morris / "
+                                       "Sobol / Monte Carlo design) into OUT/cases/, then write OUT/study.json "
+                                       "(elasticities, tornado data, Sobol or Morris indices, output distributions, "
+                                       "decision-flip probabilities, numerical uncertainty) and OUT/report.html and "
+                                       "OUT/report.pdf. A rerun skips finished cases.")
     sr.add_argument("study_file", help="study file (.toml)")
     sr.add_argument("--out", required=True, help="output folder")
+    sr.add_argument("--cases", metavar="IDS",
+                    help="run only these comma-separated case ids (e.g. one batch-array task: case_007); "
+                         "OUT/plan.json lists them")
+    sr.add_argument("--no-analysis", action="store_true", help="run the cases only (no study.json, no report)")
+    sr.add_argument("--no-report", action="store_true", help="write study.json but no HTML/PDF report")
     sr.add_argument("--quiet", action="store_true")
     sr.add_argument("--json", action="store_true", help="print study.json")
     sr.set_defaults(func=cmd_study_run)
