@@ -17,9 +17,15 @@ Method
    lightly Gaussian-smoothed float mask is contoured at 0.5. On image faces that the vessel
    reaches, the field is first extended by replicating the edge slice, so the surface stays a
    clean tube up to (and beyond) the later cut planes; then one layer of "outside" closes it.
+   Deliberate geometric perturbations (sensitivity studies) then move the vertices along
+   their normals: by a displacement field sampled at each vertex (``normal_displacement_mm``,
+   e.g. correlated boundary noise or a local offset from :mod:`pipeline.perturb`), then by a
+   uniform ``boundary_offset_mm``. Both keep the sub-voxel image contour they start from, so
+   a displacement of 0.05 mm moves the wall by 0.05 mm, not by zero or one voxel.
 2. **Non-shrinking smoothing** by Taubin's lambda|mu filter (Taubin 1995, "A signal
-   processing approach to fair surface design", SIGGRAPH), never plain Laplacian smoothing,
-   which shrinks small vessels (FACTS.md: 18-75 % radius loss at 2.5-5 voxel radii).
+   processing approach to fair surface design", SIGGRAPH). Plain Laplacian smoothing
+   (``smoothing_method="laplacian"``), which shrinks small vessels (FACTS.md: 18-75 % radius
+   loss at 2.5-5 voxel radii), is available only to study that shrinkage.
 3. **Decimation** of the wall (quadric error metric, Garland & Heckbert 1997, via
    ``fast_simplification``) to a size gmsh can classify, before the caps are made.
 4. **Open ends**: for each image face the mask touches, a cut plane parallel to that face,
@@ -55,6 +61,7 @@ __all__ = [
     "make_tagged_surface",
     "check_watertight",
     "surface_from_mesh_file",
+    "SMOOTHING_METHODS",
 ]
 
 WALL = 1
@@ -80,6 +87,8 @@ _UPSAMPLE_BELOW_RADIUS_VOXELS = 4.0
 _INTENSITY_DILATION_VOXELS = 2
 #: Largest outward offset of the blur correction, in voxels (a guard against odd images).
 _MAX_BLUR_OFFSET_VOXELS = 0.5
+#: Surface smoothing filters: "taubin" (lambda|mu, keeps the volume) and "laplacian" (shrinks).
+SMOOTHING_METHODS = ("taubin", "laplacian")
 
 
 class SurfaceError(ValueError):
@@ -362,7 +371,7 @@ def _disk_radius_from_half_max(rho_over_sigma: np.ndarray) -> np.ndarray:
 
 
 def _blur_correction(mesh, binary: np.ndarray, intensity: np.ndarray, level: float, vol: Volume,
-                     cl_xyz: np.ndarray) -> tuple[np.ndarray, dict]:
+                     cl_xyz: np.ndarray, half_max_level: float | None = None) -> tuple[np.ndarray, dict]:
     """Outward vertex offsets (mm) undoing the inward bias of a half-maximum iso-surface.
 
     Blurring a bright tube of radius R by a Gaussian of width sigma moves its half-maximum
@@ -376,6 +385,13 @@ def _blur_correction(mesh, binary: np.ndarray, intensity: np.ndarray, level: flo
     of its own). dI = 2 (I_core -
     level), I_core the median of the lumen core. The local radius R of each vertex is its
     distance to the centroid of its nearest medial points of the mask.
+
+    When the surface is contoured off the half maximum on purpose (``level`` differs from
+    ``half_max_level``, a threshold-shift study), the contrast is measured from
+    ``half_max_level`` and the slope at the contour is that of the edge at the level fraction
+    ``f = 1/2 + (level - half_max_level) / dI``: the steepest slope times
+    ``exp(-z**2 / 2)``, ``z = Phi^-1(f)``. The correction keeps the half-maximum curvature
+    term (to first order the same at nearby levels).
     """
     from scipy import ndimage
     from scipy.spatial import cKDTree
@@ -386,9 +402,18 @@ def _blur_correction(mesh, binary: np.ndarray, intensity: np.ndarray, level: flo
         core = ndimage.binary_erosion(binary, iterations=1)
     if core.sum() < 10:
         return np.zeros(len(mesh.vertices)), {"applied": False, "reason": "lumen too thin to measure its core"}
-    contrast = 2.0 * (float(np.median(img[core])) - float(level))
+    ref = float(level) if half_max_level is None else float(half_max_level)
+    contrast = 2.0 * (float(np.median(img[core])) - ref)
     if not contrast > 0:
         return np.zeros(len(mesh.vertices)), {"applied": False, "reason": "no contrast above the level"}
+    frac = 0.5 + (float(level) - ref) / contrast  # level as a fraction of the edge height
+    if not 0.02 < frac < 0.98:
+        return np.zeros(len(mesh.vertices)), {"applied": False,
+                                              "reason": f"level is at {frac:.3f} of the edge height, too far off "
+                                                        "the half maximum to measure the blur"}
+    from scipy.special import ndtri
+
+    slope_factor = float(np.exp(-0.5 * ndtri(frac) ** 2))  # slope at the level / steepest slope
     sp = np.asarray(vol.spacing_mm, float)
     # slope along the normal: central difference of the cubic-spline interpolant, step +-delta
     coeffs = ndimage.spline_filter(img, order=3)
@@ -400,7 +425,7 @@ def _blur_correction(mesh, binary: np.ndarray, intensity: np.ndarray, level: flo
                                        prefilter=False)
 
     slope = np.abs(sample(mesh.vertices - delta * normals) - sample(mesh.vertices + delta * normals)) / (2 * delta)
-    sigma2 = (contrast / (np.sqrt(2 * np.pi) * np.median(slope))) ** 2 - delta**2 / 3.0
+    sigma2 = (contrast * slope_factor / (np.sqrt(2 * np.pi) * np.median(slope))) ** 2 - delta**2 / 3.0
     info = {"contrast_hu": contrast, "blur_sigma_mm": float(np.sqrt(max(sigma2, 0.0)))}
     if not sigma2 > 0:
         return np.zeros(len(mesh.vertices)), {**info, "applied": False, "reason": "edge sharper than the grid"}
@@ -423,6 +448,25 @@ def _blur_correction(mesh, binary: np.ndarray, intensity: np.ndarray, level: flo
     offset = np.clip(offset, 0.0, _MAX_BLUR_OFFSET_VOXELS * float(sp.min()))
     info.update(applied=True, offset_mm_mean=float(offset.mean()), offset_mm_max=float(offset.max()))
     return offset, info
+
+
+def _displace_along_normals(mesh, field_mm: Volume):
+    """Move each vertex along its outward normal by ``field_mm`` sampled there (trilinear, mm)."""
+    import trimesh
+    from scipy import ndimage
+
+    idx = field_mm.world_to_index(mesh.vertices)
+    disp = ndimage.map_coordinates(np.asarray(field_mm.array, dtype=np.float64), idx.T, order=1, mode="nearest")
+    vol0 = float(mesh.volume)
+    moved = trimesh.Trimesh(mesh.vertices + disp[:, None] * mesh.vertex_normals, mesh.faces, process=False)
+    check_watertight(moved, "the surface displaced by normal_displacement_mm")
+    info = {
+        "mean_mm": float(disp.mean()),
+        "rms_mm": float(np.sqrt(np.mean(disp**2))),
+        "max_abs_mm": float(np.abs(disp).max()),
+        "volume_change_percent": 100.0 * (float(moved.volume) - vol0) / vol0,
+    }
+    return moved, info
 
 
 def _upsample(f: np.ndarray, factor: int) -> np.ndarray:
@@ -634,11 +678,14 @@ def make_tagged_surface(
     inlet="largest",
     smoothing_iterations: int = 20,
     target_edge_mm: float | None = None,
-    crop_margin_mm: float | None = None,
+    crop_margin_mm=None,
     max_faces: int = DEFAULT_MAX_FACES,
     upsample: int | None = None,
     blur_correction: bool = True,
     boundary_offset_mm: float = 0.0,
+    smoothing_method: str = "taubin",
+    normal_displacement_mm: Volume | None = None,
+    half_max_level: float | None = None,
 ) -> TaggedSurface:
     """Build a watertight surface with flat, tagged caps from a lumen label map.
 
@@ -659,9 +706,11 @@ def make_tagged_surface(
     target_edge_mm : float, optional
         Decimate the wall to roughly this edge length (mm). Default: only cap the face
         count at ``max_faces``.
-    crop_margin_mm : float, optional
-        Inset (mm) of each cut plane from the image face the vessel leaves through.
-        Default: 1.5 voxel sizes along that face's axis.
+    crop_margin_mm : float or array_like, optional
+        Inset (mm) of each cut plane from the centre of the image's last voxel layer on the
+        face the vessel leaves through: one value for every face, three (one per array axis
+        ``z, y, x``) or a 3 x 2 array (per axis: low-index face, high-index face). Default:
+        1.5 voxel sizes along that face's axis.
     max_faces : int
         Upper bound on the wall face count after decimation.
     upsample : int, optional
@@ -680,6 +729,22 @@ def make_tagged_surface(
         before the caps are cut: a uniform sub-voxel offset for geometric sensitivity
         studies (a tube of radius r becomes r + offset). Reported under
         ``report["boundary_offset"]``.
+    smoothing_method : {"taubin", "laplacian"}
+        ``"taubin"`` (default) keeps the volume; ``"laplacian"`` (trimesh's
+        ``filter_laplacian``, lambda = 0.5, no volume constraint) shrinks convex walls, for
+        studies of that shrinkage. Both run ``smoothing_iterations`` passes.
+    normal_displacement_mm : Volume, optional
+        A displacement field in mm (any grid, e.g. from :mod:`pipeline.perturb`): each vertex
+        of the raw iso-surface moves along its outward normal by the field's value at its
+        position (trilinear interpolation; edge values beyond the grid), after the blur
+        correction and before ``boundary_offset_mm``. Reported under
+        ``report["normal_displacement"]``.
+    half_max_level : float, optional
+        With ``intensity``: the half-maximum level of the lumen edge (HU), from which the blur
+        correction measures the contrast. Default ``level``. Give it when ``level`` is moved
+        off the half maximum on purpose (threshold-shift studies), so the blur is still
+        measured correctly.
+
     Returns
     -------
     TaggedSurface
@@ -712,10 +777,32 @@ def make_tagged_surface(
     if isinstance(boundary_offset_mm, bool) or not isinstance(boundary_offset_mm, (int, float)) \
             or not np.isfinite(boundary_offset_mm):
         raise SurfaceError(f"boundary_offset_mm must be a finite number (mm), got {boundary_offset_mm!r}")
+    if smoothing_method not in SMOOTHING_METHODS:
+        raise SurfaceError(f"smoothing_method must be one of {SMOOTHING_METHODS}, got {smoothing_method!r}")
+    if normal_displacement_mm is not None:
+        normal_displacement_mm = _validate_volume(normal_displacement_mm, "normal_displacement_mm")
+        if not np.all(np.isfinite(np.asarray(normal_displacement_mm.array, dtype=float))):
+            raise SurfaceError("normal_displacement_mm holds non-finite values: give a finite field in mm")
+    if half_max_level is not None and (intensity is None or not np.isfinite(float(half_max_level))):
+        raise SurfaceError(
+            f"half_max_level={half_max_level!r} needs an intensity image and must be a finite level (HU)"
+        )
     if target_edge_mm is not None and not (np.isfinite(target_edge_mm) and target_edge_mm > 0):
         raise SurfaceError(f"target_edge_mm must be a positive number of mm or None, got {target_edge_mm!r}")
-    if crop_margin_mm is not None and not (np.isfinite(crop_margin_mm) and crop_margin_mm >= 0):
-        raise SurfaceError(f"crop_margin_mm must be >= 0 mm or None, got {crop_margin_mm!r}")
+    if crop_margin_mm is not None:
+        try:
+            m_in = np.asarray(crop_margin_mm, dtype=float)
+            if m_in.shape not in ((), (3,), (3, 2)):
+                raise ValueError("wrong shape")
+            margins = np.broadcast_to(m_in[:, None] if m_in.shape == (3,) else m_in, (3, 2))
+        except (TypeError, ValueError):
+            margins = np.array([np.nan])
+        if not (np.all(np.isfinite(margins)) and np.all(margins >= 0)):
+            raise SurfaceError(
+                f"crop_margin_mm must be >= 0 mm (one value, three per array axis z, y, x, or 3 x 2 per "
+                f"axis and side) or None, "
+                f"got {crop_margin_mm!r}"
+            )
     if upsample is not None and (isinstance(upsample, bool) or not isinstance(upsample, (int, np.integer))
                                  or not 1 <= upsample <= 4):
         raise SurfaceError(f"upsample must be None or an integer 1..4, got {upsample!r}")
@@ -770,7 +857,7 @@ def make_tagged_surface(
 
     # 1b. undo the inward shift of the half-maximum contour of a blurred, curved edge
     if intensity is not None and blur_correction:
-        offset, binfo = _blur_correction(mesh, binary, intensity.array, level, mask, cl_xyz)
+        offset, binfo = _blur_correction(mesh, binary, intensity.array, level, mask, cl_xyz, half_max_level)
         if binfo.get("applied"):
             vol0 = float(mesh.volume)
             mesh = trimesh.Trimesh(mesh.vertices + offset[:, None] * mesh.vertex_normals, mesh.faces,
@@ -778,7 +865,9 @@ def make_tagged_surface(
             binfo["volume_change_percent"] = 100.0 * (float(mesh.volume) - vol0) / vol0
         report["blur_correction"] = binfo
 
-    # 1c. deliberate uniform offset of the wall along its normals (sensitivity studies)
+    # 1c. deliberate perturbations along the normals (sensitivity studies): a field, then uniform
+    if normal_displacement_mm is not None:
+        mesh, report["normal_displacement"] = _displace_along_normals(mesh, normal_displacement_mm)
     if boundary_offset_mm:
         vol0 = float(mesh.volume)
         mesh = trimesh.Trimesh(mesh.vertices + float(boundary_offset_mm) * mesh.vertex_normals, mesh.faces,
@@ -789,13 +878,17 @@ def make_tagged_surface(
 
     # 2. Taubin smoothing (non-shrinking)
     vol_before = float(mesh.volume)
-    if smoothing_iterations > 0:
+    if smoothing_iterations > 0 and smoothing_method == "laplacian":
+        trimesh.smoothing.filter_laplacian(mesh, lamb=0.5, iterations=int(smoothing_iterations),
+                                           volume_constraint=False)
+    elif smoothing_iterations > 0:
         trimesh.smoothing.filter_taubin(mesh, lamb=0.5, nu=0.52, iterations=int(smoothing_iterations))
     vol_after = float(mesh.volume)
     report["volume_before_smoothing_mm3"] = vol_before
     report["volume_after_smoothing_mm3"] = vol_after
     report["smoothing_volume_change_percent"] = 100.0 * (vol_after - vol_before) / vol_before
     report["smoothing_iterations"] = int(smoothing_iterations)
+    report["smoothing_method"] = smoothing_method
 
     # 3. decimation of the closed wall surface (before capping, so caps stay flat)
     # always decimate a little: quadric collapse removes the near-degenerate slivers of
@@ -822,7 +915,7 @@ def make_tagged_surface(
     for axis, side in touched:
         d = aff[:3, axis] / np.linalg.norm(aff[:3, axis])  # world direction of increasing index on axis
         margin_vox = (DEFAULT_CROP_MARGIN_VOXELS if crop_margin_mm is None
-                      else crop_margin_mm / mask.spacing_mm[axis])
+                      else float(margins[axis, side]) / mask.spacing_mm[axis])
         n_ax = binary.shape[axis]
         if margin_vox >= (n_ax - 1) / 2:
             raise SurfaceError(
@@ -894,7 +987,8 @@ def make_tagged_surface(
         "n_caps": len(caps),
         "method": "intensity iso-surface" if intensity is not None else "smoothed mask at 0.5",
         "level": None if level is None else float(level),
-        "crop_margin_mm": crop_margin_mm,
+        "crop_margin_mm": (crop_margin_mm if crop_margin_mm is None or np.ndim(crop_margin_mm) == 0
+                           else margins.tolist()),
         "cut_planes": [{"face": name, "origin_xyz_mm": o.tolist(), "keep_normal_xyz": n.tolist()}
                        for o, n, name in planes],
         "centreline_points": int(len(cl_r)),

@@ -64,6 +64,26 @@ def _add_flow_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--boundary-offset-mm", type=float, default=0.0,
                    help="move the reconstructed wall outwards (>0) or inwards (<0) by this many mm "
                         "(geometric sensitivity studies; default 0)")
+    g.add_argument("--smoothing-method", choices=("taubin", "laplacian"), default=d.smoothing_method,
+                   help="surface smoothing filter: taubin (volume-preserving) or laplacian (shrinks; "
+                        f"sensitivity studies) (default {d.smoothing_method})")
+    g = p.add_argument_group("segmentation perturbations (geometric sensitivity; all off by default)")
+    g.add_argument("--threshold-shift-hu", type=float, default=0.0,
+                   help="move the segmentation threshold / surface iso-level by this many HU")
+    g.add_argument("--resample-voxel-mm", type=float, default=0.0,
+                   help="resample the segmentation (and image) to this isotropic voxel size first (0: off)")
+    g.add_argument("--boundary-noise-mm", type=float, default=0.0,
+                   help="amplitude (RMS) of spatially correlated random wall displacement (0: off)")
+    g.add_argument("--boundary-noise-correlation-mm", type=float, default=d.boundary_noise_correlation_mm,
+                   help=f"correlation length of the wall noise (default {d.boundary_noise_correlation_mm})")
+    g.add_argument("--boundary-noise-seed", type=int, default=0, help="seed of the wall noise (default 0)")
+    g.add_argument("--local-offset-mm", type=float, default=0.0,
+                   help="move the wall by this many mm only inside a sphere (e.g. the stenosis; needs --local-centre-mm)")
+    g.add_argument("--local-centre-mm", type=float, nargs=3, metavar=("X", "Y", "Z"),
+                   help="world centre (mm) of the local perturbation")
+    g.add_argument("--local-radius-mm", type=float, default=d.local_radius_mm,
+                   help=f"radius of the local perturbation sphere (default {d.local_radius_mm})")
+    g = p.add_argument_group("mesh")
     g.add_argument("--cells-per-radius", type=float, default=d.cells_per_radius,
                    help="mesh resolution: element size = local radius / this (default "
                         f"{d.cells_per_radius})")
@@ -96,6 +116,15 @@ def _config_from_args(a: argparse.Namespace) -> VesselFlowConfig:
         smoothing_iterations=a.smoothing_iterations,
         cells_per_radius=a.cells_per_radius,
         boundary_offset_mm=a.boundary_offset_mm,
+        smoothing_method=a.smoothing_method,
+        threshold_shift_hu=a.threshold_shift_hu,
+        resample_voxel_mm=a.resample_voxel_mm,
+        boundary_noise_mm=a.boundary_noise_mm,
+        boundary_noise_correlation_mm=a.boundary_noise_correlation_mm,
+        boundary_noise_seed=a.boundary_noise_seed,
+        local_offset_mm=a.local_offset_mm,
+        local_centre_xyz_mm=tuple(a.local_centre_mm) if a.local_centre_mm else None,
+        local_radius_mm=a.local_radius_mm,
         mesh_order=a.mesh_order,
         model=a.model,
         density_kg_m3=a.density_kg_m3,
@@ -149,7 +178,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
         _finish(results, out / "flow", a)
         return 0
     res = run_full_demo(out, cfg, geometry=a.geometry, stenosis=a.stenosis, size=a.size, seed=a.seed,
-                        quiet=a.quiet or a.json, force=a.force, workers=a.workers, age=a.age)
+                        quiet=a.quiet or a.json, force=a.force, workers=a.workers, age=a.age, quick=a.quick)
     if a.json:
         print(json.dumps({k: v for k, v in res.items() if not k.endswith("_summary")}, indent=2, default=str))
     elif a.quiet:
@@ -242,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--age", choices=("newborn", "1y", "5y", "10y", "15y", "adult"), default="5y",
                    help="age of the dose phantom (default 5y)")
     d.add_argument("--workers", type=int, default=2, help="study cases run in parallel (default 2)")
+    d.add_argument("--quick", action="store_true",
+                   help="a smoke run of the whole demo: fewer samples, no mesh-refinement case, fewer photons "
+                        "(with --size small --model stokes about a minute)")
     d.add_argument("--flow-only", action="store_true",
                    help="only the vessel flow job (OUT/flow/), as before the studies were added")
     _add_flow_options(d)

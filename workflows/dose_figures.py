@@ -45,6 +45,8 @@ def plot_dose_overlay(labels: np.ndarray, dose: np.ndarray, spacing_mm: Sequence
         Voxel size, for the aspect ratio.
     point : (k, j, i), optional
         Voxel through which the three planes pass; default the dose-weighted centre.
+        Voxels labelled 0 (air) are not coloured; the colour scale ends at the 99.5th
+        percentile of the body's voxel doses (single noisy voxels do not set it).
     threshold_fraction : float
         Dose below this fraction of the maximum is transparent.
     """
@@ -57,7 +59,9 @@ def plot_dose_overlay(labels: np.ndarray, dose: np.ndarray, spacing_mm: Sequence
     dose = np.asarray(dose, float)
     if labels.ndim != 3 or dose.shape != labels.shape:
         raise ValueError(f"labels and dose must be 3-D arrays of one shape, got {labels.shape} and {dose.shape}")
-    finite = np.where(np.isfinite(dose), dose, 0.0)
+    # only the body is coloured: the dose to air voxels (tiny mass, few interactions) is
+    # large and noisy and would set the colour scale
+    finite = np.where(np.isfinite(dose) & (labels > 0), dose, 0.0)
     if point is None:
         tot = finite.sum()
         if tot > 0:
@@ -67,7 +71,9 @@ def plot_dose_overlay(labels: np.ndarray, dose: np.ndarray, spacing_mm: Sequence
             point = tuple(n // 2 for n in dose.shape)
     k, j, i = point
     dz, dy, dx = (float(s) for s in spacing_mm)
-    vmax = float(finite.max()) if finite.max() > 0 else 1.0
+    inside = finite[labels > 0]
+    vmax = float(np.percentile(inside, 99.5)) if inside.size and inside.max() > 0 else 1.0
+    vmax = vmax if vmax > 0 else (float(finite.max()) or 1.0)
     planes = [("axial (z = %d)" % k, labels[k], finite[k], dy / dx),
               ("coronal (y = %d)" % j, labels[:, j, :][::-1], finite[:, j, :][::-1], dz / dx),
               ("sagittal (x = %d)" % i, labels[:, :, i][::-1], finite[:, :, i][::-1], dz / dy)]

@@ -193,58 +193,41 @@ def _load_phantom(spec: dict, out: Path, quiet: bool):
     return phantom, mats, names, vol
 
 
-def run_patient_dose(data: Mapping[str, Any], base_dir: str | Path, out_dir: str | Path, *,
-                     threads: int | None = None, force: bool = False, quiet: bool = False) -> dict:
-    """Run a protocol scenario (module docstring) and write its outputs; returns results."""
-    from physics.transport import Physics, Settings, TransportError, run
-    from pipeline.image import Volume, write_image
-    from workflows.ctdi import run_ctdi
-    from workflows.dose_figures import plot_dose_overlay, plot_organ_doses
-    from workflows.effective_dose import effective_dose, icrp_tissue
-    from workflows.protocol import read_protocol
+def _run_scan(phantom, mats, protocol, physics_opts: Mapping, histories: int, batches: int, seed: int,
+              threads: int | None, state_dir=None, progress=None, spectrum=None):
+    """Transport the protocol's helical scan through ``phantom``; returns the engine's TransportResult.
 
-    spec = _parse(data, Path(base_dir))
-    out = Path(out_dir)
-    key = hash_params({"scenario": json.loads(json.dumps(data, default=str)),
-                       "protocol": spec["protocol"].read_text()})
-    res_path = out / "results.json"
-    if not force and res_path.is_file():
-        try:
-            old = json.loads(res_path.read_text())
-            if old.get("inputs_sha256") == key:
-                if not quiet:
-                    print(f"[dose] {res_path} is up to date (same inputs); --force reruns", flush=True)
-                return old
-        except (OSError, json.JSONDecodeError):
-            pass
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    protocol = read_protocol(spec["protocol"])
-    phantom, mats, names, vol = _load_phantom(spec["phantom"], out, quiet)
-    try:
-        source = protocol.source(phantom=phantom)
-        e_max = max(150.0, source.max_energy_keV * 1.001)
-        physics = Physics(**{**spec["physics"], "e_max_keV": e_max})
-        th = threads if threads is not None else spec["threads"]
-        settings = Settings(spec["histories"] // spec["batches"], spec["batches"], spec["seed"], th,
-                            state_dir=out / ".batches")
-        if not quiet:
-            print(f"[dose] {spec['histories']:.3g} photons, {protocol.n_rotations:.2f} rotations, "
-                  f"{protocol.kvp:g} kVp, pitch {protocol.pitch:g}", flush=True)
-        res = run(phantom, mats, source, physics, settings,
-                  progress=None if quiet else (lambda b, n: print(f"[dose] batch {b}/{n}", flush=True)))
-    except TransportError as exc:
-        raise _err(str(exc)) from None
-    diameter = protocol.ctdi_phantom_diameter_cm or 32
-    if not quiet:
-        print(f"[ctdi] {diameter} cm PMMA phantom, {spec['ctdi_histories']:.3g} photons", flush=True)
-    ctdi = run_ctdi(protocol, diameter, spec["ctdi_histories"], spec["seed"], th, out / "ctdi")
+    ``physics_opts`` are :class:`physics.transport.Physics` keywords (``e_max_keV`` is set
+    from the spectrum); ``spectrum`` (optional) replaces the protocol's SpekPy spectrum (a
+    cached copy). Raises TransportError / ProtocolError as the engine does.
+    """
+    from physics.transport import Physics, Settings, run
+
+    source = protocol.source(phantom=phantom, spectrum=spectrum)
+    e_max = max(150.0, source.max_energy_keV * 1.001)
+    physics = Physics(**{**dict(physics_opts), "e_max_keV": e_max})
+    settings = Settings(histories // batches, batches, seed, threads, state_dir=state_dir)
+    return run(phantom, mats, source, physics, settings, progress=progress)
+
+
+def _normalisation(protocol, ctdi: Mapping) -> dict:
+    """Photons of the scan and CTDIvol from a :func:`workflows.ctdi.run_ctdi` result (module docstring)."""
     photons_100 = ctdi["tube_output"]["photons_per_100mAs"]
     scan_mAs = protocol.scan_mAs
-    ctdivol_mGy = ctdi.get("ctdivol_mGy")
-    n_scan = photons_100 * scan_mAs / 100.0 if scan_mAs is not None else None
+    return {"photons_per_100mAs": photons_100, "scan_mAs": scan_mAs, "ctdivol_mGy": ctdi.get("ctdivol_mGy"),
+            "photons_in_scan": photons_100 * scan_mAs / 100.0 if scan_mAs is not None else None}
+
+
+def _organ_table(res, mats, names: Mapping[int, str], n_scan: float | None, ctdivol_mGy: float | None):
+    """Per-label rows (mass, dose per photon, mGy, per CTDIvol, σ, flags) of a scan result.
+
+    Returns ``(rows, organ_dose, organ_mass_g)``: ``organ_dose`` maps organ name to
+    (dose, σ) in mGy (Gy per photon when ``n_scan`` is None), for :func:`effective_dose`.
+    """
+    from workflows.effective_dose import icrp_tissue
+
     rows = []
-    organ_dose_mGy = {}
+    organ_dose = {}
     organ_mass = {}
     for r in res.label_table():
         lab = r["label"]
@@ -266,8 +249,57 @@ def run_patient_dose(data: Mapping[str, Any], base_dir: str | Path, out_dir: str
         row["sigma_relative"] = rel if math.isfinite(rel) else None
         row["sigma_flag"] = bool(rel > SIGMA_FLAG)
         rows.append(row)
-        organ_dose_mGy[name] = (row.get("dose_mGy", d), row.get("dose_sigma_mGy", s))
+        organ_dose[name] = (row.get("dose_mGy", d), row.get("dose_sigma_mGy", s))
         organ_mass[name] = r["mass_g"]
+    return rows, organ_dose, organ_mass
+
+
+def run_patient_dose(data: Mapping[str, Any], base_dir: str | Path, out_dir: str | Path, *,
+                     threads: int | None = None, force: bool = False, quiet: bool = False) -> dict:
+    """Run a protocol scenario (module docstring) and write its outputs; returns results."""
+    from physics.transport import TransportError
+    from pipeline.image import Volume, write_image
+    from workflows.ctdi import run_ctdi
+    from workflows.dose_figures import plot_dose_overlay, plot_organ_doses
+    from workflows.effective_dose import effective_dose
+    from workflows.protocol import read_protocol
+
+    spec = _parse(data, Path(base_dir))
+    out = Path(out_dir)
+    key = hash_params({"scenario": json.loads(json.dumps(data, default=str)),
+                       "protocol": spec["protocol"].read_text()})
+    res_path = out / "results.json"
+    if not force and res_path.is_file():
+        try:
+            old = json.loads(res_path.read_text())
+            if old.get("inputs_sha256") == key:
+                if not quiet:
+                    print(f"[dose] {res_path} is up to date (same inputs); --force reruns", flush=True)
+                return old
+        except (OSError, json.JSONDecodeError):
+            pass
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    protocol = read_protocol(spec["protocol"])
+    phantom, mats, names, vol = _load_phantom(spec["phantom"], out, quiet)
+    th = threads if threads is not None else spec["threads"]
+    if not quiet:
+        print(f"[dose] {spec['histories']:.3g} photons, {protocol.n_rotations:.2f} rotations, "
+              f"{protocol.kvp:g} kVp, pitch {protocol.pitch:g}", flush=True)
+    try:
+        res = _run_scan(phantom, mats, protocol, spec["physics"], spec["histories"], spec["batches"], spec["seed"],
+                        th, state_dir=out / ".batches",
+                        progress=None if quiet else (lambda b, n: print(f"[dose] batch {b}/{n}", flush=True)))
+    except TransportError as exc:
+        raise _err(str(exc)) from None
+    diameter = protocol.ctdi_phantom_diameter_cm or 32
+    if not quiet:
+        print(f"[ctdi] {diameter} cm PMMA phantom, {spec['ctdi_histories']:.3g} photons", flush=True)
+    ctdi = run_ctdi(protocol, diameter, spec["ctdi_histories"], spec["seed"], th, out / "ctdi")
+    norm = _normalisation(protocol, ctdi)
+    photons_100, scan_mAs = norm["photons_per_100mAs"], norm["scan_mAs"]
+    ctdivol_mGy, n_scan = norm["ctdivol_mGy"], norm["photons_in_scan"]
+    rows, organ_dose_mGy, organ_mass = _organ_table(res, mats, names, n_scan, ctdivol_mGy)
     eff = effective_dose(organ_dose_mGy, spec["phantom"]["sex"], organ_mass)
     # maps: mGy per voxel for the whole scan (or Gy per photon when the tube output is unknown)
     dose_pp, sig_pp = res.dose_Gy_per_photon()

@@ -10,13 +10,54 @@ stage                 artifacts
 2 surface             ``surface.stl`` and ``surface.json`` (caps: inlet/outlets)
 3 volume mesh         ``mesh/mesh.msh`` (+ ``mesh.xdmf``, ``facets.xdmf``, ``mesh.vtu``,
                       ``mesh_info.json``)
-4 flow solve          ``flow.json`` and ``fields/`` (velocity, pressure, WSS for ParaView)
+4 flow solve          ``flow.json`` and ``fields/`` (velocity, pressure, WSS for ParaView;
+                      ``wall_pressure.npz``: wall node ``xyz_mm`` and ``pressure_Pa``)
 5 results             ``results.json`` (schema below) and ``summary.txt``
 ====================  ==========================================================
 
 Each finished stage leaves ``stages/<name>.json`` with a hash of its inputs; a rerun with
 the same inputs skips it. ``results.json`` is removed when a run starts and written last,
 atomically, so a folder holding a ``results.json`` holds a finished, consistent run.
+
+Geometric perturbations (sensitivity studies)
+---------------------------------------------
+Between the segmentation and the surface, the operators of :mod:`pipeline.perturb` can
+change the lumen in a controlled way, always in this order (each is off at its default):
+
+1. ``threshold_shift_hu``: the segmentation threshold *and* the surface iso-level move by
+   this many HU (the mask is re-thresholded within 3 voxels of the segmentation, keeping the
+   parts connected to it). The surface is still the image's own iso-surface, so the move is
+   sub-voxel; for a Gaussian-blurred edge of width ``sigma`` and height ``dI`` it lies
+   ``sigma * Phi^-1(1/2 + shift / dI)`` inside the half-maximum wall. The blur correction
+   keeps measuring the edge from the unshifted half-maximum level.
+2. ``resample_voxel_mm``: the mask is resampled to this isotropic voxel size
+   (:func:`pipeline.perturb.resample_coarse`) and the CT image is averaged onto the same
+   coarse voxels (exact overlap volumes: what a scan with bigger voxels records); the surface
+   is the iso-surface of the coarse image near the coarse mask. The surface method is thus
+   the same as without resampling, so only the voxel size changes (a voxel size equal to the
+   image's gives nearly the unperturbed surface).
+3. ``boundary_noise_mm``: spatially correlated random displacement of the wall
+   (:func:`pipeline.perturb.correlated_noise_boundary`; RMS amplitude, correlation length,
+   seed).
+4. ``local_offset_mm``: the wall moves by this much inside a sphere (``local_centre_xyz_mm``,
+   ``local_radius_mm``), blended to zero over ``local_blend_mm`` outside it
+   (:func:`pipeline.perturb.local_offset`), e.g. a narrower stenosis.
+5. ``boundary_offset_mm``: the uniform offset of the whole wall, applied last, on the surface.
+
+Operators 3 and 4 are signed-distance operators. Their displacement field (mm, along the
+outward normal) is ``phi - sdf_mm``, the signed distance of the mask before the operator
+minus the operator's :attr:`~pipeline.perturb.Perturbation.sdf_mm`; the surface stage moves
+each vertex of the sub-voxel image iso-surface along its normal by that field
+(``make_tagged_surface(normal_displacement_mm=...)``). So a 0.05 mm local offset moves the
+wall by 0.05 mm, not by zero or a whole voxel, an amplitude of zero gives exactly the
+unperturbed surface, and the mesh sizing (from the unperturbed mask's centreline) does not
+jump between nearby cases. The perturbed voxel mask is written to
+``segmentation_perturbed.nii.gz`` for inspection; ``smoothing_method = "laplacian"`` swaps the
+surface's non-shrinking Taubin filter for the shrinking Laplacian one. Each operator's report
+(volume change, equivalent mean radius change, surface distances to the original; see
+:mod:`pipeline.perturb`) goes into ``results.json["perturbation"]`` (empty when none).
+Perturbation parameters enter the geometry stage's cache key only when they are active, so
+the caches of unperturbed runs stay valid.
 """
 
 from __future__ import annotations
@@ -43,12 +84,17 @@ from workflows._io import (
     write_text_atomic,
 )
 
-__all__ = ["VesselFlowConfig", "WorkflowError", "run_vessel_flow", "RESULT_FILE"]
+__all__ = ["VesselFlowConfig", "WorkflowError", "SurfaceInputs", "perturb_segmentation", "build_surface",
+           "run_vessel_flow", "RESULT_FILE"]
 
 RESULT_FILE = "results.json"
 VALID_MODELS = ("stokes", "navier-stokes")
 VALID_SOLVERS = ("direct", "iterative")
 VALID_METHODS = ("auto", "otsu", "region-grow")
+#: Surface smoothing filters (``pipeline.surface.SMOOTHING_METHODS``); the first is the default.
+VALID_SMOOTHING_METHODS = ("taubin", "laplacian")
+#: Face dilation (voxels) of the segmentation within which a threshold shift may move the wall.
+_THRESHOLD_REACH_VOXELS = 3
 
 
 class WorkflowError(ValueError):
@@ -65,6 +111,16 @@ class VesselFlowConfig:
     component crossing the image and its largest opening are used. ``boundary_offset_mm``
     moves the reconstructed wall outwards (> 0) or inwards along its normals, for
     geometric sensitivity studies.
+
+    Geometric perturbations (all off by default; applied in this order, see the module
+    docstring): ``threshold_shift_hu`` (HU added to the segmentation threshold and surface
+    iso-level); ``resample_voxel_mm`` (0 = off, else the isotropic voxel size in mm the mask
+    is resampled to); ``boundary_noise_mm`` (RMS amplitude of correlated wall noise, mm; 0 =
+    off) with ``boundary_noise_correlation_mm`` and ``boundary_noise_seed``;
+    ``local_offset_mm`` (mm, inside the sphere of ``local_radius_mm`` around the world point
+    ``local_centre_xyz_mm``, which it requires, blended to 0 over ``local_blend_mm``).
+    ``smoothing_method`` is ``"taubin"`` (non-shrinking, the default) or ``"laplacian"``
+    (shrinks the lumen).
     """
 
     flow_rate_ml_s: float = 1.0
@@ -86,6 +142,16 @@ class VesselFlowConfig:
     n_procs: int = 1
     write_fields: bool = True
     boundary_offset_mm: float = 0.0
+    threshold_shift_hu: float = 0.0
+    resample_voxel_mm: float = 0.0
+    boundary_noise_mm: float = 0.0
+    boundary_noise_correlation_mm: float = 2.0
+    boundary_noise_seed: int = 0
+    local_offset_mm: float = 0.0
+    local_centre_xyz_mm: tuple[float, float, float] | None = None
+    local_radius_mm: float = 3.0
+    local_blend_mm: float = 1.0
+    smoothing_method: str = "taubin"
 
     def __post_init__(self) -> None:
         def positive(name):
@@ -116,13 +182,71 @@ class VesselFlowConfig:
             raise WorkflowError(f"boundary_offset_mm must be a finite number (mm), got {self.boundary_offset_mm!r}")
         if self.smoothing_iterations < 0:
             raise WorkflowError(f"smoothing_iterations must be >= 0, got {self.smoothing_iterations}")
-        for name in ("seed_xyz_mm", "inlet_xyz_mm"):
+        for name in ("seed_xyz_mm", "inlet_xyz_mm", "local_centre_xyz_mm"):
             v = getattr(self, name)
             if v is not None:
-                arr = np.asarray(v, dtype=float).ravel()
+                try:
+                    arr = np.asarray(v, dtype=float).ravel()
+                except (TypeError, ValueError):
+                    arr = np.zeros(0)
                 if arr.shape != (3,) or not np.all(np.isfinite(arr)):
                     raise WorkflowError(f"{name} must be three numbers (x y z in mm), got {v!r}")
                 setattr(self, name, tuple(float(a) for a in arr))
+        self._check_perturbations()
+
+    def _check_perturbations(self) -> None:
+        def number(name, *, lo=None, strict=False, what="a finite number"):
+            v = getattr(self, name)
+            ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) \
+                and np.isfinite(v)
+            if ok and lo is not None:
+                ok = v > lo if strict else v >= lo
+            if not ok:
+                raise WorkflowError(f"{name} must be {what}, got {v!r}")
+            setattr(self, name, float(v))
+
+        number("threshold_shift_hu", what="a finite number of HU (0 = no shift)")
+        number("resample_voxel_mm", lo=0.0, what="a voxel size >= 0 mm (0 = no resampling)")
+        number("boundary_noise_mm", lo=0.0, what="an RMS amplitude >= 0 mm (0 = no noise)")
+        number("boundary_noise_correlation_mm", lo=0.0, strict=True, what="a correlation length > 0 mm")
+        number("local_offset_mm", what="a finite offset in mm (0 = none)")
+        number("local_radius_mm", lo=0.0, strict=True, what="a radius > 0 mm")
+        number("local_blend_mm", lo=0.0, what="a blend width >= 0 mm")
+        seed = self.boundary_noise_seed
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise WorkflowError(f"boundary_noise_seed must be a non-negative integer, got {seed!r}")
+        self.boundary_noise_seed = int(seed)
+        if self.local_offset_mm != 0.0 and self.local_centre_xyz_mm is None:
+            raise WorkflowError(
+                f"local_offset_mm={self.local_offset_mm} needs local_centre_xyz_mm: the world point "
+                "(x y z, mm) at the centre of the region to perturb (e.g. the stenosis)"
+            )
+        if self.smoothing_method not in VALID_SMOOTHING_METHODS:
+            raise WorkflowError(
+                f"smoothing_method must be one of {VALID_SMOOTHING_METHODS}, got {self.smoothing_method!r}"
+            )
+
+    def perturbation_params(self) -> dict[str, Any]:
+        """The active geometric perturbations' parameters (empty when none is active).
+
+        Only operators that change something are listed, with the parameters that matter
+        for them, so the dict is empty (and cache keys unchanged) for an unperturbed run.
+        """
+        d: dict[str, Any] = {}
+        if self.threshold_shift_hu:
+            d["threshold_shift_hu"] = self.threshold_shift_hu
+        if self.resample_voxel_mm:
+            d["resample_voxel_mm"] = self.resample_voxel_mm
+        if self.boundary_noise_mm:
+            d.update(boundary_noise_mm=self.boundary_noise_mm,
+                     boundary_noise_correlation_mm=self.boundary_noise_correlation_mm,
+                     boundary_noise_seed=self.boundary_noise_seed)
+        if self.local_offset_mm:
+            d.update(local_offset_mm=self.local_offset_mm, local_centre_xyz_mm=list(self.local_centre_xyz_mm),
+                     local_radius_mm=self.local_radius_mm, local_blend_mm=self.local_blend_mm)
+        if self.smoothing_method != VALID_SMOOTHING_METHODS[0]:
+            d["smoothing_method"] = self.smoothing_method
+        return d
 
     @property
     def flow_rate_m3_s(self) -> float:
@@ -174,27 +298,308 @@ def _segment(image, cfg: VesselFlowConfig, out: Path, truth_path: Path | None) -
     return record
 
 
-def _geometry(image, seg_record: dict, cfg: VesselFlowConfig, out: Path) -> dict:
-    from pipeline.image import read_image
-    from pipeline.surface import make_tagged_surface
-    from pipeline.volume_mesh import mesh_volume
+@dataclass
+class SurfaceInputs:
+    """What the surface stage contours, after the geometric perturbations.
 
-    mask = read_image(out / "segmentation.nii.gz")
+    Attributes
+    ----------
+    mask : pipeline.image.Volume
+        Lumen mask handed to ``make_tagged_surface`` (after threshold shift and resampling;
+        the noise and local offset travel in ``displacement`` instead).
+    intensity : pipeline.image.Volume
+        The CT image to contour (averaged onto the coarse grid after resampling).
+    level, half_max_level : float or None
+        Iso-level of the contour (HU) and the unshifted half-maximum level (HU).
+    displacement : pipeline.image.Volume or None
+        Outward normal displacement field of the wall, mm (noise + local offset).
+    crop_margin_mm : list of 3 [low, high] pairs or None
+        Cut-plane insets (mm) per array axis and side for the surface stage (after
+        resampling: those that keep the cut planes, hence the vessel length, where the
+        unresampled run has them); ``None`` for the surface stage's default.
+    perturbed_mask : pipeline.image.Volume
+        The perturbed voxel mask (all operators), for inspection.
+    reports : list of dict
+        One report per operator applied, in order (see :mod:`pipeline.perturb`).
+    """
+
+    mask: Any
+    intensity: Any
+    level: float | None
+    half_max_level: float | None
+    displacement: Any
+    crop_margin_mm: list[list[float]] | None
+    perturbed_mask: Any
+    reports: list[dict]
+
+
+def perturb_segmentation(image, mask, level_hu: float, upper_hu: float | None,
+                         cfg: VesselFlowConfig) -> SurfaceInputs:
+    """Apply the configured geometric perturbations to a segmentation, in the fixed order.
+
+    Threshold shift, then resampling, then correlated boundary noise, then the local offset
+    (the uniform ``boundary_offset_mm`` is applied later, on the surface). See the module
+    docstring for how each reaches the surface at sub-voxel precision.
+
+    Parameters
+    ----------
+    image : pipeline.image.Volume
+        CT angiogram, HU.
+    mask : pipeline.image.Volume
+        Lumen segmentation on the image's grid (non-zero = lumen).
+    level_hu : float
+        The segmentation's half-maximum iso-level, HU.
+    upper_hu : float or None
+        The segmentation's calcium bound, HU (kept out of a re-thresholded mask).
+    cfg : VesselFlowConfig
+        The perturbation parameters.
+
+    Returns
+    -------
+    SurfaceInputs
+
+    Raises
+    ------
+    WorkflowError
+        A perturbation that cannot be applied (the message names the parameter).
+    """
+    from pipeline import perturb
+    from pipeline.image import Volume
+
+    binary = np.asarray(mask.array) > 0
+    grid = mask
+    intensity, level, half_max = image, float(level_hu), None
+    crop_margin = None
+    reports: list[dict] = []
+
+    def fail(name, exc):
+        return WorkflowError(f"{name}={getattr(cfg, name)!r}: {exc}")
+
+    # 1. threshold shift (segmentation threshold and surface iso-level)
+    if cfg.threshold_shift_hu:
+        binary, rep = _threshold_shift(image, binary, float(level_hu), upper_hu, cfg.threshold_shift_hu, fail)
+        reports.append(rep)
+        level, half_max = float(level_hu) + cfg.threshold_shift_hu, float(level_hu)
+
+    # 2. resampling of the mask (and the image) to a coarser isotropic voxel
+    if cfg.resample_voxel_mm:
+        v = cfg.resample_voxel_mm
+        try:
+            pr = perturb.resample_coarse(binary, grid.spacing_mm, (v, v, v))
+        except perturb.PerturbationError as exc:
+            raise fail("resample_voxel_mm", exc) from None
+        shift_ijk = np.asarray(pr.report["origin_shift_mm"], float)[::-1]  # array (z, y, x) -> (i, j, k)
+        origin = np.asarray(grid.origin_xyz_mm) + grid.direction_xyz @ shift_ijk
+        grid = Volume(pr.mask.astype(np.uint8), (v, v, v), tuple(origin), grid.direction_xyz.copy())
+        binary = pr.mask
+        # the image is averaged onto the same coarse voxels (what a scan with bigger voxels
+        # records), so the surface is still the sub-voxel iso-surface, now of the coarse image
+        intensity = grid.with_array(_box_average(np.asarray(image.array, np.float64), image.spacing_mm, (v, v, v)))
+        # keep the cut planes where the unresampled surface has them, so the vessel length (and
+        # with it the pressure drop) does not change just because the voxels did
+        crop_margin = _same_cut_planes(image.shape, image.spacing_mm, pr.mask.shape, v)
+        reports.append({**pr.report, "crop_margin_mm": crop_margin})
+
+    # 3 + 4. signed-distance operators on a crop around the lumen -> a normal displacement field
+    final = binary
+    displacement = None
+    if cfg.boundary_noise_mm or cfg.local_offset_mm:
+        sp = grid.spacing_mm
+        reach_mm = abs(cfg.local_offset_mm) + 5.0 * cfg.boundary_noise_mm
+        margin = 4 + int(np.ceil(reach_mm / min(sp)))
+        idx = np.argwhere(binary)
+        lo = np.maximum(idx.min(axis=0) - margin, 0)
+        hi = np.minimum(idx.max(axis=0) + margin + 1, binary.shape)
+        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        sub_grid = Volume(np.zeros(tuple(hi - lo), np.float32), sp, tuple(grid.index_to_world(lo)),
+                          grid.direction_xyz.copy())
+        cur = binary[box]
+        disp = np.zeros(cur.shape)
+        if cfg.boundary_noise_mm:
+            phi = perturb.signed_distance(cur, spacing_mm=sp)
+            try:
+                pn = perturb.correlated_noise_boundary(cur, sp, cfg.boundary_noise_mm,
+                                                       cfg.boundary_noise_correlation_mm, cfg.boundary_noise_seed)
+            except perturb.PerturbationError as exc:
+                raise fail("boundary_noise_mm", exc) from None
+            disp += phi - pn.sdf_mm  # = the noise field, mm outwards
+            cur = pn.mask
+            reports.append(pn.report)
+        if cfg.local_offset_mm:
+            centre_zyx_mm = sub_grid.world_to_index(cfg.local_centre_xyz_mm) * np.asarray(sp)
+            wall = cur & ~_erode(cur)
+            gap = float(np.sqrt((((np.argwhere(wall) * np.asarray(sp)) - centre_zyx_mm) ** 2).sum(axis=1)).min())
+            if gap > cfg.local_radius_mm + cfg.local_blend_mm:
+                raise WorkflowError(
+                    f"local_centre_xyz_mm={cfg.local_centre_xyz_mm} is {gap:.2f} mm from the lumen wall, beyond "
+                    f"local_radius_mm + local_blend_mm = {cfg.local_radius_mm + cfg.local_blend_mm} mm: the local "
+                    "offset would change nothing; put the centre on the vessel (e.g. at the stenosis)"
+                )
+            phi = perturb.signed_distance(cur, spacing_mm=sp)
+            try:
+                pl = perturb.local_offset(cur, sp, cfg.local_offset_mm, centre_mm=centre_zyx_mm,
+                                          radius_mm=cfg.local_radius_mm, blend_mm=cfg.local_blend_mm)
+            except perturb.PerturbationError as exc:
+                raise fail("local_offset_mm", exc) from None
+            disp += phi - pl.sdf_mm  # = local_offset_mm * blend weight, mm outwards
+            cur = pl.mask
+            # the operator's centre_mm is in the crop's array frame; report the world point instead
+            reports.append({**{k: v for k, v in pl.report.items() if k != "centre_mm"},
+                            "centre_xyz_mm": list(cfg.local_centre_xyz_mm)})
+        displacement = Volume(disp, sp, sub_grid.origin_xyz_mm, grid.direction_xyz.copy())
+        final = binary.copy()
+        final[box] = cur
+
+    return SurfaceInputs(
+        mask=grid.with_array(binary.astype(np.uint8)),
+        intensity=intensity,
+        level=level,
+        half_max_level=half_max,
+        displacement=displacement,
+        crop_margin_mm=crop_margin,
+        perturbed_mask=grid.with_array(final.astype(np.uint8)),
+        reports=reports,
+    )
+
+
+def _same_cut_planes(shape, spacing_mm, coarse_shape, v: float) -> list[list[float]]:
+    """Cut-plane insets (mm, per axis: [low, high]) on the coarse grid that put the planes where
+    the surface stage's default insets put them on the original grid.
+
+    Original planes: ``DEFAULT_CROP_MARGIN_VOXELS`` voxels inside the first and last voxel
+    centres. Coarse voxel 0's centre lies ``(v - h) / 2`` beyond the original one; the last
+    coarse centre lies at ``(v - h) / 2 + (N - 1) v`` (insets clipped at 0 for v > 4 h).
+    """
+    from pipeline.surface import DEFAULT_CROP_MARGIN_VOXELS as k
+
+    out = []
+    for n, h, big_n in zip(shape, spacing_mm, coarse_shape):
+        c0 = 0.5 * (v - h)
+        lo = k * h - c0
+        hi = (c0 + (big_n - 1) * v) - (n - 1 - k) * h
+        out.append([max(lo, 0.0), max(hi, 0.0)])
+    return out
+
+
+def _box_average(arr: np.ndarray, spacing_mm, new_spacing_mm) -> np.ndarray:
+    """Average an image onto coarser voxels by exact overlap volume (the grid of ``resample_coarse``).
+
+    Both grids start at the same low voxel edge; a last, partial coarse voxel averages only
+    the part inside the old grid (as :func:`pipeline.perturb.resample_coarse` does for masks).
+    """
+    out = arr
+    for a, (h, big) in enumerate(zip(spacing_mm, new_spacing_mm)):
+        n_old = out.shape[a]
+        extent = n_old * h
+        n_new = max(1, int(np.ceil(extent / big - 1e-9)))
+        lo_new = np.arange(n_new)[:, None] * big
+        hi_new = np.minimum(lo_new + big, extent)
+        lo_old = np.arange(n_old)[None, :] * h
+        w = np.clip(np.minimum(hi_new, lo_old + h) - np.maximum(lo_new, lo_old), 0.0, None)
+        w /= w.sum(axis=1, keepdims=True)
+        out = np.moveaxis(np.tensordot(w, np.moveaxis(out, a, 0), axes=(1, 0)), 0, a)
+    return out
+
+
+def _erode(binary: np.ndarray) -> np.ndarray:
+    from scipy import ndimage
+
+    return ndimage.binary_erosion(binary, ndimage.generate_binary_structure(3, 1), border_value=1)
+
+
+def _threshold_shift(image, binary, level_hu, upper_hu, shift_hu, fail) -> tuple[np.ndarray, dict]:
+    """Re-threshold near the segmentation at ``level_hu + shift_hu``; keep what connects to it."""
+    from scipy import ndimage
+
+    from pipeline import perturb
+    from pipeline.segment.classical import fill_holes
+
+    face = ndimage.generate_binary_structure(3, 1)
+    arr = np.asarray(image.array, dtype=np.float64)
+    near = ndimage.binary_dilation(binary, face, iterations=_THRESHOLD_REACH_VOXELS)
+    restricted = np.where(near, arr, min(float(arr.min()), level_hu) - 1.0)  # other bright structures out
+    try:
+        pt = perturb.threshold_shift(restricted, level_hu, shift_hu, spacing_mm=image.spacing_mm)
+    except perturb.PerturbationError as exc:
+        raise fail("threshold_shift_hu", exc) from None
+    new = pt.mask if upper_hu is None else pt.mask & (arr <= upper_hu)
+    labels, _ = ndimage.label(new, face)
+    keep = np.unique(labels[new & binary])
+    new = np.isin(labels, keep[keep > 0])
+    new = fill_holes(new)
+    if upper_hu is not None:
+        new &= arr <= upper_hu
+    if not new.any():
+        raise fail("threshold_shift_hu", "no lumen connected to the segmentation is left above "
+                   f"{level_hu + shift_hu:.1f} HU; use a smaller shift")
+    rim = near & ~ndimage.binary_dilation(binary, face, iterations=_THRESHOLD_REACH_VOXELS - 1)
+    if (new & rim).any():
+        raise fail("threshold_shift_hu", f"the level {level_hu + shift_hu:.1f} HU grows the lumen more than "
+                   f"{_THRESHOLD_REACH_VOXELS} voxels beyond the segmentation (it is too close to the "
+                   "background level); use a smaller negative shift")
+    rep = {**pt.report, "level_after_hu": level_hu + shift_hu,
+           "lumen_volume_after_mm3": float(new.sum()) * float(np.prod(image.spacing_mm))}
+    return new, rep
+
+
+def build_surface(image, mask, level_hu: float, upper_hu: float | None, cfg: VesselFlowConfig):
+    """Stage 2: the perturbed segmentation's tagged surface, exactly as the workflow builds it.
+
+    Parameters
+    ----------
+    image, mask : pipeline.image.Volume
+        CT angiogram (HU) and its lumen segmentation (same grid).
+    level_hu, upper_hu : float, float or None
+        The segmentation's iso-level and calcium bound, HU.
+    cfg : VesselFlowConfig
+        Surface and perturbation parameters.
+
+    Returns
+    -------
+    (pipeline.surface.TaggedSurface, SurfaceInputs)
+    """
+    from pipeline.surface import make_tagged_surface
+
+    si = perturb_segmentation(image, mask, level_hu, upper_hu, cfg)
     inlet = cfg.inlet_xyz_mm if cfg.inlet_xyz_mm is not None else "largest"
     surf = make_tagged_surface(
-        mask,
-        intensity=image,
-        level=seg_record["level_hu"],
+        si.mask,
+        intensity=si.intensity,
+        level=si.level,
         inlet=inlet,
         smoothing_iterations=cfg.smoothing_iterations,
         boundary_offset_mm=float(cfg.boundary_offset_mm),
+        smoothing_method=cfg.smoothing_method,
+        normal_displacement_mm=si.displacement,
+        half_max_level=si.half_max_level,
+        crop_margin_mm=si.crop_margin_mm,
     )
+    return surf, si
+
+
+def _geometry(image, seg_record: dict, cfg: VesselFlowConfig, out: Path) -> dict:
+    from pipeline.image import read_image, write_image
+    from pipeline.volume_mesh import mesh_volume
+
+    mask = read_image(out / "segmentation.nii.gz")
+    surf, si = build_surface(image, mask, seg_record["level_hu"], seg_record.get("upper_hu"), cfg)
+    if si.reports:
+        write_image(si.perturbed_mask, out / "segmentation_perturbed.nii.gz")
     surf.write(out / "surface.stl")
     write_json_atomic(out / "surface.json", surf.to_json_dict())
+    reports = list(si.reports)
+    if cfg.smoothing_method != VALID_SMOOTHING_METHODS[0]:
+        r = surf.report
+        reports.append({"operator": "surface_smoothing", "method": cfg.smoothing_method,
+                        "iterations": int(cfg.smoothing_iterations),
+                        "volume_before_mm3": r["volume_before_smoothing_mm3"],
+                        "volume_after_mm3": r["volume_after_smoothing_mm3"],
+                        "volume_change_percent": r["smoothing_volume_change_percent"]})
     vm = mesh_volume(surf, out / "mesh", cells_per_radius=cfg.cells_per_radius, order=cfg.mesh_order)
     return {
         "surface": {k: v for k, v in surf.to_json_dict().items() if k != "centreline"},
         "mesh": {"stats": vm.stats, "boundaries": vm.boundaries, "msh": str(vm.msh_path)},
+        "perturbation": reports,
     }
 
 
@@ -310,9 +715,13 @@ def run_vessel_flow(
     geo_params = {k: getattr(cfg, k) for k in geo_keys}
     if cfg.boundary_offset_mm:  # (absent when 0, so caches of earlier runs stay valid)
         geo_params["boundary_offset_mm"] = float(cfg.boundary_offset_mm)
+    geo_params.update(cfg.perturbation_params())  # likewise: only the active perturbations
     geo_key = hash_params(seg_key, geo_params)
     msh = out / "mesh" / "mesh.msh"
-    geo_rec = cache.done("geometry", geo_key, [msh, out / "surface.stl"])
+    geo_artifacts = [msh, out / "surface.stl"]
+    if cfg.perturbation_params().keys() - {"smoothing_method"}:
+        geo_artifacts.append(out / "segmentation_perturbed.nii.gz")
+    geo_rec = cache.done("geometry", geo_key, geo_artifacts)
     if geo_rec is None:
         cache.invalidate_from(["solve"])
         geo_rec = prog.stage("surface + volume mesh", lambda: timed("surface_and_mesh", lambda: _geometry(
@@ -329,7 +738,8 @@ def run_vessel_flow(
     # 4. flow
     problem = _flow_problem_dict(cfg, outlet_tags)
     solve_key = hash_params(geo_key, problem, cfg.write_fields)
-    flow = cache.done("solve", solve_key, [out / "flow.json"])
+    solve_artifacts = [out / "flow.json"] + ([out / "fields" / "wall_pressure.npz"] if cfg.write_fields else [])
+    flow = cache.done("solve", solve_key, solve_artifacts)
     if flow is None:
         flow = prog.stage(f"flow solve ({cfg.model}, {cfg.n_procs} rank(s))",
                           lambda: timed("solve", lambda: _solve(msh, problem, out, cfg)))
@@ -373,6 +783,7 @@ def _assemble_results(cfg, image_path, image_hash, seg_rec, geo_rec, flow, timin
         "n_cells": flow.get("n_cells"),
         "model": flow.get("model", cfg.model),
         "segmentation": seg_rec,
+        "perturbation": geo_rec.get("perturbation", []),
         "surface": geo_rec["surface"],
         "mesh": geo_rec["mesh"],
         "parameters": asdict(cfg),
@@ -404,6 +815,10 @@ def summary_text(r: dict) -> str:
         f"max velocity          {r['max_velocity_m_s']:.4f} m/s",
         f"mesh                  {r['mesh']['stats'].get('n_tetrahedra', '?')} tetrahedra, {r['n_dofs']} DOFs",
     ]
+    for rep in r.get("perturbation", []):
+        dv = rep.get("volume_change_percent")
+        lines.append(f"perturbation          {rep.get('operator')}: volume "
+                     + (f"{dv:+.2f} %" if isinstance(dv, (int, float)) else "n/a"))
     m = r["segmentation"].get("metrics_vs_truth")
     if m:
         lines.append(f"segmentation vs truth Dice {m['dice']:.4f}, HD95 {m['hd95_mm']:.3f} mm")

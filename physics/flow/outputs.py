@@ -4,7 +4,8 @@
 drop, FFR-like ratio Pd/Pa, flow split, wall shear stress, mass balance) in SI
 units, identical on every MPI rank, and keeps the finite-element fields so
 they can be written for ParaView with :meth:`FlowResult.write_fields` (ADIOS2
-VTX ``.bp`` folders, one per field).
+VTX ``.bp`` folders, one per field). :meth:`FlowResult.boundary_pressure` samples the
+pressure at the nodes of tagged boundary facets (e.g. the wall, for a pressure map).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import dolfinx_solver  # noqa: F401  (orders MPI ahead of the dolfinx bindings)
+import numpy as np
 
 __all__ = ["FlowResult", "FIELD_FILES"]
 
@@ -152,3 +154,46 @@ class FlowResult:
                 writer.write(0.0)
             paths.append(path)
         return paths
+
+    def boundary_pressure(self, facet_tags, tags) -> tuple[np.ndarray, np.ndarray]:
+        """Pressure at the nodes of the facets carrying ``tags``, gathered on rank 0.
+
+        The pressure is the continuous P1 field of the Taylor–Hood pair, so its nodes are
+        the mesh vertices and the samples are exact nodal values (no interpolation). Each
+        node is taken once, from the rank that owns it. Collective: call on every rank.
+
+        Parameters
+        ----------
+        facet_tags : dolfinx.mesh.MeshTags
+            The facet tags the problem was solved with.
+        tags : int or sequence of int
+            Boundary tags to sample (e.g. the wall, 1).
+
+        Returns
+        -------
+        xyz_m : ndarray, shape (N, 3)
+            Node coordinates in the mesh's unit (m for meshes from :func:`load_mesh`); on
+            ranks other than 0, shape (0, 3).
+        pressure_Pa : ndarray, shape (N,)
+            Pressure at those nodes, Pa; empty on ranks other than 0.
+        """
+        if not self._fields:
+            raise RuntimeError("this FlowResult holds no fields (it was rebuilt from a dict)")
+        from dolfinx import fem
+
+        ph = self._fields["pressure"]
+        space = ph.function_space
+        msh = space.mesh
+        fdim = msh.topology.dim - 1
+        tag_list = [int(tags)] if np.ndim(tags) == 0 else [int(t) for t in tags]
+        facets = np.unique(np.concatenate([facet_tags.find(t) for t in tag_list])).astype(np.int32)
+        msh.topology.create_connectivity(fdim, msh.topology.dim)
+        dofs = fem.locate_dofs_topological(space, fdim, facets)
+        dofs = dofs[dofs < space.dofmap.index_map.size_local]  # owned only: each node once
+        xyz = space.tabulate_dof_coordinates()[dofs].reshape(-1, 3)
+        p = np.asarray(ph.x.array[dofs], dtype=float)
+        parts = msh.comm.gather((xyz, p), root=0)
+        if msh.comm.rank != 0:
+            return np.zeros((0, 3)), np.zeros(0)
+        return (np.concatenate([x for x, _ in parts]).reshape(-1, 3),
+                np.concatenate([v for _, v in parts]))
