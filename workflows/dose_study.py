@@ -89,7 +89,7 @@ DOSE_PARAMETERS: dict[str, dict] = {
         "description": "normal offset of the body outline (+ widens): a body-contour error; grown voxels get "
                        "soft tissue, lost voxels become air, the one-voxel skin is rebuilt"},
     "voxel_mm": {
-        "unit": "mm", "nominal": None,
+        "unit": "mm", "nominal": None, "minimum": 1.0, "maximum": 10.0,  # phantoms.stylized.VOXEL_MM_RANGE
         "description": "voxel size the phantom is built (segmented) on; nominal: [base] voxel_mm"},
 }
 

@@ -92,7 +92,8 @@ def salib_problem(parameters: Sequence[dict]) -> dict:
         if p.get("distribution", "uniform") == "normal":
             bounds.append([float(p["mean"]), float(p["sd"])])
             dists.append("norm")
-            mb.append([float(p["mean"]) - 2 * float(p["sd"]), float(p["mean"]) + 2 * float(p["sd"])])
+            m, sd = float(p["mean"]), float(p["sd"])
+            mb.append([float(p.get("low", m - 2 * sd)), float(p.get("high", m + 2 * sd))])
         else:
             bounds.append([float(p["low"]), float(p["high"])])
             dists.append("unif")
@@ -159,7 +160,11 @@ def sobol_indices(parameters: Sequence[dict], y: Sequence[float], *, n_bootstrap
 
 def morris_indices(parameters: Sequence[dict], x: np.ndarray, y: Sequence[float], *, levels: int = 4,
                    n_bootstrap: int = 200, seed: int = 0, confidence: float = 0.95) -> dict:
-    """Morris elementary-effect screening: μ* (mean |effect|, with bootstrap CI) and σ."""
+    """Morris elementary-effect screening: μ* (mean |effect|, with bootstrap CI) and σ.
+
+    Effects are Δy / Δx on the design's grid; an integer input rounded off the grid gets its
+    effects scaled by the nominal step (a known bias; give it ``levels = high − low + 1``).
+    """
     from SALib.analyze import morris as amor
 
     prob = salib_problem(parameters)
@@ -230,6 +235,11 @@ def flip_probability(values: Sequence[float], q_nominal: float, *, below: float 
     v = np.asarray(values, float)
     if (below is None) == (rel_change is None):
         raise ValueError("give exactly one of below= or rel_change=")
+    if sigma is not None:
+        sigma = np.asarray(sigma, float)[np.isfinite(v)]
+    v = v[np.isfinite(v)]  # failed cases carry no decision
+    if rel_change is not None and not (math.isfinite(q_nominal) and q_nominal != 0):
+        raise ValueError(f"a relative-change decision needs a finite, non-zero nominal value, got {q_nominal!r}")
     if below is not None:
         nominal_decision = bool(q_nominal < below)
         flipped = (v < below) != nominal_decision

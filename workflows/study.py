@@ -3,7 +3,8 @@
 A study perturbs the geometry of one digital patient on purpose and measures how the
 quantities of interest (QoIs) move: the vessel path (``path = "flow"``: pressure drop,
 FFR-like ratio, wall shear stress) or the dose path (``path = "dose"``: organ doses,
-effective dose). A study file (TOML)::
+effective dose). A study file (TOML; YAML with the same sections and keys is read too when
+its name ends in ``.yaml``)::
 
     [study]
     name = "radius sensitivity"
@@ -115,7 +116,21 @@ _C = Checks(StudyError)
 
 # ----------------------------------------------------------------------------- reading
 def read_study(path: str | os.PathLike) -> dict:
-    """Read and validate a study file; returns a plain dict with resolved paths."""
+    """Read and validate a study file (TOML, or YAML with the same sections and keys when the
+    name ends in .yaml/.yml); returns a plain dict with resolved paths."""
+    p = Path(path)
+    if p.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        if not p.is_file():
+            raise StudyError(f"study file {str(p)!r} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise StudyError(f"study file {str(p)!r} is not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise StudyError(f"study file {str(p)!r} must hold a mapping of sections (study:, base:, ...)")
+        return parse_study(data, p.resolve().parent)
     data, p = _C.load(path, "study file")
     return parse_study(data, p.resolve().parent)
 
@@ -186,8 +201,8 @@ def _parse_parameter(name: str, t: Any, known: Mapping[str, dict], base: dict) -
     if p["distribution"] == "normal":
         p["mean"] = p["nominal"]
         p["sd"] = _C.positive(sec, "sd", _C.require(sec, t, "sd", " (the standard deviation of the normal input)"))
-        p["low"] = float(t.get("low", p["mean"] - 2 * p["sd"]))
-        p["high"] = float(t.get("high", p["mean"] + 2 * p["sd"]))
+        p["low"] = _C.number(sec, "low", t.get("low", p["mean"] - 2 * p["sd"]))
+        p["high"] = _C.number(sec, "high", t.get("high", p["mean"] + 2 * p["sd"]))
     elif "values" in t and "low" not in t:
         vals = t["values"]
         if not isinstance(vals, list) or not vals:
@@ -203,8 +218,14 @@ def _parse_parameter(name: str, t: Any, known: Mapping[str, dict], base: dict) -
         raise StudyError(f"[{sec}] nominal = {p['nominal']!r} lies outside [low, high] = "
                          f"[{p['low']!r}, {p['high']!r}]")
     lo_bound = info.get("minimum")
+    if lo_bound is not None and p["distribution"] == "normal" and p["mean"] - 4 * p["sd"] < lo_bound:
+        raise StudyError(f"[{sec}] a normal distribution with mean {p['mean']:g} and sd {p['sd']:g} reaches below "
+                         f"{lo_bound:g}, the smallest valid {name}: use a uniform range (low, high)")
     if lo_bound is not None and p["low"] < lo_bound:
         raise StudyError(f"[{sec}] low must be >= {lo_bound} for {name}, got {p['low']!r}")
+    hi_bound = info.get("maximum")
+    if hi_bound is not None and p["high"] > hi_bound:
+        raise StudyError(f"[{sec}] high must be <= {hi_bound} for {name}, got {p['high']!r}")
     if "values" in t:
         vals = t["values"]
         if not isinstance(vals, list) or len(vals) < 1:
@@ -212,6 +233,11 @@ def _parse_parameter(name: str, t: Any, known: Mapping[str, dict], base: dict) -
         p["values"] = [_C.number(sec, "values", v) for v in vals]
         if len(set(p["values"])) != len(p["values"]):
             raise StudyError(f"[{sec}] values must be distinct, got {p['values']!r}")
+        bad = [v for v in p["values"] if (lo_bound is not None and v < lo_bound)
+               or (hi_bound is not None and v > hi_bound)]
+        if bad:
+            raise StudyError(f"[{sec}] values {bad} lie outside the valid range of {name} "
+                             f"([{lo_bound}, {hi_bound}])")
     if info.get("integer"):
         p["integer"] = True
     return p
@@ -324,7 +350,7 @@ def _oat_values(p: dict, levels: int) -> list[float]:
 
 
 def _clean(p: dict, v: float) -> float | int:
-    return int(round(v)) if p.get("integer") else float(v)
+    return int(math.floor(v + 0.5)) if p.get("integer") else float(v)
 
 
 def plan_cases(study: dict) -> list[dict]:
@@ -332,8 +358,8 @@ def plan_cases(study: dict) -> list[dict]:
 
     Each case: ``id``, ``group`` (``nominal``, ``oat``, ``sample``, ``numerics``), ``params``
     (every parameter's value), ``varied`` (OAT: the parameter moved), ``row`` (sample: its
-    row in the design matrix), ``seed`` (the case's noise seed), and for mesh checks
-    ``cells_per_radius``.
+    row in the design matrix), ``seed`` (the boundary-noise seed: one per study, from
+    ``[design] seed``), and for mesh checks ``cells_per_radius``.
     """
     params = study["parameters"]
     nominal = {p["name"]: _clean(p, p["nominal"]) for p in params}
@@ -342,10 +368,13 @@ def plan_cases(study: dict) -> list[dict]:
     if dz["oat"]:
         for p in params:
             # sampled designs sweep each input to its two ends only (tornado data)
+            seen = {nominal[p["name"]]}
             for v in _oat_values(p, dz["levels"] if dz["type"] == "oat" else 2):
-                if abs(v - p["nominal"]) <= 1e-12 * max(1.0, abs(v)):
-                    continue
-                cases.append({"group": "oat", "params": {**nominal, p["name"]: _clean(p, v)}, "varied": p["name"]})
+                v = _clean(p, v)
+                if any(abs(v - w) <= 1e-12 * max(1.0, abs(v)) for w in seen):
+                    continue  # the nominal point, or a duplicate after rounding
+                seen.add(v)
+                cases.append({"group": "oat", "params": {**nominal, p["name"]: v}, "varied": p["name"]})
     if dz["type"] != "oat":
         from workflows.sensitivity import sample_design
 
@@ -357,7 +386,9 @@ def plan_cases(study: dict) -> list[dict]:
         cases.append({"group": "numerics", "params": dict(nominal), "varied": None, "cells_per_radius": c})
     for i, c in enumerate(cases):
         c["id"] = f"case_{i:03d}"
-        c["seed"] = int(zlib.crc32(f"{dz['seed']}:{c['id']}".encode()))
+        # one noise realisation for the whole study (common random numbers): the cases are then a
+        # deterministic function of their inputs, as the Sobol and Morris estimators assume
+        c["seed"] = int(zlib.crc32(f"{dz['seed']}:boundary-noise".encode()))
     return cases
 
 
@@ -432,6 +463,36 @@ def _run_case(study: dict, ctx: dict, case: dict, case_dir: str, threads: int | 
                            truth_path=ctx.get("truth") if case["group"] == "nominal" else None)
 
 
+def _run_case_safe(study: dict, ctx: dict, case: dict, case_dir: str, threads: int | None) -> dict:
+    """:func:`_run_case`, recording a failure as the case's result instead of stopping the study.
+
+    A failed case gets ``results.json`` = ``{"error": message, "error_type": ...}``: it counts
+    as finished (a rerun does not repeat a deterministic failure; ``--retry-failed`` does),
+    its outputs are missing, and the analysis and report list it.
+    """
+    import traceback
+
+    try:
+        return _run_case(study, ctx, case, case_dir, threads)
+    except Exception as exc:  # noqa: BLE001 - every failure is recorded with its message
+        res = {"error": f"{type(exc).__name__}: {exc}", "error_type": type(exc).__name__,
+               "traceback_tail": traceback.format_exc().strip().splitlines()[-6:], "params": case["params"]}
+        d = Path(case_dir)
+        d.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(d / "results.json", res)
+        return res
+
+
+def _cases_hash(study: dict) -> str:
+    """Hash of what the cases depend on (not the decision rule, QoI list, bootstrap, texts or
+    run settings, so those can change and the finished cases be re-analysed)."""
+    base = {k: v for k, v in study["base"].items() if k != "threads"}
+    pars = [{k: v for k, v in p.items() if k not in ("origin", "description", "unit")} for p in study["parameters"]]
+    design = {k: v for k, v in study["design"].items() if k != "bootstrap"}
+    return hash_params({"path": study["path"], "base": base, "parameters": pars, "design": design,
+                        "numerics": study["numerics"]})
+
+
 def _case_record(study: dict, case: dict, res: dict, path: Path) -> dict:
     if study["path"] == "dose":
         q, s = res.get("qoi", {}), res.get("qoi_sigma", {})
@@ -450,15 +511,22 @@ def _case_record(study: dict, case: dict, res: dict, path: Path) -> dict:
         if k in case:
             rec[k] = case[k]
     rec.update(outputs=outputs, sigma=sigma, perturbation=pert, results=str(path), n_dofs=res.get("n_dofs"))
+    if "error" in res:
+        rec["error"] = res["error"]
     return rec
 
 
 def run_study(study: dict | str | os.PathLike, out_dir: str | os.PathLike, *, quiet: bool = False,
-              cases: Sequence[str] | None = None, analyse: bool = True, report: bool = True) -> dict:
+              cases: Sequence[str] | None = None, analyse: bool = True, report: bool = True,
+              plan_only: bool = False, retry_failed: bool = False) -> dict:
     """Run (or resume) a study; writes ``OUT/study.json`` (and the report) and returns it.
 
     ``cases`` restricts the run to those case ids (e.g. one batch-array task); with
-    ``analyse=False`` only the cases run and ``plan.json`` is written.
+    ``analyse=False`` only the cases run and ``plan.json`` is written; ``plan_only`` writes
+    ``plan.json`` (and prepares the shared inputs: the synthetic patient, the dose base) and
+    returns the case list without running any case. A case that fails (a diverging solver, an
+    offset that empties an organ) is recorded as finished with an ``error`` and no outputs,
+    so the rest of the study goes on; ``retry_failed`` runs such cases again.
     """
     if not isinstance(study, dict):
         study = read_study(study)
@@ -466,40 +534,54 @@ def run_study(study: dict | str | os.PathLike, out_dir: str | os.PathLike, *, qu
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     say = (lambda t: None) if quiet else (lambda t: print(t, flush=True))
-    plan = plan_cases(study)
-    study_hash = hash_params({k: v for k, v in study.items() if k != "workers"})
+    study_hash = _cases_hash(study)
     plan_file = out / "plan.json"
-    if plan_file.is_file():
+    if plan_file.is_file():  # resume: the stored plan, so results and inputs stay paired
         old = json.loads(plan_file.read_text())
         if old.get("study_sha256") != study_hash:
             raise StudyError(f"{out} holds the cases of a different study (its plan.json differs from this study "
-                             "file): give another --out, or remove that folder to start again")
+                             "file in the base case, parameters, design or numerics): give another --out, or "
+                             "remove that folder to start again")
+        plan = old["cases"]
     else:
+        plan = plan_cases(study)
         write_json_atomic(plan_file, {"study_sha256": study_hash, "study": study, "cases": plan})
     ids = {c["id"] for c in plan}
+    if plan_only:
+        _prepare(study, out, say)
+        say(f"[study] {len(plan)} cases planned: {plan_file}")
+        return {"schema_version": SCHEMA_VERSION, "name": study["name"], "plan": str(plan_file),
+                "cases": [{k: c[k] for k in ("id", "group", "params", "varied")} for c in plan]}
     if cases is not None:
         unknown = [c for c in cases if c not in ids]
         if unknown:
             raise StudyError(f"unknown case id(s) {unknown}: the plan has case_000 to case_{len(plan) - 1:03d} "
                              f"(see {plan_file})")
     selected = [c for c in plan if cases is None or c["id"] in cases]
-    todo = [c for c in selected if not (out / "cases" / c["id"] / "results.json").is_file()]
+
+    def finished(c: dict) -> bool:
+        f = out / "cases" / c["id"] / "results.json"
+        if not f.is_file():
+            return False
+        return not (retry_failed and "error" in json.loads(f.read_text()))
+
+    todo = [c for c in selected if not finished(c)]
     say(f"[study] {study['name']}: {len(plan)} cases ({study['design']['type']} design), "
-        f"{len(plan) - sum(1 for c in plan if not (out / 'cases' / c['id'] / 'results.json').is_file())} "
-        "already finished")
+        f"{sum(1 for c in plan if finished(c))} already finished")
     ctx = _prepare(study, out, say)
     workers = min(study["workers"], max(1, len(todo)))
     threads = 1 if workers > 1 else None
     done = 0
     tc = time.perf_counter()
 
-    def progress(c: dict) -> None:
+    def progress(c: dict, res: dict) -> None:
         nonlocal done
         done += 1
         el = time.perf_counter() - tc
         eta = el / done * (len(todo) - done)
         moved = f"{c['varied']} = {c['params'][c['varied']]:g}" if c["varied"] else c["group"]
-        say(f"[study] [{done}/{len(todo)}] {c['id']} done ({moved}); {el:.0f} s elapsed, ~{eta:.0f} s left")
+        state = f"FAILED: {res['error']}" if "error" in res else "done"
+        say(f"[study] [{done}/{len(todo)}] {c['id']} {state} ({moved}); {el:.0f} s elapsed, ~{eta:.0f} s left")
 
     if todo:
         if workers > 1:
@@ -507,14 +589,13 @@ def run_study(study: dict | str | os.PathLike, out_dir: str | os.PathLike, *, qu
             import multiprocessing as mp
 
             with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as ex:
-                futs = {ex.submit(_run_case, study, ctx, c, str(out / "cases" / c["id"]), threads): c for c in todo}
+                futs = {ex.submit(_run_case_safe, study, ctx, c, str(out / "cases" / c["id"]), threads): c
+                        for c in todo}
                 for f in as_completed(futs):
-                    f.result()
-                    progress(futs[f])
+                    progress(futs[f], f.result())
         else:
             for c in todo:
-                _run_case(study, ctx, c, str(out / "cases" / c["id"]), threads)
-                progress(c)
+                progress(c, _run_case_safe(study, ctx, c, str(out / "cases" / c["id"]), threads))
     if not analyse or cases is not None and any(
             not (out / "cases" / c["id"] / "results.json").is_file() for c in plan):
         say(f"[study] {len(todo)} case(s) run; analysis waits for all {len(plan)} cases")
@@ -580,6 +661,12 @@ def analyse_study(study: dict, out: Path, plan: list[dict], ctx: dict) -> dict:
     num = [r for r in recs if r["group"] == "numerics"]
     pars = study["parameters"]
     dz = study["design"]
+    independent: list[dict] = []
+    if dz["type"] == "montecarlo":
+        independent = samples
+    elif dz["type"] == "sobol":
+        k = len(pars) + 2
+        independent = [r for r in samples if r["row"] % k in (0, k - 1)]
     analysis: dict[str, dict] = {}
     r0 = _reference_radius(study, ctx, nominal) if study["path"] == "flow" else None
     for q in study["outputs"]:
@@ -590,29 +677,34 @@ def analyse_study(study: dict, out: Path, plan: list[dict], ctx: dict) -> dict:
             continue
         sweeps = {p["name"]: [(nominal["params"][p["name"]], q0)] +
                   [(r["params"][p["name"]], r["outputs"][q]) for r in oat if r["varied"] == p["name"]
-                   and r["outputs"].get(q) is not None] for p in pars}
+                   and _ok(r["outputs"].get(q))] for p in pars}
         if oat:
             a["tornado"] = sa.tornado(q0, {k: v for k, v in sweeps.items() if len(v) > 1})
         bo = sweeps.get("boundary_offset_mm", []) if q != "ffr_like" else []  # a ratio near 1: no power law
-        if r0 is not None and len(bo) >= 2 and all(v > 0 for _, v in bo):
+        if r0 is not None and len(bo) >= 2 and all(_ok(v) and v > 0 for _, v in bo):
             pts = sorted(bo)
             e = sa.elasticity([r0 + d for d, _ in pts], [v for _, v in pts])
             a["elasticity"] = {"parameter": "boundary_offset_mm", "reference_radius_mm": r0, **e}
         ys = [r["outputs"].get(q) for r in samples]
-        if samples and all(y is not None for y in ys):
+        if samples and not all(_ok(y) for y in ys):
+            a["note"] = (f"{sum(not _ok(y) for y in ys)} sampled case(s) have no {q} (failed): no "
+                         f"{dz['type']} indices; rerun them with --retry-failed")
+        elif samples:
             if dz["type"] == "sobol":
                 a["sobol"] = sa.sobol_indices(pars, ys, n_bootstrap=dz["bootstrap"], seed=dz["seed"])
             elif dz["type"] == "morris":
                 x = np.array([[r["params"][p["name"]] for p in pars] for r in samples], float)
                 a["morris"] = sa.morris_indices(pars, x, ys, levels=dz["levels"], n_bootstrap=dz["bootstrap"],
                                                 seed=dz["seed"])
-            if dz["type"] in ("sobol", "montecarlo"):
-                a["distribution"] = sa.distribution(ys)
+        if independent and any(_ok(r["outputs"].get(q)) for r in independent):
+            a["distribution"] = sa.distribution([r["outputs"][q] for r in independent if _ok(r["outputs"].get(q))])
         # decision flips: over the sampled cases when there are any (a probability under the input
-        # distributions), else over the one-at-a-time cases (how many of the swept inputs flip it)
-        basis = samples if samples and dz["type"] in ("sobol", "montecarlo") else oat
-        vals = [r["outputs"].get(q) for r in basis]
-        if basis and all(v is not None for v in vals):
+        # distributions), else over the one-at-a-time cases (how many of the swept inputs flip it).
+        # A Saltelli design's A_B^i rows reuse columns of A and B: only A and B are independent draws.
+        basis = independent if independent else oat
+        basis = [r for r in basis if _ok(r["outputs"].get(q))]
+        vals = [r["outputs"][q] for r in basis]
+        if basis:
             if q == "ffr_like":
                 a["flip"] = sa.flip_probability(vals, q0, below=study["decision"]["ffr_threshold"])
             elif q.startswith("organ_dose_mGy.") or q == "effective_dose_mSv":
@@ -620,7 +712,7 @@ def analyse_study(study: dict, out: Path, plan: list[dict], ctx: dict) -> dict:
                 sig = [math.hypot(r["sigma"].get(q, 0.0), s0) for r in basis]
                 a["flip"] = sa.flip_probability(vals, q0, rel_change=study["decision"]["dose_change"], sigma=sig)
             if "flip" in a:
-                a["flip"]["basis"] = "sampled cases" if basis is samples else "one-at-a-time cases"
+                a["flip"]["basis"] = "sampled cases" if independent else "one-at-a-time cases"
         analysis[q] = a
     numerical: dict[str, Any] = {}
     if study["path"] == "flow":
@@ -650,6 +742,7 @@ def analyse_study(study: dict, out: Path, plan: list[dict], ctx: dict) -> dict:
         "parameters": pars, "design": dz, "decision": study["decision"], "base": study["base"],
         "nominal": {"id": nominal["id"], "outputs": nominal["outputs"], "sigma": nominal["sigma"]},
         "cases": recs, "analysis": analysis, "numerical": numerical,
+        "failed_cases": [{"id": r["id"], "params": r["params"], "error": r["error"]} for r in recs if "error" in r],
         "images": _images(study, out, ctx, nominal), "limitations": _limitations(study),
     }
     # single-output, single-parameter OAT: the keys of study.json 1.0 (kept for scripts)
@@ -669,6 +762,10 @@ def analyse_study(study: dict, out: Path, plan: list[dict], ctx: dict) -> dict:
         inputs["image"] = ctx["image_sha256"]
     summary["provenance"] = provenance(inputs_sha256=inputs, seeds=seeds)
     return summary
+
+
+def _ok(v: Any) -> bool:
+    return v is not None and isinstance(v, (int, float)) and math.isfinite(v)
 
 
 def _default_question(study: dict) -> str:

@@ -822,6 +822,18 @@ def _numerical_html(s: dict) -> str:
     return "<h3>Numerical uncertainty</h3>" + out
 
 
+def _failed_html(s: dict) -> str:
+    failed = s.get("failed_cases") or []
+    if not isinstance(failed, list) or not failed:
+        return ""
+    rows = [[str(f.get("id", "?")), ", ".join(f"{k} = {format_number(v)}" for k, v in (f.get("params") or {}).items()),
+             str(f.get("error", ""))] for f in failed if isinstance(f, Mapping)]
+    return ("<h3>Failed cases</h3><p class=\"note\">These cases did not finish (their inputs may lie outside "
+            "what the model can solve); they are left out of every statistic above. "
+            "<code>digipat study run STUDY --out DIR --retry-failed</code> runs them again.</p>"
+            + _table(["case", "inputs", "error"], rows))
+
+
 def _limitations_html(s: dict) -> str:
     lim = s.get("limitations") or []
     if isinstance(lim, str):
@@ -857,6 +869,7 @@ _SECTIONS = [("Question and context of use", _question_html), ("Base case", _bas
              ("Output against radius", "elasticity"), ("Tornado chart", "tornado"), ("Sobol indices", "sobol"),
              ("Morris screening", _morris_html), ("Output distribution", "distribution"),
              ("Decision flip", _flip_html), ("Organ-dose change", "organ"), ("Cases", _cases_html),
+             ("Failed cases", _failed_html),
              ("Numerical uncertainty", _numerical_html), ("Limitations", _limitations_html),
              ("Provenance", _provenance_html)]
 
