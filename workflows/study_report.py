@@ -667,6 +667,12 @@ def _sobol_html(s: dict, figs: _Figures, sid: str) -> str:
                        f"ST ± {100 * float(conf):.0f} % CI"], rows)
         if so.get("note"):
             out += f'<p class="note">{_esc(str(so["note"]))}</p>'
+        confs = [float(c) for k in ("S1_conf", "ST_conf") for c in (so.get(k) or []) if _finite(c)]
+        if confs and max(confs) > 0.15:
+            out += ('<p class="note"><b>Not resolved:</b> the confidence intervals are wider than ±0.15, so these '
+                    "indices only hint at a ranking (the tornado chart is more reliable here). Raise "
+                    "<code>[design] n</code> (a Sobol design costs n (D + 2) cases; n = 64 or more usually "
+                    "resolves the indices to about ±0.1).</p>")
     return "<h3>Sobol indices</h3>" + out if out else ""
 
 

@@ -329,30 +329,72 @@ def solve_flow(mesh, facet_tags, problem: FlowProblem, *, progress: Callable[[st
             + neumann,
             -q * ufl.div(uh) * dx,
         ]
-        try:
-            ns = dolfinx.fem.petsc.NonlinearProblem(
-                F, [uh, ph], bcs=bcs, kind="mpi", petsc_options=opts,
-                petsc_options_prefix="digipat_flow_ns_",
-            )
-            ns.solve()
-        except PETSc.Error as exc:
-            raise ConvergenceError(
-                f"Newton solve failed in PETSc ({exc}); try a lower Reynolds number, "
-                "model='stokes', or more newton_max_iterations"
-            ) from exc
-        snes = ns.solver
-        reason = snes.getConvergedReason()
-        newton_its = snes.getIterationNumber()
-        fnorm = snes.getFunctionNorm()
-        del ns
+        u0, p0 = uh.x.array.copy(), ph.x.array.copy()  # the Stokes solution: Newton's initial guess
+
+        def newton(options: dict, prefix: str) -> tuple[int, int, float]:
+            try:
+                ns = dolfinx.fem.petsc.NonlinearProblem(
+                    F, [uh, ph], bcs=bcs, kind="mpi", petsc_options=options, petsc_options_prefix=prefix,
+                )
+                ns.solve()
+            except PETSc.Error as exc:
+                raise ConvergenceError(
+                    f"Newton solve failed in PETSc ({exc}); try a lower Reynolds number, "
+                    "model='stokes', or more newton_max_iterations"
+                ) from exc
+            snes = ns.solver
+            out = (snes.getConvergedReason(), snes.getIterationNumber(), snes.getFunctionNorm())
+            del ns
+            return out
+
+        def finite() -> bool:
+            ok = bool(np.all(np.isfinite(uh.x.array)) and np.all(np.isfinite(ph.x.array)))
+            return bool(comm.allreduce(ok, op=MPI.LAND))
+
+        reason, newton_its, fnorm = newton(opts, "digipat_flow_ns_")
+        continuation = None
+        if reason <= 0 or not math.isfinite(fnorm) or not finite():
+            # natural-parameter continuation in the density (the Reynolds number at fixed flow):
+            # full Newton with a fresh LU per step, each step starting from the previous solution
+            say(f"flow: Newton from the Stokes solution failed ({_reason_name(PETSc.SNES.ConvergedReason, reason)}); "
+                "continuation in the Reynolds number")
+            uh.x.array[:], ph.x.array[:] = u0, p0
+            copts = {**opts, "snes_lag_preconditioner": 1, "snes_linesearch_type": "bt"}
+            if problem.solver == "direct" and "ksp_type" not in (problem.petsc_options or {}):
+                copts.update(ksp_type="preonly")
+                for k in ("ksp_gmres_restart", "ksp_rtol", "ksp_atol", "ksp_max_it"):
+                    copts.pop(k, None)
+            continuation = []
+            last_u, last_p = u0, p0
+            frac, step, tries = 0.0, 0.25, 0
+            while frac < 1.0 and step >= 1.0 / 32 and tries < 12:  # bounded effort
+                tries += 1
+                trial = min(1.0, frac + step)
+                rho.value = rho_val * trial
+                reason, its, fnorm = newton(copts, "digipat_flow_nsc_")
+                newton_its += its
+                if reason > 0 and math.isfinite(fnorm) and finite():
+                    frac = trial
+                    last_u, last_p = uh.x.array.copy(), ph.x.array.copy()
+                    continuation.append(round(trial, 6))
+                    step = min(2 * step, 0.5)
+                else:
+                    uh.x.array[:], ph.x.array[:] = last_u, last_p
+                    step /= 2
+            rho.value = rho_val
+            if frac < 1.0:
+                reason = -1
         if reason <= 0 or not math.isfinite(fnorm):
             raise ConvergenceError(
                 f"Newton (SNES) did not converge: reason {_reason_name(PETSc.SNES.ConvergedReason, reason)} "
-                f"after {newton_its} iterations, residual norm {fnorm:.3e}. Try a lower Reynolds number "
-                f"(here {rho_val * U * 2 * radius / mu_val:.3g}), more newton_max_iterations "
-                f"(now {problem.newton_max_iterations}), a looser newton_rtol, or "
-                "petsc_options={'snes_linesearch_type': 'bt'} (the Stokes solution is the initial guess)"
+                f"after {newton_its} iterations, residual norm {fnorm:.3e}"
+                + (f", also with continuation in the Reynolds number (reached {100 * frac:.0f} % of it)"
+                   if continuation is not None else "")
+                + f". Try a lower Reynolds number (here {rho_val * U * 2 * radius / mu_val:.3g}), a finer mesh, "
+                f"more newton_max_iterations (now {problem.newton_max_iterations}), or model='stokes'"
             )
+        if continuation:
+            say(f"flow: continuation converged through density fractions {continuation}")
         _check_finite(comm, uh, ph, "Navier-Stokes")
     solve_time = comm.allreduce(time.perf_counter() - t0, op=MPI.MAX)
 
