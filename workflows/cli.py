@@ -277,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--workers", type=int, default=2, help="study cases run in parallel (default 2)")
     d.add_argument("--quick", action="store_true",
                    help="a smoke run of the whole demo: fewer samples, no mesh-refinement case, fewer photons "
-                        "(with --size small --model stokes about a minute)")
+                        "(with --size small --model stokes about 1.5 minutes on 2 cores)")
     d.add_argument("--flow-only", action="store_true",
                    help="only the vessel flow job (OUT/flow/), as before the studies were added")
     _add_flow_options(d)

@@ -100,7 +100,7 @@ def run_full_demo(out: Path, config: VesselFlowConfig | None = None, *, geometry
     both, one report. Writes ``out/flow/``, ``out/studies/{flow,dose}/``, ``out/report.html``,
     ``out/report.pdf`` and ``out/demo.json``; finished stages and cases are reused on rerun.
 
-    ``quick`` is a smoke run (about a minute on 2 cores with a small Stokes vessel): two
+    ``quick`` is a smoke run (about 1.5 minutes on 2 cores with a small Stokes vessel): two
     Monte Carlo samples, no mesh-refinement case, 5e5 photons per dose case.
     """
     import time

@@ -352,6 +352,7 @@ def solve_flow(mesh, facet_tags, problem: FlowProblem, *, progress: Callable[[st
             return bool(comm.allreduce(ok, op=MPI.LAND))
 
         reason, newton_its, fnorm = newton(opts, "digipat_flow_ns_")
+        first = (reason, newton_its, fnorm)  # reported if the continuation fails too
         continuation = None
         if reason <= 0 or not math.isfinite(fnorm) or not finite():
             # natural-parameter continuation in the density (the Reynolds number at fixed flow):
@@ -386,10 +387,10 @@ def solve_flow(mesh, facet_tags, problem: FlowProblem, *, progress: Callable[[st
                 reason = -1
         if reason <= 0 or not math.isfinite(fnorm):
             raise ConvergenceError(
-                f"Newton (SNES) did not converge: reason {_reason_name(PETSc.SNES.ConvergedReason, reason)} "
-                f"after {newton_its} iterations, residual norm {fnorm:.3e}"
-                + (f", also with continuation in the Reynolds number (reached {100 * frac:.0f} % of it)"
-                   if continuation is not None else "")
+                f"Newton (SNES) did not converge: reason {_reason_name(PETSc.SNES.ConvergedReason, first[0])} "
+                f"after {first[1]} iterations, residual norm {first[2]:.3e}"
+                + (f"; nor with continuation in the Reynolds number (it reached {100 * frac:.0f} % of it, "
+                   f"{newton_its} Newton iterations in all)" if continuation is not None else "")
                 + f". Try a lower Reynolds number (here {rho_val * U * 2 * radius / mu_val:.3g}), a finer mesh, "
                 f"more newton_max_iterations (now {problem.newton_max_iterations}), or model='stokes'"
             )
