@@ -9,6 +9,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from workflows import study as S
@@ -209,3 +210,20 @@ def test_a_failing_case_is_recorded_and_the_study_goes_on(tmp_path, monkeypatch)
     broken[0] = False
     again = _run(tmp_path, study_text('type = "oat"\nlevels = 3'), retry_failed=True)
     assert calls == ["case_001"] and again["failed_cases"] == []
+
+
+def test_reference_radius_of_a_user_image_from_volume_and_centreline(tmp_path):
+    """r₀ = √(V / (π L)) with L from the centreline (a voxel skeleton that zig-zags by ±0.3 mm
+    around a 40 mm axis: the smoothed arc length keeps r₀ within 2 % of the true 1.5 mm)."""
+    z = np.arange(0.0, 40.01, 0.5)
+    zig = np.where(np.arange(z.size) % 2, 0.3, -0.3)
+    cl = np.stack([10 + zig, 10 - zig, z], axis=1)
+    r = 1.5
+    (tmp_path / "surface.json").write_text(json.dumps({"centreline": {"xyz_mm": cl.tolist()}}))
+    res = {"surface": {"report": {"volume_mm3": math.pi * r ** 2 * 40.0},
+                       "caps": [{"name": "inlet", "centre_xyz_mm": [10, 10, 0]},
+                                {"name": "outlet1", "centre_xyz_mm": [10, 10, 40]}]}}
+    (tmp_path / "results.json").write_text(json.dumps(res))
+    rec = {"results": str(tmp_path / "results.json"), "params": {"boundary_offset_mm": 0.0}}
+    assert S._reference_radius({}, {}, rec) == pytest.approx(r, rel=0.02)
+    assert S._reference_radius({}, {"radius_mm": 2.0}, rec) == 2.0  # a synthetic patient's known radius
