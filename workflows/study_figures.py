@@ -83,8 +83,9 @@ def _axis_label(qoi: str) -> str:
 
 
 def _finite(x: Any) -> bool:
+    """True for a finite number (not None, a bool, NaN or text); the report uses it too."""
     try:
-        return x is not None and math.isfinite(float(x))
+        return x is not None and not isinstance(x, bool) and math.isfinite(float(x))
     except (TypeError, ValueError):
         return False
 

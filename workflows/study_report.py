@@ -54,11 +54,7 @@ _PATHS = {"flow": "image → segmentation → surface → volume mesh → flow s
 
 
 # ----------------------------------------------------------------------------- numbers
-def _finite(x: Any) -> bool:
-    try:
-        return x is not None and not isinstance(x, bool) and math.isfinite(float(x))
-    except (TypeError, ValueError):
-        return False
+_finite = sf._finite
 
 
 def format_number(x: Any, sig: int = 4) -> str:
