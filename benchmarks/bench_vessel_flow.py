@@ -31,14 +31,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from workflows._io import write_json_atomic  # noqa: E402
-from workflows.demo import write_synthetic_patient  # noqa: E402
-from workflows.vessel_flow import VesselFlowConfig, run_vessel_flow  # noqa: E402
+from workflows.common import write_json_atomic  # noqa: E402
+from phantoms.synthetic_patient import write_synthetic_patient  # noqa: E402
+from workflows.flow.vessel_flow import VesselFlowConfig, run_vessel_flow  # noqa: E402
 
 
 def _solve_only(msh: Path, problem: dict, out_json: Path, n_procs: int) -> tuple[dict, float]:
     mpiexec = Path(sys.executable).with_name("mpiexec")
-    cmd = [str(mpiexec), "-n", str(n_procs), sys.executable, "-m", "workflows._solve_stage",
+    cmd = [str(mpiexec), "-n", str(n_procs), sys.executable, "-m", "workflows.flow.solve_stage",
            str(msh), json.dumps(problem), str(out_json)]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT)

@@ -357,7 +357,7 @@ def _same_grid(a: Volume, b: Volume) -> bool:
 
 def _read_labels(labels_path, ct: Volume) -> np.ndarray:
     try:
-        vol = read_image(labels_path)
+        vol = read_image(labels_path, allow_singleton_axes=True)
     except ImageError as exc:
         raise CTPhantomError(f"labels_path: {exc}") from None
     if not _same_grid(vol, ct):

@@ -54,7 +54,6 @@ voxel 0 centre lies at fine fractional index ``(r - 1) / 2`` along each axis.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -63,6 +62,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from physics.atomic import write_json
 from phantoms.tissues import Tissue, read_materials_csv, write_materials_csv
 from pipeline.image import Volume, write_image
 
@@ -293,6 +293,45 @@ def resample_labels_mass_preserving(labels, density, spacing_mm, new_spacing_mm,
         Bad shapes, non-integer or negative labels, negative or non-finite densities,
         non-positive spacings, or a label that cannot keep any coarse voxel.
     """
+    lab, rho, h, hn, origin, d = _check_resample_inputs(labels, density, spacing_mm, new_spacing_mm, origin_xyz_mm,
+                                                        direction_xyz, max_chunk_entries)
+    factors = _resampling_factors(h, hn)
+    overlaps = [_axis_overlap(n, r) for n, r in zip(lab.shape, factors)]  # (N_coarse, fine idx, overlap) per axis
+
+    # steps 1-2: overlap-weighted majority label and mean density of every coarse voxel
+    coarse_lab, block_rho = _block_labels_and_densities(lab, rho, overlaps, factors, max_chunk_entries)
+    v_fine_mm3 = h[0] * h[1] * h[2]
+    v_coarse_mm3 = hn[0] * hn[1] * hn[2]
+    ids_f, counts_f, mass_f = _per_label_sums(lab.ravel(), rho.ravel())
+    mass_f = mass_f * v_fine_mm3 / 1000.0  # g/cm3 * mm3 -> g
+    target = dict(zip(ids_f.tolist(), mass_f.tolist()))
+
+    # step 3: give vanished labels the coarse voxel where they overlap most
+    rescued = _rescue_vanished_labels(lab, coarse_lab, overlaps, ids_f, target, hn)
+    # step 4: per-label rescaling to the fine masses
+    out_rho, density_scale, ids_c, counts_c = _rescale_to_fine_masses(coarse_lab, block_rho, target, v_coarse_mm3)
+
+    rz, ry, rx = factors
+    out_dtype = np.int32 if int(coarse_lab.max()) < np.iinfo(np.int32).max else np.int64
+    idx0_xyz = np.array([(rx - 1.0) / 2.0, (ry - 1.0) / 2.0, (rz - 1.0) / 2.0])
+    new_origin = origin + d @ (np.array([h[2], h[1], h[0]]) * idx0_xyz)
+    return ResampledPhantom(
+        labels=coarse_lab.astype(out_dtype), density_g_cm3=out_rho, spacing_mm=hn,
+        origin_xyz_mm=tuple(float(v) for v in new_origin), direction_xyz=d.copy(),
+        factors=(rz, ry, rx), mass_g=target,
+        volume_cm3_fine={int(L): float(n) * v_fine_mm3 / 1000.0 for L, n in zip(ids_f, counts_f)},
+        volume_cm3={int(L): float(n) * v_coarse_mm3 / 1000.0 for L, n in zip(ids_c, counts_c)},
+        density_scale=density_scale, rescued_labels=tuple(rescued))
+
+
+# ----------------------------------------------------------------------------- stages of the resampling
+def _check_resample_inputs(labels, density, spacing_mm, new_spacing_mm, origin_xyz_mm, direction_xyz,
+                           max_chunk_entries):
+    """Validate the arguments of ``resample_labels_mass_preserving``.
+
+    Returns labels (int64), density (g/cm³), fine and coarse spacing (mm), origin (x, y, z mm)
+    and the direction matrix.
+    """
     lab = _label_array(labels)
     rho = _density_array(density, lab.shape)
     h = _triplet(spacing_mm, "spacing_mm")
@@ -305,15 +344,25 @@ def resample_labels_mass_preserving(labels, density, spacing_mm, new_spacing_mm,
     if isinstance(max_chunk_entries, bool) or not isinstance(max_chunk_entries, (int, np.integer)) \
             or max_chunk_entries < 1:
         raise ResampleError(f"max_chunk_entries must be a positive integer, got {max_chunk_entries!r}")
+    return lab, rho, h, hn, origin, d
 
+
+def _resampling_factors(h, hn) -> list[float]:
+    """Coarse / fine spacing per array axis, snapped to the nearest integer within 1e-6 (relative)."""
     factors = []
     for a in range(3):
         r = hn[a] / h[a]
         if abs(r - round(r)) <= _INTEGER_FACTOR_TOL * max(1.0, r) and round(r) >= 1:
             r = float(round(r))
         factors.append(r)
+    return factors
+
+
+def _block_labels_and_densities(lab: np.ndarray, rho: np.ndarray, overlaps, factors,
+                                max_chunk_entries: int) -> tuple[np.ndarray, np.ndarray]:
+    """Steps 1-2: coarse majority labels and block-mean densities (g/cm³), a few z planes at a time."""
     rz, ry, rx = factors
-    (nzc, iz, wz), (nyc, iy, wy), (nxc, ix, wx) = (_axis_overlap(n, r) for n, r in zip(lab.shape, factors))
+    (nzc, iz, wz), (nyc, iy, wy), (nxc, ix, wx) = overlaps
     kz, ky, kx = iz.shape[1], iy.shape[1], ix.shape[1]
     k = kz * ky * kx
     coarse_lab = np.empty((nzc, nyc, nxc), dtype=np.int64)
@@ -331,49 +380,60 @@ def resample_labels_mass_preserving(labels, density, spacing_mm, new_spacing_mm,
                 + np.arange(nxc)[None, None, :]) % 2 == 1).ravel()
         coarse_lab[z0:z1] = _weighted_mode(lab[sel].reshape(m, k), w, odd).reshape(z1 - z0, nyc, nxc)
         block_rho[z0:z1] = ((w * rho[sel].reshape(m, k)).sum(axis=1) / (rz * ry * rx)).reshape(z1 - z0, nyc, nxc)
+    return coarse_lab, block_rho
 
-    v_fine_mm3 = h[0] * h[1] * h[2]
-    v_coarse_mm3 = hn[0] * hn[1] * hn[2]
-    ids_f, counts_f, mass_f = _per_label_sums(lab.ravel(), rho.ravel())
-    mass_f = mass_f * v_fine_mm3 / 1000.0  # g/cm3 * mm3 -> g
-    target = dict(zip(ids_f.tolist(), mass_f.tolist()))
 
-    # step 3: give vanished labels the coarse voxel where they overlap most
+def _rescue_vanished_labels(lab: np.ndarray, coarse_lab: np.ndarray, overlaps, ids_f: np.ndarray,
+                            target: dict[int, float], hn) -> list[int]:
+    """Step 3: give every label that is nowhere the majority the coarse voxel where it overlaps most.
+
+    Edits ``coarse_lab`` in place and returns the rescued labels; ``target`` (fine mass in g)
+    and ``hn`` (coarse spacing, mm) only word the error.
+    """
+    (nzc, iz, wz), (nyc, iy, wy), (nxc, ix, wx) = overlaps
     ids_c, counts_c, _ = _per_label_sums(coarse_lab.ravel(), None)
     count_c = dict(zip(ids_c.tolist(), counts_c.tolist()))
     vanished = [int(L) for L in ids_f if int(L) not in count_c]
     rescued: list[int] = []
-    if vanished:
-        tables = [_fine_to_coarse(i_, w_, n) for i_, w_, n in zip((iz, iy, ix), (wz, wy, wx), lab.shape)]
-        mask = np.isin(lab, vanished)
-        where = np.nonzero(mask)
-        vals = lab[where]
-        for L in vanished:
-            sel_l = vals == L
-            cz, cwz = tables[0][0][where[0][sel_l]], tables[0][1][where[0][sel_l]]
-            cy, cwy = tables[1][0][where[1][sel_l]], tables[1][1][where[1][sel_l]]
-            cx, cwx = tables[2][0][where[2][sel_l]], tables[2][1][where[2][sel_l]]
-            flat = ((cz[:, :, None, None] * nyc + cy[:, None, :, None]) * nxc + cx[:, None, None, :])
-            ww = cwz[:, :, None, None] * cwy[:, None, :, None] * cwx[:, None, None, :]
-            ok = (ww > 0) & (cz[:, :, None, None] >= 0) & (cy[:, None, :, None] >= 0) & (cx[:, None, None, :] >= 0)
-            cand, inv = np.unique(flat[ok], return_inverse=True)
-            overlap = np.bincount(inv, weights=ww[ok], minlength=cand.size)
-            owners = coarse_lab.ravel()[cand]
-            eligible = np.array([count_c[int(o)] >= 2 and int(o) not in rescued for o in owners], dtype=bool)
-            if not eligible.any():
-                raise ResampleError(
-                    f"label {L} (fine mass {target[L]:.6g} g, {int(sel_l.sum())} fine voxels) cannot keep any "
-                    f"voxel at new_spacing_mm={hn}: every coarse voxel it touches is the only voxel of another "
-                    f"label. Use a smaller new_spacing_mm.")
-            overlap = np.where(eligible, overlap, -1.0)
-            best = int(cand[int(np.argmax(overlap))])
-            owner = int(coarse_lab.ravel()[best])
-            coarse_lab.ravel()[best] = L
-            count_c[owner] -= 1
-            count_c[L] = 1
-            rescued.append(L)
+    if not vanished:
+        return rescued
+    tables = [_fine_to_coarse(i_, w_, n) for i_, w_, n in zip((iz, iy, ix), (wz, wy, wx), lab.shape)]
+    mask = np.isin(lab, vanished)
+    where = np.nonzero(mask)
+    vals = lab[where]
+    for L in vanished:
+        sel_l = vals == L
+        cz, cwz = tables[0][0][where[0][sel_l]], tables[0][1][where[0][sel_l]]
+        cy, cwy = tables[1][0][where[1][sel_l]], tables[1][1][where[1][sel_l]]
+        cx, cwx = tables[2][0][where[2][sel_l]], tables[2][1][where[2][sel_l]]
+        flat = ((cz[:, :, None, None] * nyc + cy[:, None, :, None]) * nxc + cx[:, None, None, :])
+        ww = cwz[:, :, None, None] * cwy[:, None, :, None] * cwx[:, None, None, :]
+        ok = (ww > 0) & (cz[:, :, None, None] >= 0) & (cy[:, None, :, None] >= 0) & (cx[:, None, None, :] >= 0)
+        cand, inv = np.unique(flat[ok], return_inverse=True)
+        overlap = np.bincount(inv, weights=ww[ok], minlength=cand.size)
+        owners = coarse_lab.ravel()[cand]
+        eligible = np.array([count_c[int(o)] >= 2 and int(o) not in rescued for o in owners], dtype=bool)
+        if not eligible.any():
+            raise ResampleError(
+                f"label {L} (fine mass {target[L]:.6g} g, {int(sel_l.sum())} fine voxels) cannot keep any "
+                f"voxel at new_spacing_mm={hn}: every coarse voxel it touches is the only voxel of another "
+                f"label. Use a smaller new_spacing_mm.")
+        overlap = np.where(eligible, overlap, -1.0)
+        best = int(cand[int(np.argmax(overlap))])
+        owner = int(coarse_lab.ravel()[best])
+        coarse_lab.ravel()[best] = L
+        count_c[owner] -= 1
+        count_c[L] = 1
+        rescued.append(L)
+    return rescued
 
-    # step 4: per-label rescaling to the fine masses
+
+def _rescale_to_fine_masses(coarse_lab: np.ndarray, block_rho: np.ndarray, target: dict[int, float],
+                            v_coarse_mm3: float):
+    """Step 4: scale each label's block densities (g/cm³) so its coarse mass equals its fine mass (g).
+
+    Returns the coarse density, the per-label scale factors and the coarse label ids and counts.
+    """
     ids_c, counts_c, sums_c = _per_label_sums(coarse_lab.ravel(), block_rho.ravel())
     mass_c = sums_c * v_coarse_mm3 / 1000.0
     scale_lut = np.zeros(int(ids_c.max()) + 1 if ids_c.max() < (1 << 22) else 0)
@@ -399,17 +459,7 @@ def resample_labels_mass_preserving(labels, density, spacing_mm, new_spacing_mm,
         out_rho = block_rho * s_arr[np.searchsorted(ids_arr, coarse_lab)]
     for L, rho_u in uniform.items():
         out_rho[coarse_lab == L] = rho_u
-
-    out_dtype = np.int32 if int(coarse_lab.max()) < np.iinfo(np.int32).max else np.int64
-    idx0_xyz = np.array([(rx - 1.0) / 2.0, (ry - 1.0) / 2.0, (rz - 1.0) / 2.0])
-    new_origin = origin + d @ (np.array([h[2], h[1], h[0]]) * idx0_xyz)
-    return ResampledPhantom(
-        labels=coarse_lab.astype(out_dtype), density_g_cm3=out_rho, spacing_mm=hn,
-        origin_xyz_mm=tuple(float(v) for v in new_origin), direction_xyz=d.copy(),
-        factors=(rz, ry, rx), mass_g=target,
-        volume_cm3_fine={int(L): float(n) * v_fine_mm3 / 1000.0 for L, n in zip(ids_f, counts_f)},
-        volume_cm3={int(L): float(n) * v_coarse_mm3 / 1000.0 for L, n in zip(ids_c, counts_c)},
-        density_scale=density_scale, rescued_labels=tuple(rescued))
+    return out_rho, density_scale, ids_c, counts_c
 
 
 def _triplet_any(value, name: str) -> tuple[float, float, float]:
@@ -498,17 +548,26 @@ def _materials_mapping(materials) -> dict[int, Tissue]:
     return out
 
 
-def _write_json_atomic(path: Path, data: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    try:
-        with open(tmp, "w") as fh:
-            json.dump(data, fh, indent=2, allow_nan=False)
-            fh.write("\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+def _organ_records(ids: np.ndarray, counts: np.ndarray, sums: np.ndarray, mats: dict[int, Tissue],
+                   label_info, v_mm3: float) -> tuple[list[tuple[int, Tissue]], list[dict]]:
+    """Materials rows (density set to the label's mean, g/cm³) and organs.json records (cm³, g) per label."""
+    info = {int(k): dict(v) for k, v in (label_info or {}).items()}
+    rows: list[tuple[int, Tissue]] = []
+    organs: list[dict] = []
+    for L, n, s in zip(ids.tolist(), counts.tolist(), sums.tolist()):
+        t = mats[L]
+        mass_g = s * v_mm3 / 1000.0
+        vol_cm3 = n * v_mm3 / 1000.0
+        mean_rho = mass_g / vol_cm3
+        if mean_rho > 0 and not math.isclose(mean_rho, t.density_g_cm3, rel_tol=1e-6):
+            note = f"density_g_cm3 = mean voxel density of label {L} (mass/volume); nominal {t.density_g_cm3:g}"
+            t = dataclasses.replace(t, density_g_cm3=mean_rho, note=f"{t.note}; {note}" if t.note else note)
+        rows.append((L, t))
+        rec = {"label_id": L, "name": info.get(L, {}).get("name", mats[L].name), "tissue": mats[L].name,
+               "n_voxels": int(n), "volume_cm3": vol_cm3, "mass_g": mass_g, "mean_density_g_cm3": mean_rho}
+        rec.update({k: v for k, v in info.get(L, {}).items() if k != "name"})
+        organs.append(rec)
+    return rows, organs
 
 
 def export_phantom(labels_volume: Volume, density, materials, out_dir, *,
@@ -578,22 +637,7 @@ def export_phantom(labels_volume: Volume, density, materials, out_dir, *,
     if missing:
         raise ResampleError(f"labels {missing[:20]} of the label map have no material (materials has label ids "
                             f"{sorted(mats)[:30]})")
-    info = {int(k): dict(v) for k, v in (label_info or {}).items()}
-    rows: list[tuple[int, Tissue]] = []
-    organs: list[dict] = []
-    for L, n, s in zip(ids.tolist(), counts.tolist(), sums.tolist()):
-        t = mats[L]
-        mass_g = s * v_mm3 / 1000.0
-        vol_cm3 = n * v_mm3 / 1000.0
-        mean_rho = mass_g / vol_cm3
-        if mean_rho > 0 and not math.isclose(mean_rho, t.density_g_cm3, rel_tol=1e-6):
-            note = f"density_g_cm3 = mean voxel density of label {L} (mass/volume); nominal {t.density_g_cm3:g}"
-            t = dataclasses.replace(t, density_g_cm3=mean_rho, note=f"{t.note}; {note}" if t.note else note)
-        rows.append((L, t))
-        rec = {"label_id": L, "name": info.get(L, {}).get("name", mats[L].name), "tissue": mats[L].name,
-               "n_voxels": int(n), "volume_cm3": vol_cm3, "mass_g": mass_g, "mean_density_g_cm3": mean_rho}
-        rec.update({k: v for k, v in info.get(L, {}).items() if k != "name"})
-        organs.append(rec)
+    rows, organs = _organ_records(ids, counts, sums, mats, label_info, v_mm3)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     grid = dict(spacing_mm=labels_volume.spacing_mm, origin_xyz_mm=labels_volume.origin_xyz_mm,
@@ -609,23 +653,7 @@ def export_phantom(labels_volume: Volume, density, materials, out_dir, *,
            "total_mass_g": total, "organs": organs}
     if metadata:
         doc.update({k: v for k, v in metadata.items() if k not in doc})
-    _write_json_atomic(files["organs"], _jsonable(doc))
+    write_json(files["organs"], doc)
     return {"files": {k: str(v) for k, v in files.items()}, "organs": organs, "total_mass_g": total,
             "shape_zyx": list(labels_volume.shape), "spacing_mm": list(labels_volume.spacing_mm),
             "origin_xyz_mm": list(labels_volume.origin_xyz_mm)}
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj

@@ -85,13 +85,13 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
 
+from physics.atomic import atomic_path, write_json
 from phantoms.tissues import (AGES, SEXES, Tissue, organ_mass_sources, organ_masses,
                               remainder_tissues, tissue, tissue_weighting_factors, write_materials_csv)
 from pipeline.image import Volume, write_image
@@ -1310,28 +1310,6 @@ def _organs_json(ph: ReferencePhantom) -> dict:
     }
 
 
-def _umask_mode(path: Path) -> None:
-    """Give a file made by ``mkstemp`` (mode 0600) the usual mode of new files (0666 less the umask)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
-
-
-def _json_atomic(path: Path, data) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, allow_nan=False)
-            fh.write("\n")
-        _umask_mode(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_phantom(ph: ReferencePhantom, out_dir: str | os.PathLike) -> dict[str, Path]:
     """Write a phantom for the dose engine, each file atomically.
 
@@ -1362,8 +1340,7 @@ def write_phantom(ph: ReferencePhantom, out_dir: str | os.PathLike) -> dict[str,
     out.mkdir(parents=True, exist_ok=True)
     paths = {"labels": write_image(ph.labels, out / "labels.nii.gz"),
              "materials": write_materials_csv(ph.materials(), out / "materials.csv"),
-             "organs": _json_atomic(out / "organs.json", _organs_json(ph))}
-    _umask_mode(paths["materials"])
+             "organs": write_json(out / "organs.json", _organs_json(ph))}
     return paths
 
 
@@ -1446,14 +1423,9 @@ def plot_phantom(ph: ReferencePhantom, path: str | os.PathLike) -> Path:
                  f"{ph.body['height_cm']:.0f} cm")
     fig.tight_layout()
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=p.name + ".", suffix=".tmp.png", dir=p.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=90, format="png")
-        _umask_mode(Path(tmp))
-        os.replace(tmp, p)
+        with atomic_path(p) as tmp:
+            fig.savefig(tmp, dpi=90, format="png")
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
     return p

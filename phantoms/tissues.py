@@ -45,11 +45,12 @@ from __future__ import annotations
 import csv
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
+
+from physics.atomic import atomic_path
 
 __all__ = [
     "AGES", "SEXES", "TissueError", "Tissue", "tissue", "tissue_names", "iodinated_blood",
@@ -382,19 +383,12 @@ def write_materials_csv(rows: Iterable[tuple[int, Tissue]], path: str | os.PathL
         seen.add(label)
     elements = sorted({s for _, t in rows for s in t.mass_fractions}, key=_Z_OF.__getitem__)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            w = csv.writer(fh, lineterminator="\n")
-            w.writerow(["label_id", "tissue_name", "density_g_cm3", *elements, *_EXTRA_COLUMNS])
-            for label, t in sorted(rows, key=lambda r: r[0]):
-                w.writerow([label, t.name, repr(t.density_g_cm3),
-                            *[repr(t.mass_fractions.get(s, 0.0)) for s in elements], t.age, t.source, t.note])
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(["label_id", "tissue_name", "density_g_cm3", *elements, *_EXTRA_COLUMNS])
+        for label, t in sorted(rows, key=lambda r: r[0]):
+            w.writerow([label, t.name, repr(t.density_g_cm3),
+                        *[repr(t.mass_fractions.get(s, 0.0)) for s in elements], t.age, t.source, t.note])
     return path
 
 

@@ -474,79 +474,18 @@ def make_angiogram(geometry: str = "straight", *, shape_zyx=(96, 64, 64), spacin
         geometry, shape_zyx, spacing_mm, radius_mm, length_fraction, stenosis, calcification,
         lumen_hu, tissue_hu, psf_fwhm_mm, noise_hu, origin_xyz_mm, seed, bifurcation_angle_deg)
     branches, derived, (x_c, y_c) = _layout(geometry, shape, spacing, origin, r, lf, stenosis, angle)
-    nz, ny, nx = shape
-    dz, dy, dx = spacing
-    ox, oy, oz = origin
-    z = oz + dz * np.arange(nz)
-    y = oy + dy * np.arange(ny)
-    x = ox + dx * np.arange(nx)
+    (nz, ny, nx), (dz, dy, dx), (ox, oy, oz) = shape, spacing, origin
+    z, y, x = oz + dz * np.arange(nz), oy + dy * np.arange(ny), ox + dx * np.arange(nx)
 
     # y band that can hold lumen or calcium; everything else is tissue
-    t_cal = calcification.thickness_mm if calcification is not None else 0.0
-    band = r + t_cal + dz + dy + dx
-    j0 = max(int(math.floor((y_c - band - oy) / dy)), 0)
-    j1 = min(int(math.ceil((y_c + band - oy) / dy)) + 1, ny)
-    yb = (y[j0:j1] - y_c)[None, :, None]
-    zz, xx = np.meshgrid(z, x, indexing="ij")
-    pts = np.column_stack([zz.ravel(), xx.ravel()])
-
-    d_min = np.full((nz, j1 - j0, nx), np.inf)
-    h_min = np.ones_like(d_min)
-    f_cal = None
-    for k, b in enumerate(branches):
-        s, w = b.project(pts)
-        s = s.reshape(nz, nx)[:, None, :]
-        wz = w[:, 0].reshape(nz, nx)[:, None, :]
-        wx = w[:, 1].reshape(nz, nx)[:, None, :]
-        rad = b.radius(s)
-        wy = yb - b.offset(s, rad)
-        rho = np.sqrt(wz ** 2 + wx ** 2 + wy ** 2)
-        d = rho - rad
-        h = (np.abs(wz) * dz + np.abs(wy) * dy + np.abs(wx) * dx) / np.maximum(rho, 1e-12)
-        better = d < d_min
-        d_min = np.where(better, d, d_min)
-        h_min = np.where(better, h, h_min)
-        if k == 0 and calcification is not None:
-            c = calcification
-            s_c = c.position * derived["parent_arc_length_mm"]
-            rho0 = np.sqrt(wz ** 2 + wx ** 2 + yb ** 2)
-            phi = np.arccos(np.clip(-yb / np.maximum(rho0, 1e-12), -1.0, 1.0))
-            d_c = np.maximum(np.maximum(b.r0 - rho0, rho0 - b.r0 - c.thickness_mm),
-                             np.maximum(np.abs(s - s_c) - 0.5 * c.length_mm,
-                                        rho0 * (phi - _CALC_HALF_ANGLE_RAD)))
-            h0 = (np.abs(wz) * dz + np.abs(yb) * dy + np.abs(wx) * dx) / np.maximum(rho0, 1e-12)
-            f_cal = np.clip(0.5 - d_c / h0, 0.0, 1.0)
-            derived["calcification_centre_arc_mm"] = s_c
-    h_min = np.maximum(h_min, 1e-6 * min(spacing))
-    f_lumen = np.clip(0.5 - d_min / h_min, 0.0, 1.0)
-
-    lumen = np.zeros(shape, dtype=np.uint8)
-    lumen[:, j0:j1, :] = d_min < 0.0
-    hu = np.full(shape, tissue_hu, dtype=np.float32)
-    band_hu = tissue_hu + f_lumen * (lumen_hu - tissue_hu)
-    if f_cal is not None:
-        band_hu = band_hu + np.minimum(f_cal, 1.0 - f_lumen) * (calcification.hu - tissue_hu)
-    hu[:, j0:j1, :] = band_hu
-    if psf > 0:
-        sigma = tuple(psf * _FWHM_TO_SIGMA / sp for sp in spacing)
-        hu = ndimage.gaussian_filter(hu, sigma=sigma, mode="nearest", truncate=4.0)
-    if noise > 0:
-        rng = np.random.default_rng(int(seed))
-        hu += rng.standard_normal(shape, dtype=np.float32) * np.float32(noise)
-
-    # centrelines: one point per slice inside each branch (+ the junction)
-    centrelines, radii, arcs = [], [], []
-    for k, b in enumerate(branches):
-        zs = z[(z >= b.z_lo) & (z <= b.z_hi)]
-        if geometry == "bifurcation":
-            zs = np.union1d(zs, [branches[0].z_hi])
-        s = b.s_at_z(zs)
-        rad = b.radius(s)
-        xs = np.asarray(b.x_of_z(zs), dtype=float)
-        ys = y_c + b.offset(s, rad)
-        centrelines.append(np.column_stack([xs, ys, zs]))
-        radii.append(rad)
-        arcs.append(s)
+    j0, j1 = _lumen_band(y_c, r, calcification, shape, spacing, origin)
+    d_min, h_min, f_cal, s_cal = _wall_distance(branches, z, y[j0:j1] - y_c, x, spacing, calcification,
+                                                derived["parent_arc_length_mm"])
+    if s_cal is not None:
+        derived["calcification_centre_arc_mm"] = s_cal
+    lumen, hu = _render(shape, j0, j1, d_min, h_min, f_cal, lumen_hu, tissue_hu, calcification)
+    hu = _blur_and_noise(hu, spacing, psf, noise, seed)
+    centrelines, radii, arcs = _centrelines(branches, z, y_c, geometry)
 
     params = {
         "generator": "phantoms.vessels.make_angiogram",
@@ -576,3 +515,102 @@ def make_angiogram(geometry: str = "straight", *, shape_zyx=(96, 64, 64), spacin
         params=params,
         arc_length_mm=arcs,
     )
+
+
+# ----------------------------------------------------------------------------- stages of make_angiogram
+def _lumen_band(y_c: float, r: float, calcification, shape, spacing, origin) -> tuple[int, int]:
+    """Index range [j0, j1) along y of the slab that can hold lumen or calcium (the rest is tissue)."""
+    ny = shape[1]
+    dz, dy, dx = spacing
+    oy = origin[1]
+    t_cal = calcification.thickness_mm if calcification is not None else 0.0
+    band = r + t_cal + dz + dy + dx
+    j0 = max(int(math.floor((y_c - band - oy) / dy)), 0)
+    j1 = min(int(math.ceil((y_c + band - oy) / dy)) + 1, ny)
+    return j0, j1
+
+
+def _wall_distance(branches, z: np.ndarray, y_rel: np.ndarray, x: np.ndarray, spacing, calcification,
+                   parent_arc_mm: float):
+    """Signed distance to the lumen wall (mm, < 0 inside) over the band, the voxel width along the wall
+    normal (mm), and the calcium fraction with its centre arc length (mm) or None, None."""
+    dz, dy, dx = spacing
+    nz, nb, nx = len(z), len(y_rel), len(x)
+    yb = y_rel[None, :, None]
+    zz, xx = np.meshgrid(z, x, indexing="ij")
+    pts = np.column_stack([zz.ravel(), xx.ravel()])
+
+    d_min = np.full((nz, nb, nx), np.inf)
+    h_min = np.ones_like(d_min)
+    f_cal, s_cal = None, None
+    for k, b in enumerate(branches):
+        s, w = b.project(pts)
+        s = s.reshape(nz, nx)[:, None, :]
+        wz = w[:, 0].reshape(nz, nx)[:, None, :]
+        wx = w[:, 1].reshape(nz, nx)[:, None, :]
+        rad = b.radius(s)
+        wy = yb - b.offset(s, rad)
+        rho = np.sqrt(wz ** 2 + wx ** 2 + wy ** 2)
+        d = rho - rad
+        h = (np.abs(wz) * dz + np.abs(wy) * dy + np.abs(wx) * dx) / np.maximum(rho, 1e-12)
+        better = d < d_min
+        d_min = np.where(better, d, d_min)
+        h_min = np.where(better, h, h_min)
+        if k == 0 and calcification is not None:
+            f_cal, s_cal = _calcium_fraction(b, s, wz, wx, yb, spacing, calcification, parent_arc_mm)
+    h_min = np.maximum(h_min, 1e-6 * min(spacing))
+    return d_min, h_min, f_cal, s_cal
+
+
+def _calcium_fraction(b: _Branch, s, wz, wx, yb, spacing, c: Calcification, parent_arc_mm: float):
+    """Partial-volume fraction of the calcified crescent around the parent branch, and its centre arc (mm)."""
+    dz, dy, dx = spacing
+    s_c = c.position * parent_arc_mm
+    rho0 = np.sqrt(wz ** 2 + wx ** 2 + yb ** 2)
+    phi = np.arccos(np.clip(-yb / np.maximum(rho0, 1e-12), -1.0, 1.0))
+    d_c = np.maximum(np.maximum(b.r0 - rho0, rho0 - b.r0 - c.thickness_mm),
+                     np.maximum(np.abs(s - s_c) - 0.5 * c.length_mm,
+                                rho0 * (phi - _CALC_HALF_ANGLE_RAD)))
+    h0 = (np.abs(wz) * dz + np.abs(yb) * dy + np.abs(wx) * dx) / np.maximum(rho0, 1e-12)
+    return np.clip(0.5 - d_c / h0, 0.0, 1.0), s_c
+
+
+def _render(shape, j0: int, j1: int, d_min, h_min, f_cal, lumen_hu, tissue_hu, calcification):
+    """Truth mask (uint8) and the sharp partial-volume image (float32 HU) from the wall distance."""
+    f_lumen = np.clip(0.5 - d_min / h_min, 0.0, 1.0)
+    lumen = np.zeros(shape, dtype=np.uint8)
+    lumen[:, j0:j1, :] = d_min < 0.0
+    hu = np.full(shape, tissue_hu, dtype=np.float32)
+    band_hu = tissue_hu + f_lumen * (lumen_hu - tissue_hu)
+    if f_cal is not None:
+        band_hu = band_hu + np.minimum(f_cal, 1.0 - f_lumen) * (calcification.hu - tissue_hu)
+    hu[:, j0:j1, :] = band_hu
+    return lumen, hu
+
+
+def _blur_and_noise(hu: np.ndarray, spacing, psf: float, noise: float, seed) -> np.ndarray:
+    """Gaussian scanner blur of FWHM ``psf`` mm, then white noise of ``noise`` HU from ``seed``."""
+    if psf > 0:
+        sigma = tuple(psf * _FWHM_TO_SIGMA / sp for sp in spacing)
+        hu = ndimage.gaussian_filter(hu, sigma=sigma, mode="nearest", truncate=4.0)
+    if noise > 0:
+        rng = np.random.default_rng(int(seed))
+        hu += rng.standard_normal(hu.shape, dtype=np.float32) * np.float32(noise)
+    return hu
+
+
+def _centrelines(branches, z: np.ndarray, y_c: float, geometry: str):
+    """Lumen centres (x, y, z mm), radii (mm) and arc lengths (mm): one point per slice in each branch."""
+    centrelines, radii, arcs = [], [], []
+    for b in branches:
+        zs = z[(z >= b.z_lo) & (z <= b.z_hi)]
+        if geometry == "bifurcation":
+            zs = np.union1d(zs, [branches[0].z_hi])  # + the junction
+        s = b.s_at_z(zs)
+        rad = b.radius(s)
+        xs = np.asarray(b.x_of_z(zs), dtype=float)
+        ys = y_c + b.offset(s, rad)
+        centrelines.append(np.column_stack([xs, ys, zs]))
+        radii.append(rad)
+        arcs.append(s)
+    return centrelines, radii, arcs

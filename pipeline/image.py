@@ -14,8 +14,8 @@ Conventions (the only place in digipat that converts to and from SimpleITK):
   ``(x, y, z)`` in mm. ``index_to_world`` / ``world_to_index`` translate.
 
 SimpleITK orders everything ``(x, y, z)``: ``GetSpacing()`` is ``(dx, dy, dz)`` and
-``GetArrayFromImage`` returns ``[z, y, x]``. The two private helpers ``_to_sitk`` and
-``_from_sitk`` are where that reversal happens.
+``GetArrayFromImage`` returns ``[z, y, x]``. :func:`to_sitk` and :func:`from_sitk` are the one
+place where that reversal happens (other modules call them, never SimpleITK's array functions).
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Volume", "ImageError", "read_image", "write_image", "SUPPORTED_SUFFIXES"]
+from physics.atomic import atomic_files
+
+__all__ = ["Volume", "ImageError", "read_image", "write_image", "to_sitk", "from_sitk", "SUPPORTED_SUFFIXES"]
 
 SUPPORTED_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 
@@ -122,7 +124,7 @@ class Volume:
 
 
 # --------------------------------------------------------------------- SimpleITK
-def _to_sitk(vol: Volume):
+def to_sitk(vol: Volume):
     import SimpleITK as sitk
 
     arr = vol.array
@@ -135,7 +137,7 @@ def _to_sitk(vol: Volume):
     return img
 
 
-def _from_sitk(img) -> Volume:
+def from_sitk(img) -> Volume:
     import SimpleITK as sitk
 
     if img.GetDimension() != 3:
@@ -164,8 +166,17 @@ def _suffix(path: Path) -> str:
     return path.suffix.lower()
 
 
-def read_image(path: str | os.PathLike) -> Volume:
+def read_image(path: str | os.PathLike, *, allow_singleton_axes: bool = False) -> Volume:
     """Read a 3-D image: NIfTI, NRRD, MHA/MHD, or a DICOM series (folder or one of its files).
+
+    Parameters
+    ----------
+    path : path
+        The file, or the folder of a DICOM series.
+    allow_singleton_axes : bool
+        Accept a 3-D grid with axes one voxel long (e.g. a 1 x 1 x 20 label map: a laterally
+        infinite slab for dose, the textbook geometry). A CT image to segment needs three
+        axes longer than one voxel, so the default refuses such grids as "2-D".
 
     Raises
     ------
@@ -200,12 +211,12 @@ def read_image(path: str | os.PathLike) -> Volume:
             f"cannot read image {p}: {first}. Supported: {', '.join(SUPPORTED_SUFFIXES)} "
             "or a folder holding one DICOM series"
         ) from None
-    if img.GetDimension() == 2 or (img.GetDimension() == 3 and min(img.GetSize()) == 1):
+    if img.GetDimension() == 2 or (img.GetDimension() == 3 and min(img.GetSize()) == 1 and not allow_singleton_axes):
         raise ImageError(
             f"{p} is a 2-D image (size {img.GetSize()}); digipat needs a 3-D volume: give the "
             "folder of the whole DICOM series or a 3-D NIfTI/NRRD/MHA file"
         )
-    return _from_sitk(img)
+    return from_sitk(img)
 
 
 def write_image(vol: Volume, path: str | os.PathLike) -> Path:
@@ -219,12 +230,8 @@ def write_image(vol: Volume, path: str | os.PathLike) -> Path:
     suffix = _suffix(p)
     if suffix not in (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd"):
         raise ImageError(f"cannot write {p}: use one of .nii, .nii.gz, .nrrd, .mha")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".tmp-{os.getpid()}-{p.name}")
-    try:
-        sitk.WriteImage(_to_sitk(vol), str(tmp), True)
-        os.replace(tmp, p)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    # Written whole: ``.mhd`` is a header plus a ``.zraw`` data file it names, so every
+    # format is written into a temporary folder and moved into place, the header last.
+    with atomic_files(p.parent, last=p.name) as tmp:
+        sitk.WriteImage(to_sitk(vol), str(tmp / p.name), True)
     return p

@@ -48,6 +48,8 @@ from typing import Any
 
 import numpy as np
 
+from physics.atomic import atomic_path
+from physics.atomic import to_jsonable as _jsonable
 from pipeline.image import Volume
 
 __all__ = [
@@ -205,17 +207,11 @@ class TaggedSurface:
         suffix = p.suffix.lower()
         if suffix not in (".vtp", ".stl", ".ply", ".obj"):
             raise SurfaceError(f"cannot write surface {p}: use a .vtp, .stl, .ply or .obj path")
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".tmp-{os.getpid()}-{p.name}")
-        try:
+        with atomic_path(p) as tmp:
             if suffix == ".vtp":
                 _write_vtp(tmp, self.vertices_xyz_mm, self.faces, self.face_tags)
             else:
                 self.to_trimesh().export(str(tmp), file_type=suffix[1:])
-            os.replace(tmp, p)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
         return p
 
     def to_json_dict(self) -> dict[str, Any]:
@@ -238,20 +234,6 @@ class TaggedSurface:
 
 
 # ----------------------------------------------------------------------------- helpers
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (np.bool_,)):
-        return bool(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    return obj
 
 
 def _signed_volume(vertices: np.ndarray, faces: np.ndarray) -> float:
@@ -755,9 +737,59 @@ def make_tagged_surface(
         Invalid inputs, an empty mask, a vessel reaching fewer than two image faces (no
         inlet + outlet), or a surface that is not watertight after capping.
     """
-    import trimesh
-    from skimage import measure
+    mask, intensity, normal_displacement_mm, margins = _check_surface_inputs(
+        mask, intensity, level, smoothing_iterations, boundary_offset_mm, smoothing_method,
+        normal_displacement_mm, half_max_level, target_edge_mm, crop_margin_mm, upsample, max_faces)
+    binary, n_components, touched = _lumen_mask(mask, intensity, level)
+    report: dict[str, Any] = {"n_mask_components": n_components, "mask_voxels": int(binary.sum()),
+                              "touched_faces": [f"{'kji'[a]}{'-+'[s]}" for a, s in touched]}
 
+    # centreline first: its radii choose the upsampling factor
+    cl_xyz, cl_r = _skeleton_centreline(binary, mask)
+    if upsample is None:
+        upsample = _auto_upsample(cl_r, mask.spacing_mm)
+    report["upsample"] = int(upsample)
+
+    # 1. iso-surface, blur correction, deliberate perturbations along the normals
+    mesh, report["raw_surface_pieces"] = _iso_surface(binary, mask, intensity, level, touched, upsample)
+    report["raw_faces"] = int(len(mesh.faces))
+    if intensity is not None and blur_correction:
+        mesh, report["blur_correction"] = _correct_blur(mesh, binary, intensity.array, level, mask, cl_xyz,
+                                                        half_max_level)
+    if normal_displacement_mm is not None:
+        mesh, report["normal_displacement"] = _displace_along_normals(mesh, normal_displacement_mm)
+    if boundary_offset_mm:
+        mesh, report["boundary_offset"] = _offset_along_normals(mesh, boundary_offset_mm)
+
+    # 2. smoothing, 3. decimation of the closed wall (before capping, so caps stay flat)
+    mesh, smoothing = _smooth(mesh, smoothing_iterations, smoothing_method)
+    report.update(smoothing)
+    mesh, decimation = _decimate(mesh, max_faces, target_edge_mm)
+    report.update(decimation)
+
+    # 4. cut the open ends and cap them, 5. find the openings, 6. tag them
+    planes = _cut_planes(mask, binary.shape, touched, crop_margin_mm, margins)
+    mesh, report["pieces_after_cut"] = _cut_and_cap_ends(mesh, planes)
+    caps_geo = _find_openings(mesh, planes, report["touched_faces"])
+    face_tags, caps = _tag_caps(len(mesh.faces), caps_geo, inlet)
+
+    report.update(_summary(mesh, caps, intensity, level, crop_margin_mm, margins, planes, cl_r))
+    return TaggedSurface(
+        vertices_xyz_mm=np.asarray(mesh.vertices, float),
+        faces=np.asarray(mesh.faces, np.int64),
+        face_tags=face_tags,
+        caps=caps,
+        centreline_xyz_mm=cl_xyz,
+        centreline_radius_mm=cl_r,
+        report=report,
+    )
+
+
+# ----------------------------------------------------------------------------- stages of make_tagged_surface
+def _check_surface_inputs(mask, intensity, level, smoothing_iterations, boundary_offset_mm, smoothing_method,
+                          normal_displacement_mm, half_max_level, target_edge_mm, crop_margin_mm, upsample,
+                          max_faces) -> tuple[Volume, Volume | None, Volume | None, np.ndarray | None]:
+    """Validate the arguments of ``make_tagged_surface``; return the volumes and the 3 x 2 crop margins (mm)."""
     mask = _validate_volume(mask, "mask")
     if intensity is not None:
         intensity = _validate_volume(intensity, "intensity")
@@ -789,36 +821,42 @@ def make_tagged_surface(
         )
     if target_edge_mm is not None and not (np.isfinite(target_edge_mm) and target_edge_mm > 0):
         raise SurfaceError(f"target_edge_mm must be a positive number of mm or None, got {target_edge_mm!r}")
-    if crop_margin_mm is not None:
-        try:
-            m_in = np.asarray(crop_margin_mm, dtype=float)
-            if m_in.shape not in ((), (3,), (3, 2)):
-                raise ValueError("wrong shape")
-            margins = np.broadcast_to(m_in[:, None] if m_in.shape == (3,) else m_in, (3, 2))
-        except (TypeError, ValueError):
-            margins = np.array([np.nan])
-        if not (np.all(np.isfinite(margins)) and np.all(margins >= 0)):
-            raise SurfaceError(
-                f"crop_margin_mm must be >= 0 mm (one value, three per array axis z, y, x, or 3 x 2 per "
-                f"axis and side) or None, "
-                f"got {crop_margin_mm!r}"
-            )
+    margins = None if crop_margin_mm is None else _crop_margins(crop_margin_mm)
     if upsample is not None and (isinstance(upsample, bool) or not isinstance(upsample, (int, np.integer))
                                  or not 1 <= upsample <= 4):
         raise SurfaceError(f"upsample must be None or an integer 1..4, got {upsample!r}")
     if isinstance(max_faces, bool) or not isinstance(max_faces, (int, np.integer)) or max_faces < 500:
         raise SurfaceError(f"max_faces must be an integer >= 500, got {max_faces!r}")
+    return mask, intensity, normal_displacement_mm, margins
 
+
+def _crop_margins(crop_margin_mm) -> np.ndarray:
+    """The cut-plane insets as a 3 x 2 array in mm (per array axis: low-index face, high-index face)."""
+    try:
+        m_in = np.asarray(crop_margin_mm, dtype=float)
+        if m_in.shape not in ((), (3,), (3, 2)):
+            raise ValueError("wrong shape")
+        margins = np.broadcast_to(m_in[:, None] if m_in.shape == (3,) else m_in, (3, 2))
+    except (TypeError, ValueError):
+        margins = np.array([np.nan])
+    if not (np.all(np.isfinite(margins)) and np.all(margins >= 0)):
+        raise SurfaceError(
+            f"crop_margin_mm must be >= 0 mm (one value, three per array axis z, y, x, or 3 x 2 per "
+            f"axis and side) or None, "
+            f"got {crop_margin_mm!r}"
+        )
+    return margins
+
+
+def _lumen_mask(mask: Volume, intensity: Volume | None, level) -> tuple[np.ndarray, int, list[tuple[int, int]]]:
+    """Largest lumen component (bool, shape of the mask), the number of components and the touched image faces."""
     binary = np.asarray(mask.array) > 0
     if not binary.any():
         raise SurfaceError("the mask is empty (no voxel > 0): nothing to build a surface from")
     binary, n_components = _largest_mask_component(binary)
     if min(binary.shape) < 3:
         raise SurfaceError(f"the mask grid {binary.shape} is too small: need at least 3 voxels per axis")
-    report: dict[str, Any] = {"n_mask_components": int(n_components), "mask_voxels": int(binary.sum())}
-
     touched = _touched_faces(binary)
-    report["touched_faces"] = [f"{'kji'[a]}{'-+'[s]}" for a, s in touched]
     if intensity is not None:
         inside_mean = float(np.asarray(intensity.array, float)[binary].mean())
         if not inside_mean > float(level):
@@ -826,15 +864,20 @@ def make_tagged_surface(
                 f"the mean intensity inside the mask ({inside_mean:.4g}) is not above level={level}: "
                 "the lumen must be brighter than the level (contrast CT in HU)"
             )
+    return binary, int(n_components), touched
 
-    # centreline first: its radii choose the upsampling factor
-    cl_xyz, cl_r = _skeleton_centreline(binary, mask)
-    if upsample is None:
-        r_vox = float(np.median(cl_r)) / min(mask.spacing_mm)
-        upsample = 2 if r_vox < _UPSAMPLE_BELOW_RADIUS_VOXELS else 1
-    report["upsample"] = int(upsample)
 
-    # 1. iso-surface in index space -> world (cropped to the mask's neighbourhood)
+def _auto_upsample(cl_r: np.ndarray, spacing_mm) -> int:
+    """Iso-field upsampling factor: 2 below a median centreline radius of 4 voxels (radii in mm), else 1."""
+    r_vox = float(np.median(cl_r)) / min(spacing_mm)
+    return 2 if r_vox < _UPSAMPLE_BELOW_RADIUS_VOXELS else 1
+
+
+def _iso_surface(binary: np.ndarray, mask: Volume, intensity: Volume | None, level, touched, upsample):
+    """Step 1: watertight marching-cubes surface (world mm) near the mask; returns it and the raw piece count."""
+    import trimesh
+    from skimage import measure
+
     f = _iso_field(binary, None if intensity is None else intensity.array, level)
     lo = np.maximum(np.argwhere(binary).min(axis=0) - (_INTENSITY_DILATION_VOXELS + 2), 0)
     hi = np.minimum(np.argwhere(binary).max(axis=0) + (_INTENSITY_DILATION_VOXELS + 3), binary.shape)
@@ -849,74 +892,87 @@ def make_tagged_surface(
     verts_world = mask.index_to_world((verts - offset) / float(upsample) + lo)
     mesh = trimesh.Trimesh(verts_world, faces, process=True)
     mesh, n_pieces = _largest_piece(mesh)
-    report["raw_surface_pieces"] = int(n_pieces)
     if mesh.volume < 0:
         mesh.invert()
-    report["raw_faces"] = int(len(mesh.faces))
     check_watertight(mesh, "the raw marching-cubes surface")
+    return mesh, int(n_pieces)
 
-    # 1b. undo the inward shift of the half-maximum contour of a blurred, curved edge
-    if intensity is not None and blur_correction:
-        offset, binfo = _blur_correction(mesh, binary, intensity.array, level, mask, cl_xyz, half_max_level)
-        if binfo.get("applied"):
-            vol0 = float(mesh.volume)
-            mesh = trimesh.Trimesh(mesh.vertices + offset[:, None] * mesh.vertex_normals, mesh.faces,
-                                   process=False)
-            binfo["volume_change_percent"] = 100.0 * (float(mesh.volume) - vol0) / vol0
-        report["blur_correction"] = binfo
 
-    # 1c. deliberate perturbations along the normals (sensitivity studies): a field, then uniform
-    if normal_displacement_mm is not None:
-        mesh, report["normal_displacement"] = _displace_along_normals(mesh, normal_displacement_mm)
-    if boundary_offset_mm:
+def _correct_blur(mesh, binary: np.ndarray, intensity_hu: np.ndarray, level, mask: Volume, cl_xyz: np.ndarray,
+                  half_max_level):
+    """Step 1b: move the vertices out by the blur correction (mm) of ``_blur_correction``; returns (mesh, info)."""
+    import trimesh
+
+    offset, binfo = _blur_correction(mesh, binary, intensity_hu, level, mask, cl_xyz, half_max_level)
+    if binfo.get("applied"):
         vol0 = float(mesh.volume)
-        mesh = trimesh.Trimesh(mesh.vertices + float(boundary_offset_mm) * mesh.vertex_normals, mesh.faces,
+        mesh = trimesh.Trimesh(mesh.vertices + offset[:, None] * mesh.vertex_normals, mesh.faces,
                                process=False)
-        check_watertight(mesh, f"the surface offset by {boundary_offset_mm} mm")
-        report["boundary_offset"] = {"offset_mm": float(boundary_offset_mm),
-                                     "volume_change_percent": 100.0 * (float(mesh.volume) - vol0) / vol0}
+        binfo["volume_change_percent"] = 100.0 * (float(mesh.volume) - vol0) / vol0
+    return mesh, binfo
 
-    # 2. Taubin smoothing (non-shrinking)
+
+def _offset_along_normals(mesh, offset_mm):
+    """Step 1c: move every vertex by ``offset_mm`` (mm) along its outward normal; returns (mesh, info)."""
+    import trimesh
+
+    vol0 = float(mesh.volume)
+    mesh = trimesh.Trimesh(mesh.vertices + float(offset_mm) * mesh.vertex_normals, mesh.faces, process=False)
+    check_watertight(mesh, f"the surface offset by {offset_mm} mm")
+    return mesh, {"offset_mm": float(offset_mm),
+                  "volume_change_percent": 100.0 * (float(mesh.volume) - vol0) / vol0}
+
+
+def _smooth(mesh, iterations, method: str):
+    """Step 2: Taubin (non-shrinking) or Laplacian smoothing in place; returns (mesh, info with volumes in mm^3)."""
+    import trimesh
+
     vol_before = float(mesh.volume)
-    if smoothing_iterations > 0 and smoothing_method == "laplacian":
-        trimesh.smoothing.filter_laplacian(mesh, lamb=0.5, iterations=int(smoothing_iterations),
-                                           volume_constraint=False)
-    elif smoothing_iterations > 0:
-        trimesh.smoothing.filter_taubin(mesh, lamb=0.5, nu=0.52, iterations=int(smoothing_iterations))
+    if iterations > 0 and method == "laplacian":
+        trimesh.smoothing.filter_laplacian(mesh, lamb=0.5, iterations=int(iterations), volume_constraint=False)
+    elif iterations > 0:
+        trimesh.smoothing.filter_taubin(mesh, lamb=0.5, nu=0.52, iterations=int(iterations))
     vol_after = float(mesh.volume)
-    report["volume_before_smoothing_mm3"] = vol_before
-    report["volume_after_smoothing_mm3"] = vol_after
-    report["smoothing_volume_change_percent"] = 100.0 * (vol_after - vol_before) / vol_before
-    report["smoothing_iterations"] = int(smoothing_iterations)
-    report["smoothing_method"] = smoothing_method
+    return mesh, {
+        "volume_before_smoothing_mm3": vol_before,
+        "volume_after_smoothing_mm3": vol_after,
+        "smoothing_volume_change_percent": 100.0 * (vol_after - vol_before) / vol_before,
+        "smoothing_iterations": int(iterations),
+        "smoothing_method": method,
+    }
 
-    # 3. decimation of the closed wall surface (before capping, so caps stay flat)
+
+def _decimate(mesh, max_faces, target_edge_mm):
+    """Step 3: quadric decimation to <= max_faces faces (or about target_edge_mm mm edges); returns (mesh, info)."""
     # always decimate a little: quadric collapse removes the near-degenerate slivers of
     # marching cubes first (they cost nothing), which gmsh's classification cannot digest
     n_target = min(int(max_faces), int(_SLIVER_DECIMATION_KEEP * len(mesh.faces)))
     if target_edge_mm is not None:
         n_target = min(n_target, int(np.ceil(mesh.area / (np.sqrt(3) / 4 * target_edge_mm**2))))
     n_target = max(n_target, 500)
-    report["decimated"] = False
+    info: dict[str, Any] = {"decimated": False}
     if len(mesh.faces) > n_target:
         dec = mesh.simplify_quadric_decimation(face_count=n_target)
         dec.merge_vertices()
         dec.remove_unreferenced_vertices()
         if dec.is_watertight and dec.is_winding_consistent and dec.volume > 0:
-            report["decimated"] = True
-            report["volume_after_decimation_mm3"] = float(dec.volume)
+            info["decimated"] = True
+            info["volume_after_decimation_mm3"] = float(dec.volume)
             mesh = dec
         else:
-            report["decimation_skipped"] = "decimated surface was not watertight; kept the smoothed one"
+            info["decimation_skipped"] = "decimated surface was not watertight; kept the smoothed one"
+    return mesh, info
 
-    # 4. cut the open ends and cap them
+
+def _cut_planes(mask: Volume, shape, touched, crop_margin_mm, margins) -> list[tuple[np.ndarray, np.ndarray, str]]:
+    """Step 4a: one cut plane per touched image face: (origin xyz mm, unit normal into the kept part, face name)."""
     planes = []
     aff = mask.affine
     for axis, side in touched:
         d = aff[:3, axis] / np.linalg.norm(aff[:3, axis])  # world direction of increasing index on axis
         margin_vox = (DEFAULT_CROP_MARGIN_VOXELS if crop_margin_mm is None
                       else float(margins[axis, side]) / mask.spacing_mm[axis])
-        n_ax = binary.shape[axis]
+        n_ax = shape[axis]
         if margin_vox >= (n_ax - 1) / 2:
             raise SurfaceError(
                 f"crop_margin_mm={crop_margin_mm} is too large for axis {'kji'[axis]} of {n_ax} voxels "
@@ -927,17 +983,24 @@ def make_tagged_surface(
         origin = mask.index_to_world(pos)
         keep_normal = d if side == 0 else -d  # points into the kept (interior) part
         planes.append((origin, keep_normal, f"{'kji'[axis]}{'-+'[side]}"))
+    return planes
+
+
+def _cut_and_cap_ends(mesh, planes):
+    """Step 4b: cut the surface at every plane and close each cut flat; returns (watertight mesh, piece count)."""
     for origin, keep_normal, name in planes:
         mesh = _cut_and_cap(mesh, origin, keep_normal, name)
     mesh.merge_vertices()
     mesh.remove_unreferenced_vertices()
     mesh, n_pieces_cut = _largest_piece(mesh)
-    report["pieces_after_cut"] = int(n_pieces_cut)
     if mesh.volume < 0:
         mesh.invert()
     check_watertight(mesh, "the capped surface")
+    return mesh, int(n_pieces_cut)
 
-    # 5. find the openings: connected patches of faces lying on a cut plane, facing outwards
+
+def _find_openings(mesh, planes, touched_names: list[str]) -> list[dict]:
+    """Step 5: the openings, connected patches of outward faces on a cut plane (centre mm, area mm^2, faces)."""
     scale = float(np.linalg.norm(mesh.extents))
     tol = 1e-6 * max(scale, 1.0)
     normals = mesh.face_normals
@@ -955,15 +1018,18 @@ def make_tagged_surface(
     if len(caps_geo) < 2:
         raise SurfaceError(
             f"the vessel reaches fewer than two crop planes ({len(caps_geo)} opening(s) found on the "
-            f"image faces {report['touched_faces'] or 'none'}): need an inlet and at least one outlet. "
+            f"image faces {touched_names or 'none'}): need an inlet and at least one outlet. "
             "The lumen must leave the image (or a cropped region) through at least two openings"
         )
+    return caps_geo
 
-    # 6. tag: inlet, then outlets by area (largest first)
-    caps_geo.sort(key=lambda c: -c["area"])
+
+def _tag_caps(n_faces: int, caps_geo: list[dict], inlet) -> tuple[np.ndarray, list[Cap]]:
+    """Step 6: face tags (inlet, then outlets by area, largest first) and the caps (mm, mm^2)."""
+    caps_geo = sorted(caps_geo, key=lambda c: -c["area"])
     i_in = _resolve_inlet(inlet, caps_geo)
     order = [i_in] + [i for i in range(len(caps_geo)) if i != i_in]
-    face_tags = np.full(len(mesh.faces), WALL, dtype=np.int64)
+    face_tags = np.full(n_faces, WALL, dtype=np.int64)
     caps: list[Cap] = []
     for rank, i in enumerate(order):
         g = caps_geo[i]
@@ -976,8 +1042,12 @@ def make_tagged_surface(
             normal_xyz=tuple(float(v) for v in g["normal"]),
             area_mm2=float(g["area"]), radius_mm=float(np.sqrt(g["area"] / np.pi)),
         ))
+    return face_tags, caps
 
-    report.update({
+
+def _summary(mesh, caps: list[Cap], intensity, level, crop_margin_mm, margins, planes, cl_r) -> dict[str, Any]:
+    """The final surface's entries of the report (counts, mm^3, mm^2, method, cut planes in mm)."""
+    return {
         "n_faces": int(len(mesh.faces)),
         "n_vertices": int(len(mesh.vertices)),
         "watertight": bool(mesh.is_watertight),
@@ -992,16 +1062,7 @@ def make_tagged_surface(
         "cut_planes": [{"face": name, "origin_xyz_mm": o.tolist(), "keep_normal_xyz": n.tolist()}
                        for o, n, name in planes],
         "centreline_points": int(len(cl_r)),
-    })
-    return TaggedSurface(
-        vertices_xyz_mm=np.asarray(mesh.vertices, float),
-        faces=np.asarray(mesh.faces, np.int64),
-        face_tags=face_tags,
-        caps=caps,
-        centreline_xyz_mm=cl_xyz,
-        centreline_radius_mm=cl_r,
-        report=report,
-    )
+    }
 
 
 # ----------------------------------------------------------------------------- file I/O
@@ -1024,7 +1085,7 @@ def _write_vtp(path: Path, vertices: np.ndarray, faces: np.ndarray, tags: np.nda
         f"{arr(np.arange(1, m + 1) * 3, '%d')}\n</DataArray></Polys>\n"
         "</Piece>\n</PolyData>\n</VTKFile>\n"
     )
-    path.write_text(text)
+    path.write_text(text)  # called on a temporary path by TaggedSurface.write
 
 
 def _read_vtp(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:

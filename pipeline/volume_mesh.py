@@ -30,14 +30,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipeline.surface import FLUID, INLET, OUTLET_FIRST, WALL, TaggedSurface, _jsonable
+from physics.atomic import atomic_files
+from physics.atomic import to_jsonable as _jsonable
+from pipeline.surface import FLUID, INLET, OUTLET_FIRST, WALL, TaggedSurface
 
 __all__ = ["MeshingError", "VolumeMesh", "mesh_volume", "FLUID", "MESH_FILES", "SCHEMA_VERSION"]
 
@@ -173,12 +174,7 @@ def mesh_volume(
         raise MeshingError(f"min_size_mm={min_size_mm} exceeds max_size_mm={max_size_mm}")
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp_dir = out / f".tmp-mesh-{os.getpid()}"
-    if tmp_dir.exists():
-        shutil.rmtree(tmp_dir)
-    tmp_dir.mkdir()
-    try:
+    with atomic_files(out, last="mesh_info.json") as tmp_dir:
         stats, name_of_tag = _run_gmsh(surface, tmp_dir / "mesh.msh", cells_per_radius, float(min_size_mm),
                                        float(max_size_mm), int(order), bool(optimize), bool(verbose))
         _export_meshio(tmp_dir, stats, name_of_tag)
@@ -194,10 +190,9 @@ def mesh_volume(
         info = {"schema_version": SCHEMA_VERSION, "boundaries": boundaries, "stats": stats,
                 "files": {k: k for k in MESH_FILES}, "units": "mm"}
         (tmp_dir / "mesh_info.json").write_text(json.dumps(_jsonable(info), indent=2))
-        for name in MESH_FILES:
-            os.replace(tmp_dir / name, out / name)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+        for f in tmp_dir.iterdir():  # only the declared files are published
+            if f.name not in MESH_FILES:
+                f.unlink()
     return VolumeMesh(
         msh_path=out / "mesh.msh", xdmf_path=out / "mesh.xdmf", facets_xdmf_path=out / "facets.xdmf",
         vtu_path=out / "mesh.vtu", info_path=out / "mesh_info.json",
@@ -207,9 +202,8 @@ def mesh_volume(
 
 def _run_gmsh(surface: TaggedSurface, msh_path: Path, cells_per_radius: float, min_size: float,
               max_size: float, order: int, optimize: bool, verbose: bool) -> tuple[dict, dict]:
+    """Mesh the surface with gmsh and write ``msh_path``; returns (statistics in mm, boundary name by tag)."""
     import gmsh
-    import trimesh
-    from scipy.spatial import cKDTree
 
     owns = not gmsh.isInitialized()
     if owns:
@@ -221,140 +215,13 @@ def _run_gmsh(surface: TaggedSurface, msh_path: Path, cells_per_radius: float, m
         V = np.asarray(surface.vertices_xyz_mm, float)
         F = np.asarray(surface.faces, np.int64)
         tags = np.asarray(surface.face_tags, np.int64)
-
-        # one discrete surface with all triangles + the tag boundaries as feature lines
-        gmsh.model.addDiscreteEntity(2, 1)
-        gmsh.model.mesh.addNodes(2, 1, np.arange(1, len(V) + 1).tolist(), V.ravel().tolist())
-        gmsh.model.mesh.addElementsByType(1, 2, [], (F + 1).ravel().tolist())
-        tm = trimesh.Trimesh(V, F, process=False)
-        adj, adj_edges = tm.face_adjacency, tm.face_adjacency_edges
-        rim = tags[adj[:, 0]] != tags[adj[:, 1]]
-        gmsh.model.addDiscreteEntity(1, 1)
-        gmsh.model.mesh.addElementsByType(1, 1, [], (adj_edges[rim] + 1).ravel().tolist())
-
-        try:
-            gmsh.model.mesh.classifySurfaces(np.pi, True, True, np.pi)
-            gmsh.model.mesh.createGeometry()
-        except Exception as exc:  # gmsh raises plain Exception
-            raise MeshingError(
-                f"gmsh could not classify/re-parametrise the surface ({exc}). Likely cause: a "
-                "non-manifold or self-intersecting surface; try more smoothing, a coarser "
-                "target_edge_mm, or check the segmentation for touching vessels"
-            ) from None
-
-        # map each classified surface back to the input tag by its triangles' centroids
-        tree = cKDTree(V[F].mean(axis=1))
-        node_tags, node_xyz, _ = gmsh.model.mesh.getNodes()
-        pos = np.zeros((int(node_tags.max()) + 1, 3))
-        pos[node_tags.astype(np.int64)] = node_xyz.reshape(-1, 3)
-        by_tag: dict[int, list[int]] = {}
-        for _, s in gmsh.model.getEntities(2):
-            _, _, enodes = gmsh.model.mesh.getElements(2, s)
-            if not enodes or len(enodes[0]) == 0:
-                continue
-            tri = np.asarray(enodes[0], np.int64).reshape(-1, 3)
-            _, idx = tree.query(pos[tri].mean(axis=1))
-            t_in = tags[idx]
-            vals, counts = np.unique(t_in, return_counts=True)
-            if len(vals) > 1:
-                raise MeshingError(
-                    f"classified gmsh surface {s} mixes face tags {vals.tolist()}: the cap rims "
-                    "were not kept as feature edges (non-manifold surface?)"
-                )
-            by_tag.setdefault(int(vals[0]), []).append(s)
-        if set(by_tag) != {int(t) for t in np.unique(tags)}:
-            raise MeshingError(f"tags {sorted(set(np.unique(tags)) - set(by_tag))} were lost in gmsh classification")
-
-        surfaces = [s for _, s in gmsh.model.getEntities(2)]
-        loop = gmsh.model.geo.addSurfaceLoop(surfaces)
-        vol = gmsh.model.geo.addVolume([loop])
-        gmsh.model.geo.synchronize()
-
-        name_of_tag = {WALL: "wall"}
-        for c in surface.caps:
-            name_of_tag[int(c.tag)] = c.name
-        for t, ents in sorted(by_tag.items()):
-            gmsh.model.addPhysicalGroup(2, ents, t, name=name_of_tag.get(t, f"tag{t}"))
-        gmsh.model.addPhysicalGroup(3, [vol], FLUID, name="fluid")
-
-        # size field: local radius / cells_per_radius from the nearest centreline point
-        cl_tree = cKDTree(np.asarray(surface.centreline_xyz_mm, float))
-        cl_r = np.asarray(surface.centreline_radius_mm, float)
-
-        def size_cb(dim, tag, x, y, z, lc):  # noqa: ARG001 - gmsh callback signature
-            _, i = cl_tree.query((x, y, z))
-            return float(min(max(cl_r[i] / cells_per_radius, min_size), max_size))
-
-        gmsh.model.mesh.setSizeCallback(size_cb)
-        gmsh.option.setNumber("Mesh.MeshSizeExtendFromBoundary", 0)
-        gmsh.option.setNumber("Mesh.MeshSizeFromPoints", 0)
-        gmsh.option.setNumber("Mesh.MeshSizeFromCurvature", 0)
-        gmsh.option.setNumber("Mesh.MeshSizeMin", min_size)
-        gmsh.option.setNumber("Mesh.MeshSizeMax", max_size)
-        gmsh.option.setNumber("Mesh.Algorithm", 6)  # Frontal-Delaunay for the surfaces
-        gmsh.option.setNumber("Mesh.Algorithm3D", 1)  # Delaunay
-        gmsh.option.setNumber("Mesh.Optimize", 1 if optimize else 0)
-        gmsh.option.setNumber("Mesh.MshFileVersion", 4.1)
-        gmsh.option.setNumber("Mesh.SaveAll", 0)
-        try:
-            gmsh.model.mesh.generate(3)
-            if optimize:
-                gmsh.model.mesh.optimize("Netgen")
-            if order == 2:
-                # (no "HighOrder" optimisation: on some surfaces gmsh aborts the whole process in it)
-                gmsh.model.mesh.setOrder(2)
-        except MeshingError:
-            raise
-        except Exception as exc:
-            raise MeshingError(
-                f"gmsh volume meshing failed ({exc}). Likely cause: a self-intersecting or "
-                "non-manifold surface, or an element size too coarse for a narrow vessel; try "
-                "a larger cells_per_radius, a smaller max_size_mm, or more surface smoothing"
-            ) from None
-
-        # statistics
-        et, etags, enodes = gmsh.model.mesh.getElements(3, vol)
-        if len(et) == 0 or len(etags[0]) == 0:
-            raise MeshingError("gmsh produced no tetrahedra (is the surface closed and outward oriented?)")
-        tet_tags = np.asarray(etags[0], np.int64)
-        npe = 4 if order == 1 else 10
-        tets = np.asarray(enodes[0], np.int64).reshape(-1, npe)
-        node_tags, node_xyz, _ = gmsh.model.mesh.getNodes()
-        pos = np.zeros((int(node_tags.max()) + 1, 3))
-        pos[node_tags.astype(np.int64)] = node_xyz.reshape(-1, 3)
-        gamma = np.asarray(gmsh.model.mesh.getElementQualities(tet_tags.tolist(), "gamma"))
-        sicn = np.asarray(gmsh.model.mesh.getElementQualities(tet_tags.tolist(), "minSICN"))
-        vols = _tet_volumes(pos, tets[:, :4])
-        e = np.concatenate([np.linalg.norm(pos[tets[:, a]] - pos[tets[:, b]], axis=1)
-                            for a, b in ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3))])
-        n_facets, facet_area = {}, {}
-        for t, ents in sorted(by_tag.items()):
-            tri_all = []
-            for s in ents:
-                _, _, tn = gmsh.model.mesh.getElements(2, s)
-                tri_all.append(np.asarray(tn[0], np.int64).reshape(-1, 3 if order == 1 else 6))
-            tri = np.vstack(tri_all)
-            name = name_of_tag.get(t, f"tag{t}")
-            n_facets[name] = int(len(tri))
-            facet_area[name] = float(_tri_areas(pos, tri[:, :3]).sum())
-        used = np.unique(tets)
-        stats = {
-            "n_nodes": int(len(used)),
-            "n_tetrahedra": int(len(tets)),
-            "n_facets": n_facets,
-            "facet_area_mm2": facet_area,
-            "quality_gamma": _three(gamma),
-            "quality_sicn": _three(sicn),
-            "n_inverted": int(np.count_nonzero(vols <= 0)),
-            "volume_mm3": float(vols.sum()),
-            "edge_length_mm": {"min": float(e.min()), "mean": float(e.mean()), "max": float(e.max())},
-            "order": int(order),
-        }
-        if stats["n_inverted"] > 0 or gamma.min() <= 0:
-            raise MeshingError(
-                f"gmsh produced {stats['n_inverted']} inverted tetrahedra (min gamma {gamma.min():.3g}); "
-                "likely a self-intersecting surface: try more smoothing or a larger cells_per_radius"
-            )
+        _add_tagged_triangles(gmsh, V, F, tags)
+        _classify_surfaces(gmsh)
+        by_tag = _classified_surfaces_by_tag(gmsh, V, F, tags)
+        vol, name_of_tag = _add_fluid_volume(gmsh, surface, by_tag)
+        _set_mesh_size(gmsh, surface, cells_per_radius, min_size, max_size, optimize)
+        _generate(gmsh, optimize, order)
+        stats = _mesh_statistics(gmsh, vol, by_tag, name_of_tag, order)
         gmsh.write(str(msh_path))
         return stats, name_of_tag
     finally:
@@ -370,6 +237,173 @@ def _run_gmsh(surface: TaggedSurface, msh_path: Path, cells_per_radius: float, m
                 gmsh.model.remove()
             except Exception:  # noqa: BLE001
                 pass
+
+
+def _add_tagged_triangles(gmsh, V: np.ndarray, F: np.ndarray, tags: np.ndarray) -> None:
+    """Load the triangles (vertices in mm) as one discrete surface, with the tag boundaries as feature lines."""
+    import trimesh
+
+    gmsh.model.addDiscreteEntity(2, 1)
+    gmsh.model.mesh.addNodes(2, 1, np.arange(1, len(V) + 1).tolist(), V.ravel().tolist())
+    gmsh.model.mesh.addElementsByType(1, 2, [], (F + 1).ravel().tolist())
+    tm = trimesh.Trimesh(V, F, process=False)
+    adj, adj_edges = tm.face_adjacency, tm.face_adjacency_edges
+    rim = tags[adj[:, 0]] != tags[adj[:, 1]]
+    gmsh.model.addDiscreteEntity(1, 1)
+    gmsh.model.mesh.addElementsByType(1, 1, [], (adj_edges[rim] + 1).ravel().tolist())
+
+
+def _classify_surfaces(gmsh) -> None:
+    """Split the discrete surface along the feature lines and re-parametrise the pieces (gmsh tutorial t13)."""
+    try:
+        gmsh.model.mesh.classifySurfaces(np.pi, True, True, np.pi)
+        gmsh.model.mesh.createGeometry()
+    except Exception as exc:  # gmsh raises plain Exception
+        raise MeshingError(
+            f"gmsh could not classify/re-parametrise the surface ({exc}). Likely cause: a "
+            "non-manifold or self-intersecting surface; try more smoothing, a coarser "
+            "target_edge_mm, or check the segmentation for touching vessels"
+        ) from None
+
+
+def _node_positions(gmsh) -> np.ndarray:
+    """Coordinates (mm) of all gmsh nodes, indexed by node tag."""
+    node_tags, node_xyz, _ = gmsh.model.mesh.getNodes()
+    pos = np.zeros((int(node_tags.max()) + 1, 3))
+    pos[node_tags.astype(np.int64)] = node_xyz.reshape(-1, 3)
+    return pos
+
+
+def _classified_surfaces_by_tag(gmsh, V: np.ndarray, F: np.ndarray, tags: np.ndarray) -> dict[int, list[int]]:
+    """Input face tag -> classified gmsh surfaces, matched by their triangles' centroids (mm)."""
+    from scipy.spatial import cKDTree
+
+    tree = cKDTree(V[F].mean(axis=1))
+    pos = _node_positions(gmsh)
+    by_tag: dict[int, list[int]] = {}
+    for _, s in gmsh.model.getEntities(2):
+        _, _, enodes = gmsh.model.mesh.getElements(2, s)
+        if not enodes or len(enodes[0]) == 0:
+            continue
+        tri = np.asarray(enodes[0], np.int64).reshape(-1, 3)
+        _, idx = tree.query(pos[tri].mean(axis=1))
+        t_in = tags[idx]
+        vals, counts = np.unique(t_in, return_counts=True)
+        if len(vals) > 1:
+            raise MeshingError(
+                f"classified gmsh surface {s} mixes face tags {vals.tolist()}: the cap rims "
+                "were not kept as feature edges (non-manifold surface?)"
+            )
+        by_tag.setdefault(int(vals[0]), []).append(s)
+    if set(by_tag) != {int(t) for t in np.unique(tags)}:
+        raise MeshingError(f"tags {sorted(set(np.unique(tags)) - set(by_tag))} were lost in gmsh classification")
+    return by_tag
+
+
+def _add_fluid_volume(gmsh, surface: TaggedSurface, by_tag: dict[int, list[int]]) -> tuple[int, dict[int, str]]:
+    """The volume inside the classified surfaces and the physical groups; returns (volume tag, name by tag)."""
+    surfaces = [s for _, s in gmsh.model.getEntities(2)]
+    loop = gmsh.model.geo.addSurfaceLoop(surfaces)
+    vol = gmsh.model.geo.addVolume([loop])
+    gmsh.model.geo.synchronize()
+
+    name_of_tag = {WALL: "wall"}
+    for c in surface.caps:
+        name_of_tag[int(c.tag)] = c.name
+    for t, ents in sorted(by_tag.items()):
+        gmsh.model.addPhysicalGroup(2, ents, t, name=name_of_tag.get(t, f"tag{t}"))
+    gmsh.model.addPhysicalGroup(3, [vol], FLUID, name="fluid")
+    return vol, name_of_tag
+
+
+def _set_mesh_size(gmsh, surface: TaggedSurface, cells_per_radius: float, min_size: float, max_size: float,
+                   optimize: bool) -> None:
+    """Size field local radius / cells_per_radius (mm, nearest centreline point, clamped) and mesher options."""
+    from scipy.spatial import cKDTree
+
+    cl_tree = cKDTree(np.asarray(surface.centreline_xyz_mm, float))
+    cl_r = np.asarray(surface.centreline_radius_mm, float)
+
+    def size_cb(dim, tag, x, y, z, lc):  # noqa: ARG001 - gmsh callback signature
+        _, i = cl_tree.query((x, y, z))
+        return float(min(max(cl_r[i] / cells_per_radius, min_size), max_size))
+
+    gmsh.model.mesh.setSizeCallback(size_cb)  # gmsh keeps a reference until it is reset to None
+    gmsh.option.setNumber("Mesh.MeshSizeExtendFromBoundary", 0)
+    gmsh.option.setNumber("Mesh.MeshSizeFromPoints", 0)
+    gmsh.option.setNumber("Mesh.MeshSizeFromCurvature", 0)
+    gmsh.option.setNumber("Mesh.MeshSizeMin", min_size)
+    gmsh.option.setNumber("Mesh.MeshSizeMax", max_size)
+    gmsh.option.setNumber("Mesh.Algorithm", 6)  # Frontal-Delaunay for the surfaces
+    gmsh.option.setNumber("Mesh.Algorithm3D", 1)  # Delaunay
+    gmsh.option.setNumber("Mesh.Optimize", 1 if optimize else 0)
+    gmsh.option.setNumber("Mesh.MshFileVersion", 4.1)
+    gmsh.option.setNumber("Mesh.SaveAll", 0)
+
+
+def _generate(gmsh, optimize: bool, order: int) -> None:
+    """Generate the surface and volume mesh, optimise it (Netgen) and raise it to ``order``."""
+    try:
+        gmsh.model.mesh.generate(3)
+        if optimize:
+            gmsh.model.mesh.optimize("Netgen")
+        if order == 2:
+            # (no "HighOrder" optimisation: on some surfaces gmsh aborts the whole process in it)
+            gmsh.model.mesh.setOrder(2)
+    except MeshingError:
+        raise
+    except Exception as exc:
+        raise MeshingError(
+            f"gmsh volume meshing failed ({exc}). Likely cause: a self-intersecting or "
+            "non-manifold surface, or an element size too coarse for a narrow vessel; try "
+            "a larger cells_per_radius, a smaller max_size_mm, or more surface smoothing"
+        ) from None
+
+
+def _mesh_statistics(gmsh, vol: int, by_tag: dict[int, list[int]], name_of_tag: dict[int, str],
+                     order: int) -> dict:
+    """Counts, element quality, volume (mm^3), facet areas (mm^2) and edge lengths (mm); rejects inverted tets."""
+    et, etags, enodes = gmsh.model.mesh.getElements(3, vol)
+    if len(et) == 0 or len(etags[0]) == 0:
+        raise MeshingError("gmsh produced no tetrahedra (is the surface closed and outward oriented?)")
+    tet_tags = np.asarray(etags[0], np.int64)
+    npe = 4 if order == 1 else 10
+    tets = np.asarray(enodes[0], np.int64).reshape(-1, npe)
+    pos = _node_positions(gmsh)
+    gamma = np.asarray(gmsh.model.mesh.getElementQualities(tet_tags.tolist(), "gamma"))
+    sicn = np.asarray(gmsh.model.mesh.getElementQualities(tet_tags.tolist(), "minSICN"))
+    vols = _tet_volumes(pos, tets[:, :4])
+    e = np.concatenate([np.linalg.norm(pos[tets[:, a]] - pos[tets[:, b]], axis=1)
+                        for a, b in ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3))])
+    n_facets, facet_area = {}, {}
+    for t, ents in sorted(by_tag.items()):
+        tri_all = []
+        for s in ents:
+            _, _, tn = gmsh.model.mesh.getElements(2, s)
+            tri_all.append(np.asarray(tn[0], np.int64).reshape(-1, 3 if order == 1 else 6))
+        tri = np.vstack(tri_all)
+        name = name_of_tag.get(t, f"tag{t}")
+        n_facets[name] = int(len(tri))
+        facet_area[name] = float(_tri_areas(pos, tri[:, :3]).sum())
+    used = np.unique(tets)
+    stats = {
+        "n_nodes": int(len(used)),
+        "n_tetrahedra": int(len(tets)),
+        "n_facets": n_facets,
+        "facet_area_mm2": facet_area,
+        "quality_gamma": _three(gamma),
+        "quality_sicn": _three(sicn),
+        "n_inverted": int(np.count_nonzero(vols <= 0)),
+        "volume_mm3": float(vols.sum()),
+        "edge_length_mm": {"min": float(e.min()), "mean": float(e.mean()), "max": float(e.max())},
+        "order": int(order),
+    }
+    if stats["n_inverted"] > 0 or gamma.min() <= 0:
+        raise MeshingError(
+            f"gmsh produced {stats['n_inverted']} inverted tetrahedra (min gamma {gamma.min():.3g}); "
+            "likely a self-intersecting surface: try more smoothing or a larger cells_per_radius"
+        )
+    return stats
 
 
 def _export_meshio(tmp_dir: Path, stats: dict, name_of_tag: dict) -> None:

@@ -1,6 +1,17 @@
-"""Shared pytest fixtures for digipat."""
+"""Shared pytest fixtures for digipat.
+
+Shared reference data (numbers from established codes: EGSnrc, the TG-195 four-code
+means, published spectra) lives outside the repository, at ``<repo root>/../shared/reference``
+(:data:`SHARED_REFERENCE`). In CI it is there and the tests that need it run; elsewhere
+they skip with a message naming the missing path. Ask for it through the
+``shared_reference`` fixture: ``shared_reference("tg195", "case5_materials.csv")``
+returns the path or skips the test (or, from a module-scoped fixture, the module).
+"""
 
 import os
+from pathlib import Path
+
+import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 # Numba: cache compiled kernels between test runs.
@@ -8,3 +19,26 @@ os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(os.path.dirname(__file__),
 
 # h5py before dolfinx in one process (see physics/flow/__init__.py)
 import h5py  # noqa: E402,F401
+
+#: Repository root (the parent of ``tests/``).
+ROOT = Path(__file__).resolve().parents[1]
+#: Folder of the shared reference data, relative to the repository root.
+SHARED_REFERENCE = ROOT.parent / "shared" / "reference"
+
+
+def require_shared(*parts: str) -> Path:
+    """Path of ``SHARED_REFERENCE/<parts>``; skips the calling test when it does not exist.
+
+    The skip message names the missing path, so a run outside CI says what it did not check.
+    """
+    path = SHARED_REFERENCE.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared reference data not found: {path} (expected at <repository root>/../shared/reference; "
+                    "present in CI)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_reference():
+    """:func:`require_shared`: call it with the path parts below ``shared/reference``."""
+    return require_shared

@@ -1,63 +1,25 @@
-"""The built-in synthetic patient and the demo job (``digipat demo`` / ``make demo``).
+"""The demo job (``digipat demo`` / ``make demo``): the whole digital patient, end to end.
 
-The patient is a coronary-sized vessel (radius 2 mm) with a stenosis, imaged as a CT
-angiogram (lumen ~400 HU over 40 HU tissue, scanner blur, noise) by
-:func:`phantoms.vessels.make_angiogram`, so every result can be compared with known truth.
+1. the synthetic patient (:mod:`phantoms.synthetic_patient`) → vessel flow (:mod:`workflows.flow`);
+2. a sensitivity study of the vessel path and 3. an age phantom → CT organ doses and its
+   study (:mod:`workflows.study`, from the templates in ``workflows/data``);
+4. one combined report.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 from typing import Any
 
-from workflows._io import write_json_atomic
-from workflows.vessel_flow import VesselFlowConfig, WorkflowError, run_vessel_flow
-
-# image sizes of the synthetic patient: (shape z, y, x), spacing (dz, dy, dx) mm
-SIZES = {
-    "small": ((64, 40, 40), (0.5, 0.5, 0.5)),
-    "medium": ((100, 64, 64), (0.4, 0.4, 0.4)),
-    "large": ((256, 256, 256), (0.25, 0.25, 0.25)),
-}
-
-
-def write_synthetic_patient(out: Path, *, geometry: str = "straight", stenosis: float = 0.5,
-                            radius_mm: float = 2.0, seed: int = 0, size: str = "medium") -> dict[str, Any]:
-    """Write ``image.nii.gz``, ``truth_lumen.nii.gz`` and ``patient.json`` into ``out``."""
-    from phantoms.vessels import Stenosis, make_angiogram
-    from pipeline.image import write_image
-
-    if size not in SIZES:
-        raise WorkflowError(f"size must be one of {sorted(SIZES)}, got {size!r}")
-    if not 0.0 <= stenosis < 0.95:
-        raise WorkflowError(f"stenosis (area reduction) must be in [0, 0.95), got {stenosis}")
-    shape, spacing = SIZES[size]
-    request = {"geometry": geometry, "size": size, "radius_mm": radius_mm,
-               "stenosis_area_reduction": stenosis, "seed": seed}
-    out = Path(out)
-    previous = out / "patient.json"
-    if previous.exists() and (out / "image.nii.gz").exists() and (out / "truth_lumen.nii.gz").exists():
-        info = json.loads(previous.read_text())
-        if all(info.get(k) == v for k, v in request.items()):
-            return info  # same patient already written: keep the files (and their hashes)
-    sten = Stenosis(area_reduction=stenosis, length_mm=6.0 * radius_mm / 2.0, position=0.5,
-                    eccentricity=0.3) if stenosis > 0 else None
-    ang = make_angiogram(geometry, shape_zyx=shape, spacing_mm=spacing, radius_mm=radius_mm,
-                         stenosis=sten, seed=seed)
-    out.mkdir(parents=True, exist_ok=True)
-    write_image(ang.image, out / "image.nii.gz")
-    write_image(ang.lumen, out / "truth_lumen.nii.gz")
-    info = {
-        "image": str(out / "image.nii.gz"),
-        "truth_lumen": str(out / "truth_lumen.nii.gz"),
-        **request,
-        "generator_params": ang.params,
-        "centrelines_xyz_mm": [c.tolist() for c in ang.centrelines_xyz_mm],
-        "radii_mm": [r.tolist() for r in ang.radii_mm],
-    }
-    write_json_atomic(out / "patient.json", info)
-    return info
+from phantoms.synthetic_patient import write_synthetic_patient
+from workflows.common import write_json_atomic, write_text_atomic
+from workflows.flow.cli import GEOMETRIES, add_flow_options, config_from_args, print_flow_results
+from workflows.flow.vessel_flow import VesselFlowConfig, run_vessel_flow
+from workflows.study.report import write_report
+from workflows.study.runner import parse_study
+from workflows.study.runner import run_study
 
 
 def run_demo(out: Path, config: VesselFlowConfig | None = None, *, geometry: str = "straight",
@@ -77,7 +39,6 @@ def _study_from_template(name: str, overrides: dict[str, dict], folder: Path):
     import tomllib
     from importlib.resources import files
 
-    from workflows.study import parse_study
 
     text = files("workflows").joinpath("data", name).read_text()
     data = tomllib.loads(text)
@@ -86,9 +47,9 @@ def _study_from_template(name: str, overrides: dict[str, dict], folder: Path):
     folder.mkdir(parents=True, exist_ok=True)
     proto = data.get("base", {}).get("protocol")
     if proto and files("workflows").joinpath("data", proto).is_file():  # a packaged protocol: copy it alongside
-        (folder / proto).write_text(files("workflows").joinpath("data", proto).read_text())
-    (folder / name).write_text(text if not overrides else
-                               text + "\n# digipat demo overrides: " + json.dumps(overrides) + "\n")
+        write_text_atomic(folder / proto, files("workflows").joinpath("data", proto).read_text())
+    write_text_atomic(folder / name, text if not overrides else
+                      text + "\n# digipat demo overrides: " + json.dumps(overrides) + "\n")
     return parse_study(data, folder)
 
 
@@ -105,8 +66,6 @@ def run_full_demo(out: Path, config: VesselFlowConfig | None = None, *, geometry
     """
     import time
 
-    from workflows.study import run_study
-    from workflows.study_report import write_report
 
     out = Path(out)
     say = (lambda t: None) if quiet else (lambda t: print(t, flush=True))
@@ -151,3 +110,45 @@ def run_full_demo(out: Path, config: VesselFlowConfig | None = None, *, geometry
     say(f"[demo] finished in {summary['wall_time_s']:.0f} s")
     say(f"[demo] report: {paths['html']}" + (f" (PDF: {paths['pdf']})" if paths.get("pdf") else ""))
     return {**summary, "flow_results": flow, "flow_summary": fsum, "dose_summary": dsum}
+
+
+# ----------------------------------------------------------------------------- command line
+def cmd_demo(a: argparse.Namespace) -> int:
+    cfg = config_from_args(a)
+    out = Path(a.out)
+    if a.flow_only:
+        results = run_demo(out, cfg, geometry=a.geometry, stenosis=a.stenosis, size=a.size, seed=a.seed,
+                           quiet=a.quiet or a.json, force=a.force)
+        print_flow_results(results, out / "flow", a)
+        return 0
+    res = run_full_demo(out, cfg, geometry=a.geometry, stenosis=a.stenosis, size=a.size, seed=a.seed,
+                        quiet=a.quiet or a.json, force=a.force, workers=a.workers, age=a.age, quick=a.quick)
+    if a.json:
+        print(json.dumps({k: v for k, v in res.items() if not k.endswith("_summary")}, indent=2, default=str))
+    elif a.quiet:
+        print(res["report_html"])
+    return 0
+
+
+def register(sub) -> None:
+    """Add ``demo`` to the ``digipat`` subparsers."""
+    d = sub.add_parser("demo", help="the whole digital patient on built-in data, ending in a report",
+                       description="The built-in digital patient: synthetic stenosed coronary-like vessel -> "
+                                   "segmentation -> mesh -> Navier-Stokes (OUT/flow/), an age-specific phantom -> "
+                                   "CT organ doses, a small sensitivity study of both (OUT/studies/), and "
+                                   "OUT/report.html + OUT/report.pdf. Finished stages are reused on rerun.")
+    d.add_argument("--out", default="demo_output", help="output folder (default demo_output)")
+    d.add_argument("--geometry", choices=GEOMETRIES, default="straight")
+    d.add_argument("--stenosis", type=float, default=0.5, help="area reduction 0..0.9 (default 0.5)")
+    d.add_argument("--size", choices=("small", "medium", "large"), default="medium")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--age", choices=("newborn", "1y", "5y", "10y", "15y", "adult"), default="5y",
+                   help="age of the dose phantom (default 5y)")
+    d.add_argument("--workers", type=int, default=2, help="study cases run in parallel (default 2)")
+    d.add_argument("--quick", action="store_true",
+                   help="a smoke run of the whole demo: fewer samples, no mesh-refinement case, fewer photons "
+                        "(with --size small --model stokes about 1.5 minutes on 2 cores)")
+    d.add_argument("--flow-only", action="store_true",
+                   help="only the vessel flow job (OUT/flow/), as before the studies were added")
+    add_flow_options(d)
+    d.set_defaults(func=cmd_demo)

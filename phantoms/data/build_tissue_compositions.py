@@ -9,7 +9,7 @@ Inputs
 * SpekPy 2.5.4 (``pip install spekpy``), ``spekpy/data/matl_def/*.comp``: PEGS4 (EGSnrc)
   material definitions whose "(ICRU)" entries are the body-tissue compositions and
   densities of ICRU Report 44 (1989), repeated in ICRU Report 46 (1992).
-* ``/work/shared/reference/tg195/case5_materials.csv`` (AAPM TG-195 Case 5, as encoded in
+* ``../shared/reference/tg195/case5_materials.csv`` (beside the repository) (AAPM TG-195 Case 5, as encoded in
   medicalphysics/XRayMClib): the ICRU-46 "average soft tissue" (adult male) row, which
   SpekPy does not ship.
 
@@ -27,7 +27,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "tissue_compositions.csv"
-TG195 = Path("/work/shared/reference/tg195/case5_materials.csv")
+TG195 = HERE.parents[2] / "shared" / "reference" / "tg195" / "case5_materials.csv"  # <repo>/../shared
 
 AGES = ("newborn", "1y", "5y", "10y", "15y", "adult")
 ELEMENTS = ("H", "C", "N", "O", "Na", "Mg", "P", "S", "Cl", "Ar", "K", "Ca", "Fe", "I")

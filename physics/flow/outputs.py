@@ -18,22 +18,12 @@ from typing import Any
 import dolfinx_solver  # noqa: F401  (orders MPI ahead of the dolfinx bindings)
 import numpy as np
 
+from ..atomic import to_jsonable as _jsonable
+
 __all__ = ["FlowResult", "FIELD_FILES"]
 
 #: File names written by :meth:`FlowResult.write_fields`.
 FIELD_FILES = {"velocity": "velocity.bp", "pressure": "pressure.bp", "wss": "wss.bp"}
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "tolist"):
-        return _jsonable(value.tolist())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 @dataclass

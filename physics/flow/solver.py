@@ -37,6 +37,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -189,12 +191,7 @@ def solve_flow(mesh, facet_tags, problem: FlowProblem, *, progress: Callable[[st
     ConvergenceError
         If the linear or Newton solve fails or gives NaN.
     """
-    if not isinstance(problem, FlowProblem):
-        raise FlowError(f"problem must be a FlowProblem, got {type(problem).__name__}")
-    if mesh.topology.dim != 3 or mesh.geometry.dim != 3:
-        raise FlowError(f"mesh must be a 3-D volume mesh, got tdim={mesh.topology.dim}, gdim={mesh.geometry.dim}")
-    if facet_tags is None or facet_tags.dim != 2:
-        raise FlowError("facet_tags must be the mesh's facet MeshTags (dimension 2)")
+    _check_solve_inputs(mesh, facet_tags, problem)
     say = progress if progress is not None else (lambda msg: None)
     t_start = time.perf_counter()
     comm = mesh.comm
@@ -203,22 +200,155 @@ def solve_flow(mesh, facet_tags, problem: FlowProblem, *, progress: Callable[[st
     mu_val = problem.blood.viscosity_Pa_s
     rho_val = problem.blood.density_kg_m3
 
-    # --- spaces ----------------------------------------------------------------
+    disc = _discretise(mesh, facet_tags)
+    say(f"flow: {problem.model}, {disc.n_cells} cells, {disc.n_dofs} dofs, {comm.size} rank(s)")
+    geo = _inlet_geometry(mesh, disc, inlet, problem)
+    bcs = _dirichlet_bcs(mesh, facet_tags, disc, inlet, walls, geo)
+    forms = _stokes_forms(mesh, disc, problem, mu_val, rho_val)
+    opts = default_petsc_options(problem)
+    opts.update(problem.petsc_options or {})
+    reynolds = rho_val * geo.mean_velocity_m_s * 2 * geo.radius_m / mu_val
+
+    say("flow: Stokes solve")
+    t0 = time.perf_counter()
+    linear_its = _solve_stokes(forms, bcs, disc.V, problem, _stokes_petsc_options(problem, opts))
+    _check_finite(comm, forms.uh, forms.ph, "Stokes")
+    newton_its = 0
+    if problem.model == "navier-stokes":
+        newton_its = _solve_navier_stokes(forms, disc.dx, bcs, problem, opts, rho_val, reynolds, comm, say)
+    solve_time = comm.allreduce(time.perf_counter() - t0, op=MPI.MAX)
+
+    say("flow: post-processing")
+    bnd = _boundary_results(mesh, disc, forms.uh, forms.ph, present, inlet, outlets)
+    wss_mean, wss_max, wss = _wall_shear_stress(mesh, disc, forms, walls, bnd.areas_m2)
+    umax = _max_speed(disc.V, forms.uh, comm)
+
+    total = comm.allreduce(time.perf_counter() - t_start, op=MPI.MAX)
+    say(f"flow: dP = {bnd.dp_Pa:.4g} Pa, Q = {bnd.inflow_m3_s:.4g} m3/s, {solve_time:.2f} s solve")
+    return FlowResult(
+        pressure_inlet_Pa=bnd.p_in_Pa,
+        pressure_outlets_Pa=bnd.p_outlets_Pa,
+        pressure_drop_Pa=float(bnd.dp_Pa),
+        pressure_drops_Pa={t: bnd.p_in_Pa - bnd.p_outlets_Pa[t] for t in outlets},
+        flow_rates_m3_s=bnd.fluxes_m3_s,
+        inflow_m3_s=float(bnd.inflow_m3_s),
+        outflow_m3_s=bnd.outflow_m3_s,
+        mass_balance_rel_error=float(bnd.mass_err),
+        max_velocity_m_s=umax,
+        wss_mean_Pa=float(wss_mean),
+        wss_max_Pa=wss_max,
+        ffr_like=float((problem.proximal_pressure_Pa - bnd.dp_Pa) / problem.proximal_pressure_Pa),
+        reynolds_inlet=float(rho_val * geo.mean_velocity_m_s * 2.0 * geo.radius_m / mu_val),
+        n_dofs=int(disc.n_dofs),
+        n_cells=int(disc.n_cells),
+        newton_iterations=int(newton_its),
+        solve_time_s=float(solve_time),
+        model=problem.model,
+        solver=problem.solver,
+        linear_iterations=int(linear_its),
+        total_time_s=float(total),
+        inlet_area_m2=float(geo.area_m2),
+        inlet_radius_m=float(geo.radius_m),
+        inlet_centre_m=tuple(float(c) for c in geo.centre_m),
+        inlet_normal=tuple(float(c) for c in geo.normal),
+        areas_m2={t: float(a_) for t, a_ in bnd.areas_m2.items()},
+        mean_inlet_velocity_m_s=float(geo.mean_velocity_m_s),
+        n_ranks=comm.size,
+        _fields={"velocity": forms.uh, "pressure": forms.ph, "wss": wss},
+    )
+
+
+# ----------------------------------------------------------------------------- stages of solve_flow
+@dataclass
+class _Discretisation:
+    """Taylor–Hood P2–P1 spaces of a mesh, its measures and symbols, and the problem size."""
+
+    V: Any  # velocity space, P2 vector (m/s)
+    Qs: Any  # pressure space, P1 (Pa)
+    ds: Any  # boundary measure with the facet tags
+    dx: Any
+    x: Any  # spatial coordinate (m)
+    n: Any  # outward facet normal
+    one: Any  # the constant 1
+    n_dofs: int
+    n_cells: int
+
+
+@dataclass
+class _Inlet:
+    """Planar inlet assembled from the mesh, and the imposed flow (SI units)."""
+
+    area_m2: float
+    centre_m: np.ndarray
+    normal: np.ndarray  # outward unit normal
+    radius_m: float  # sqrt(area / pi)
+    flow_rate_m3_s: float
+    mean_velocity_m_s: float
+
+
+@dataclass
+class _Forms:
+    """Unknowns, test functions, material constants and the Stokes block forms."""
+
+    uh: Any  # velocity (m/s)
+    ph: Any  # pressure (Pa)
+    v: Any
+    q: Any
+    mu: Any  # viscosity constant (Pa s)
+    rho: Any  # density constant (kg/m^3), varied by the continuation
+    neumann: Any  # outlet pressure term, sum of p_out n.v ds
+    a: list
+    L: list
+    P: list | None  # block preconditioner (iterative solver only)
+    kind: str  # "mpi" or "nest"
+
+
+@dataclass
+class _BoundaryResults:
+    """Boundary areas, mean pressures and fluxes of a solution (SI units)."""
+
+    areas_m2: dict
+    p_in_Pa: float
+    p_outlets_Pa: dict
+    dp_Pa: float  # inlet minus area-weighted outlet pressure
+    fluxes_m3_s: dict  # outward flux per tag
+    inflow_m3_s: float
+    outflow_m3_s: dict
+    mass_err: float  # relative mass imbalance
+
+
+def _check_solve_inputs(mesh, facet_tags, problem) -> None:
+    """Validate the arguments of ``solve_flow``."""
+    if not isinstance(problem, FlowProblem):
+        raise FlowError(f"problem must be a FlowProblem, got {type(problem).__name__}")
+    if mesh.topology.dim != 3 or mesh.geometry.dim != 3:
+        raise FlowError(f"mesh must be a 3-D volume mesh, got tdim={mesh.topology.dim}, gdim={mesh.geometry.dim}")
+    if facet_tags is None or facet_tags.dim != 2:
+        raise FlowError("facet_tags must be the mesh's facet MeshTags (dimension 2)")
+
+
+def _discretise(mesh, facet_tags) -> _Discretisation:
+    """Taylor–Hood spaces (P2 velocity, P1 pressure) and the measures on a mesh in metres."""
     cell = mesh.basix_cell()
     V = fem.functionspace(mesh, basix.ufl.element("Lagrange", cell, 2, shape=(3,)))
     Qs = fem.functionspace(mesh, basix.ufl.element("Lagrange", cell, 1))
     n_dofs = V.dofmap.index_map.size_global * V.dofmap.index_map_bs + Qs.dofmap.index_map.size_global
     n_cells = mesh.topology.index_map(3).size_global
-    say(f"flow: {problem.model}, {n_cells} cells, {n_dofs} dofs, {comm.size} rank(s)")
+    return _Discretisation(
+        V=V, Qs=Qs,
+        ds=ufl.Measure("ds", domain=mesh, subdomain_data=facet_tags),
+        dx=ufl.Measure("dx", domain=mesh),
+        x=ufl.SpatialCoordinate(mesh),
+        n=ufl.FacetNormal(mesh),
+        one=fem.Constant(mesh, PETSc.ScalarType(1.0)),
+        n_dofs=n_dofs, n_cells=n_cells,
+    )
 
-    ds = ufl.Measure("ds", domain=mesh, subdomain_data=facet_tags)
-    dx = ufl.Measure("dx", domain=mesh)
-    x = ufl.SpatialCoordinate(mesh)
-    n = ufl.FacetNormal(mesh)
-    one = fem.Constant(mesh, PETSc.ScalarType(1.0))
 
-    # --- inlet geometry from the mesh -----------------------------------------
-    geo = _BoundaryIntegrals(mesh, ds, [one, x[0], x[1], x[2], n[0], n[1], n[2]], [inlet]).values()[:, 0]
+def _inlet_geometry(mesh, disc: _Discretisation, inlet: int, problem: FlowProblem) -> _Inlet:
+    """Area (m²), centre (m), normal and radius (m) of the inlet, checked planar, and the flow (m³/s, m/s)."""
+    x, n = disc.x, disc.n
+    geo = _BoundaryIntegrals(mesh, disc.ds, [disc.one, x[0], x[1], x[2], n[0], n[1], n[2]], [inlet]).values()[:, 0]
     area = geo[0]
     if not area > 0:
         raise FlowError(f"inlet (tag {inlet}) has zero area")
@@ -236,14 +366,20 @@ def solve_flow(mesh, facet_tags, problem: FlowProblem, *, progress: Callable[[st
         Q = problem.flow_rate_m3_s
     else:
         Q = problem.mean_velocity_m_s * area
-    U = Q / area
+    return _Inlet(area_m2=area, centre_m=centre, normal=normal, radius_m=radius, flow_rate_m3_s=Q,
+                  mean_velocity_m_s=Q / area)
 
-    # --- boundary conditions ----------------------------------------------------
+
+def _dirichlet_bcs(mesh, facet_tags, disc: _Discretisation, inlet: int, walls: tuple[int, ...],
+                   geo: _Inlet) -> list:
+    """No slip on the walls; on the inlet a Poiseuille profile (m/s) rescaled to the exact flow rate."""
+    V, n = disc.V, disc.n
     fdim = 2
     mesh.topology.create_connectivity(fdim, 3)
     wall_facets = np.concatenate([facet_tags.find(t) for t in walls]).astype(np.int32)
     wall_dofs = fem.locate_dofs_topological(V, fdim, wall_facets)
     inlet_dofs = fem.locate_dofs_topological(V, fdim, facet_tags.find(inlet))
+    centre, normal, radius, U = geo.centre_m, geo.normal, geo.radius_m, geo.mean_velocity_m_s
 
     def profile(xp):
         d = xp - centre[:, None]
@@ -256,14 +392,17 @@ def solve_flow(mesh, facet_tags, problem: FlowProblem, *, progress: Callable[[st
     u_in.interpolate(profile)
     u_in.x.array.reshape(-1, 3)[wall_dofs] = 0.0  # the rim belongs to the no-slip wall
     u_in.x.scatter_forward()
-    flux = comm.allreduce(fem.assemble_scalar(fem.form(ufl.dot(u_in, n) * ds(inlet))), op=MPI.SUM)
+    flux = mesh.comm.allreduce(fem.assemble_scalar(fem.form(ufl.dot(u_in, n) * disc.ds(inlet))), op=MPI.SUM)
     if not flux < 0:
         raise FlowError(f"inlet profile has no inward flux (flux {flux!r}); is the inlet mesh degenerate?")
-    u_in.x.array[:] *= -Q / flux
+    u_in.x.array[:] *= -geo.flow_rate_m3_s / flux
     u_zero = fem.Function(V)
-    bcs = [fem.dirichletbc(u_in, inlet_dofs), fem.dirichletbc(u_zero, wall_dofs)]
+    return [fem.dirichletbc(u_in, inlet_dofs), fem.dirichletbc(u_zero, wall_dofs)]
 
-    # --- forms -------------------------------------------------------------------
+
+def _stokes_forms(mesh, disc: _Discretisation, problem: FlowProblem, mu_val: float, rho_val: float) -> _Forms:
+    """Unknowns, constants (Pa s, kg/m³, outlet Pa) and the Stokes block forms (and preconditioner)."""
+    V, Qs, dx, n, ds = disc.V, disc.Qs, disc.dx, disc.n, disc.ds
     mu = fem.Constant(mesh, PETSc.ScalarType(mu_val))
     rho = fem.Constant(mesh, PETSc.ScalarType(rho_val))
     u, p = ufl.TrialFunction(V), ufl.TrialFunction(Qs)
@@ -274,15 +413,6 @@ def solve_flow(mesh, facet_tags, problem: FlowProblem, *, progress: Callable[[st
 
     uh = fem.Function(V, name="u")
     ph = fem.Function(Qs, name="p")
-    opts = default_petsc_options(problem)
-    opts.update(problem.petsc_options or {})
-    lin_opts = {k: v_ for k, v_ in opts.items() if not k.startswith("snes_")}
-    if problem.solver == "direct" and "ksp_type" not in (problem.petsc_options or {}):
-        lin_opts["ksp_type"] = "preonly"  # the Stokes solve is one LU solve
-        for k in ("ksp_gmres_restart", "ksp_rtol", "ksp_atol", "ksp_max_it"):
-            if k not in (problem.petsc_options or {}):
-                lin_opts.pop(k, None)
-
     a = [
         [mu * ufl.inner(ufl.grad(u), ufl.grad(v)) * dx, -p * ufl.div(v) * dx],
         [-q * ufl.div(u) * dx, None],
@@ -293,12 +423,25 @@ def solve_flow(mesh, facet_tags, problem: FlowProblem, *, progress: Callable[[st
     if problem.solver == "iterative":
         kind = "nest"
         P = [[a[0][0], None], [None, (1.0 / mu) * p * q * dx]]
+    return _Forms(uh=uh, ph=ph, v=v, q=q, mu=mu, rho=rho, neumann=neumann, a=a, L=L, P=P, kind=kind)
 
-    say("flow: Stokes solve")
-    t0 = time.perf_counter()
+
+def _stokes_petsc_options(problem: FlowProblem, opts: dict) -> dict:
+    """The linear-solver part of ``opts``; with the direct solver, one LU solve unless the user chose a KSP."""
+    lin_opts = {k: v_ for k, v_ in opts.items() if not k.startswith("snes_")}
+    if problem.solver == "direct" and "ksp_type" not in (problem.petsc_options or {}):
+        lin_opts["ksp_type"] = "preonly"  # the Stokes solve is one LU solve
+        for k in ("ksp_gmres_restart", "ksp_rtol", "ksp_atol", "ksp_max_it"):
+            if k not in (problem.petsc_options or {}):
+                lin_opts.pop(k, None)
+    return lin_opts
+
+
+def _solve_stokes(forms: _Forms, bcs: list, V, problem: FlowProblem, lin_opts: dict) -> int:
+    """Solve the Stokes system into ``forms.uh`` (m/s) and ``forms.ph`` (Pa); returns the KSP iterations."""
     try:
         stokes = dolfinx.fem.petsc.LinearProblem(
-            a, L, u=[uh, ph], bcs=bcs, P=P, kind=kind, petsc_options=lin_opts,
+            forms.a, forms.L, u=[forms.uh, forms.ph], bcs=bcs, P=forms.P, kind=forms.kind, petsc_options=lin_opts,
             petsc_options_prefix="digipat_flow_stokes_",
         )
         if problem.solver == "iterative":
@@ -317,92 +460,107 @@ def solve_flow(mesh, facet_tags, problem: FlowProblem, *, progress: Callable[[st
             f"Stokes linear solve diverged: KSP reason {_reason_name(PETSc.KSP.ConvergedReason, reason)} "
             f"after {linear_its} iterations; try solver='direct', or raise ksp_max_it in petsc_options"
         )
-    _check_finite(comm, uh, ph, "Stokes")
+    return linear_its
 
-    newton_its = 0
-    if problem.model == "navier-stokes":
-        say(f"flow: Newton (Navier-Stokes), Re = {rho_val * U * 2 * radius / mu_val:.3g}")
-        F = [
-            rho * ufl.inner(ufl.grad(uh) * uh, v) * dx
-            + mu * ufl.inner(ufl.grad(uh), ufl.grad(v)) * dx
-            - ph * ufl.div(v) * dx
-            + neumann,
-            -q * ufl.div(uh) * dx,
-        ]
-        u0, p0 = uh.x.array.copy(), ph.x.array.copy()  # the Stokes solution: Newton's initial guess
 
-        def newton(options: dict, prefix: str) -> tuple[int, int, float]:
-            try:
-                ns = dolfinx.fem.petsc.NonlinearProblem(
-                    F, [uh, ph], bcs=bcs, kind="mpi", petsc_options=options, petsc_options_prefix=prefix,
-                )
-                ns.solve()
-            except PETSc.Error as exc:
-                raise ConvergenceError(
-                    f"Newton solve failed in PETSc ({exc}); try a lower Reynolds number, "
-                    "model='stokes', or more newton_max_iterations"
-                ) from exc
-            snes = ns.solver
-            out = (snes.getConvergedReason(), snes.getIterationNumber(), snes.getFunctionNorm())
-            del ns
-            return out
+def _solve_navier_stokes(forms: _Forms, dx, bcs: list, problem: FlowProblem, opts: dict, rho_val: float,
+                         reynolds: float, comm, say: Callable[[str], None]) -> int:
+    """Newton from the Stokes solution in ``forms.uh``, ``forms.ph``, with continuation in the density
+    (kg/m³) if that fails; returns the Newton iterations."""
+    say(f"flow: Newton (Navier-Stokes), Re = {reynolds:.3g}")
+    uh, ph, v, q = forms.uh, forms.ph, forms.v, forms.q
+    F = [
+        forms.rho * ufl.inner(ufl.grad(uh) * uh, v) * dx
+        + forms.mu * ufl.inner(ufl.grad(uh), ufl.grad(v)) * dx
+        - ph * ufl.div(v) * dx
+        + forms.neumann,
+        -q * ufl.div(uh) * dx,
+    ]
+    u0, p0 = uh.x.array.copy(), ph.x.array.copy()  # the Stokes solution: Newton's initial guess
+    reason, newton_its, fnorm = _newton(F, uh, ph, bcs, opts, "digipat_flow_ns_")
+    first = (reason, newton_its, fnorm)  # reported if the continuation fails too
+    continuation = None
+    if reason <= 0 or not math.isfinite(fnorm) or not _all_finite(comm, uh, ph):
+        say(f"flow: Newton from the Stokes solution failed ({_reason_name(PETSc.SNES.ConvergedReason, reason)}); "
+            "continuation in the Reynolds number")
+        uh.x.array[:], ph.x.array[:] = u0, p0
+        reason, its, fnorm, frac, continuation = _density_continuation(
+            F, uh, ph, forms.rho, bcs, problem, opts, rho_val, comm, u0, p0)
+        newton_its += its
+    if reason <= 0 or not math.isfinite(fnorm):
+        raise ConvergenceError(
+            f"Newton (SNES) did not converge: reason {_reason_name(PETSc.SNES.ConvergedReason, first[0])} "
+            f"after {first[1]} iterations, residual norm {first[2]:.3e}"
+            + (f"; nor with continuation in the Reynolds number (it reached {100 * frac:.0f} % of it, "
+               f"{newton_its} Newton iterations in all)" if continuation is not None else "")
+            + f". Try a lower Reynolds number (here {reynolds:.3g}), a finer mesh, "
+            f"more newton_max_iterations (now {problem.newton_max_iterations}), or model='stokes'"
+        )
+    if continuation:
+        say(f"flow: continuation converged through density fractions {continuation}")
+    _check_finite(comm, uh, ph, "Navier-Stokes")
+    return newton_its
 
-        def finite() -> bool:
-            ok = bool(np.all(np.isfinite(uh.x.array)) and np.all(np.isfinite(ph.x.array)))
-            return bool(comm.allreduce(ok, op=MPI.LAND))
 
-        reason, newton_its, fnorm = newton(opts, "digipat_flow_ns_")
-        first = (reason, newton_its, fnorm)  # reported if the continuation fails too
-        continuation = None
-        if reason <= 0 or not math.isfinite(fnorm) or not finite():
-            # natural-parameter continuation in the density (the Reynolds number at fixed flow):
-            # full Newton with a fresh LU per step, each step starting from the previous solution
-            say(f"flow: Newton from the Stokes solution failed ({_reason_name(PETSc.SNES.ConvergedReason, reason)}); "
-                "continuation in the Reynolds number")
-            uh.x.array[:], ph.x.array[:] = u0, p0
-            copts = {**opts, "snes_lag_preconditioner": 1, "snes_linesearch_type": "bt"}
-            if problem.solver == "direct" and "ksp_type" not in (problem.petsc_options or {}):
-                copts.update(ksp_type="preonly")
-                for k in ("ksp_gmres_restart", "ksp_rtol", "ksp_atol", "ksp_max_it"):
-                    copts.pop(k, None)
-            continuation = []
-            last_u, last_p = u0, p0
-            frac, step, tries = 0.0, 0.25, 0
-            while frac < 1.0 and step >= 1.0 / 32 and tries < 12:  # bounded effort
-                tries += 1
-                trial = min(1.0, frac + step)
-                rho.value = rho_val * trial
-                reason, its, fnorm = newton(copts, "digipat_flow_nsc_")
-                newton_its += its
-                if reason > 0 and math.isfinite(fnorm) and finite():
-                    frac = trial
-                    last_u, last_p = uh.x.array.copy(), ph.x.array.copy()
-                    continuation.append(round(trial, 6))
-                    step = min(2 * step, 0.5)
-                else:
-                    uh.x.array[:], ph.x.array[:] = last_u, last_p
-                    step /= 2
-            rho.value = rho_val
-            if frac < 1.0:
-                reason = -1
-        if reason <= 0 or not math.isfinite(fnorm):
-            raise ConvergenceError(
-                f"Newton (SNES) did not converge: reason {_reason_name(PETSc.SNES.ConvergedReason, first[0])} "
-                f"after {first[1]} iterations, residual norm {first[2]:.3e}"
-                + (f"; nor with continuation in the Reynolds number (it reached {100 * frac:.0f} % of it, "
-                   f"{newton_its} Newton iterations in all)" if continuation is not None else "")
-                + f". Try a lower Reynolds number (here {rho_val * U * 2 * radius / mu_val:.3g}), a finer mesh, "
-                f"more newton_max_iterations (now {problem.newton_max_iterations}), or model='stokes'"
-            )
-        if continuation:
-            say(f"flow: continuation converged through density fractions {continuation}")
-        _check_finite(comm, uh, ph, "Navier-Stokes")
-    solve_time = comm.allreduce(time.perf_counter() - t0, op=MPI.MAX)
+def _newton(F: list, uh, ph, bcs: list, options: dict, prefix: str) -> tuple[int, int, float]:
+    """One Newton (PETSc SNES) solve of F = 0 from the current uh, ph; returns (reason, iterations, residual norm)."""
+    try:
+        ns = dolfinx.fem.petsc.NonlinearProblem(
+            F, [uh, ph], bcs=bcs, kind="mpi", petsc_options=options, petsc_options_prefix=prefix,
+        )
+        ns.solve()
+    except PETSc.Error as exc:
+        raise ConvergenceError(
+            f"Newton solve failed in PETSc ({exc}); try a lower Reynolds number, "
+            "model='stokes', or more newton_max_iterations"
+        ) from exc
+    snes = ns.solver
+    out = (snes.getConvergedReason(), snes.getIterationNumber(), snes.getFunctionNorm())
+    del ns
+    return out
 
-    # --- outputs -----------------------------------------------------------------
-    say("flow: post-processing")
-    tags = present
-    sums = _BoundaryIntegrals(mesh, ds, [one, ph, ufl.dot(uh, n)], tags).values()
+
+def _density_continuation(F: list, uh, ph, rho, bcs: list, problem: FlowProblem, opts: dict, rho_val: float,
+                          comm, u0: np.ndarray, p0: np.ndarray) -> tuple[int, int, float, float, list[float]]:
+    """Natural-parameter continuation in the density up to ``rho_val`` (kg/m³, the Reynolds number at fixed
+    flow): full Newton with a fresh LU per step, each step starting from the previous solution.
+
+    Returns (last SNES reason, -1 if the full density was not reached; Newton iterations; last residual
+    norm; density fraction reached; fractions passed).
+    """
+    copts = {**opts, "snes_lag_preconditioner": 1, "snes_linesearch_type": "bt"}
+    if problem.solver == "direct" and "ksp_type" not in (problem.petsc_options or {}):
+        copts.update(ksp_type="preonly")
+        for k in ("ksp_gmres_restart", "ksp_rtol", "ksp_atol", "ksp_max_it"):
+            copts.pop(k, None)
+    continuation: list[float] = []
+    last_u, last_p = u0, p0
+    frac, step, tries = 0.0, 0.25, 0
+    newton_its, reason, fnorm = 0, -1, math.nan
+    while frac < 1.0 and step >= 1.0 / 32 and tries < 12:  # bounded effort
+        tries += 1
+        trial = min(1.0, frac + step)
+        rho.value = rho_val * trial
+        reason, its, fnorm = _newton(F, uh, ph, bcs, copts, "digipat_flow_nsc_")
+        newton_its += its
+        if reason > 0 and math.isfinite(fnorm) and _all_finite(comm, uh, ph):
+            frac = trial
+            last_u, last_p = uh.x.array.copy(), ph.x.array.copy()
+            continuation.append(round(trial, 6))
+            step = min(2 * step, 0.5)
+        else:
+            uh.x.array[:], ph.x.array[:] = last_u, last_p
+            step /= 2
+    rho.value = rho_val
+    if frac < 1.0:
+        reason = -1
+    return reason, newton_its, fnorm, frac, continuation
+
+
+def _boundary_results(mesh, disc: _Discretisation, uh, ph, tags: list[int], inlet: int,
+                      outlets: tuple[int, ...]) -> _BoundaryResults:
+    """Areas (m²), mean pressures (Pa) and fluxes (m³/s) on every tagged boundary, and the mass balance."""
+    sums = _BoundaryIntegrals(mesh, disc.ds, [disc.one, ph, ufl.dot(uh, disc.n)], tags).values()
     areas = dict(zip(tags, sums[0]))
     p_mean = {t: sums[1][j] / sums[0][j] for j, t in enumerate(tags)}
     fluxes = {t: float(sums[2][j]) for j, t in enumerate(tags)}
@@ -414,10 +572,18 @@ def solve_flow(mesh, facet_tags, problem: FlowProblem, *, progress: Callable[[st
     inflow = -fluxes[inlet]
     outflow = {t: fluxes[t] for t in outlets}
     mass_err = abs(inflow - sum(outflow.values())) / inflow
+    return _BoundaryResults(areas_m2=areas, p_in_Pa=p_in, p_outlets_Pa=p_outlets, dp_Pa=dp, fluxes_m3_s=fluxes,
+                            inflow_m3_s=inflow, outflow_m3_s=outflow, mass_err=mass_err)
 
-    tau = mu * (ufl.grad(uh) + ufl.grad(uh).T) * n
+
+def _wall_shear_stress(mesh, disc: _Discretisation, forms: _Forms, walls: tuple[int, ...],
+                       areas: dict) -> tuple[float, float, Any]:
+    """Wall shear stress (Pa): its area mean, the maximum of its lumped P1 projection, and that projection."""
+    comm, n = mesh.comm, disc.n
+    uh = forms.uh
+    tau = forms.mu * (ufl.grad(uh) + ufl.grad(uh).T) * n
     tau_t = tau - ufl.dot(tau, n) * n
-    wall_ds = ds(walls)
+    wall_ds = disc.ds(walls)
     wall_area = sum(areas[t] for t in walls)
     wss_int = comm.allreduce(fem.assemble_scalar(fem.form(ufl.sqrt(ufl.inner(tau_t, tau_t)) * wall_ds)), op=MPI.SUM)
     wss_mean = wss_int / wall_area
@@ -425,49 +591,26 @@ def solve_flow(mesh, facet_tags, problem: FlowProblem, *, progress: Callable[[st
     nloc = wss.function_space.dofmap.index_map.size_local
     wmag = np.linalg.norm(wss.x.array.reshape(-1, 3)[:nloc], axis=1)
     wss_max = comm.allreduce(float(wmag.max()) if wmag.size else 0.0, op=MPI.MAX)
+    wss.name = "wss"
+    return wss_mean, wss_max, wss
+
+
+def _max_speed(V, uh, comm) -> float:
+    """Largest nodal speed |u| (m/s) over all ranks."""
     nloc_v = V.dofmap.index_map.size_local
     umag = np.linalg.norm(uh.x.array.reshape(-1, 3)[:nloc_v], axis=1)
-    umax = comm.allreduce(float(umag.max()) if umag.size else 0.0, op=MPI.MAX)
-    wss.name = "wss"
+    return comm.allreduce(float(umag.max()) if umag.size else 0.0, op=MPI.MAX)
 
-    total = comm.allreduce(time.perf_counter() - t_start, op=MPI.MAX)
-    say(f"flow: dP = {dp:.4g} Pa, Q = {inflow:.4g} m3/s, {solve_time:.2f} s solve")
-    return FlowResult(
-        pressure_inlet_Pa=p_in,
-        pressure_outlets_Pa=p_outlets,
-        pressure_drop_Pa=float(dp),
-        pressure_drops_Pa={t: p_in - p_outlets[t] for t in outlets},
-        flow_rates_m3_s=fluxes,
-        inflow_m3_s=float(inflow),
-        outflow_m3_s=outflow,
-        mass_balance_rel_error=float(mass_err),
-        max_velocity_m_s=umax,
-        wss_mean_Pa=float(wss_mean),
-        wss_max_Pa=wss_max,
-        ffr_like=float((problem.proximal_pressure_Pa - dp) / problem.proximal_pressure_Pa),
-        reynolds_inlet=float(rho_val * U * 2.0 * radius / mu_val),
-        n_dofs=int(n_dofs),
-        n_cells=int(n_cells),
-        newton_iterations=int(newton_its),
-        solve_time_s=float(solve_time),
-        model=problem.model,
-        solver=problem.solver,
-        linear_iterations=int(linear_its),
-        total_time_s=float(total),
-        inlet_area_m2=float(area),
-        inlet_radius_m=float(radius),
-        inlet_centre_m=tuple(float(c) for c in centre),
-        inlet_normal=tuple(float(c) for c in normal),
-        areas_m2={t: float(a_) for t, a_ in areas.items()},
-        mean_inlet_velocity_m_s=float(U),
-        n_ranks=comm.size,
-        _fields={"velocity": uh, "pressure": ph, "wss": wss},
-    )
+
+def _all_finite(comm, uh, ph) -> bool:
+    """True when velocity and pressure are finite on every rank (collective)."""
+    ok = bool(np.all(np.isfinite(uh.x.array)) and np.all(np.isfinite(ph.x.array)))
+    return bool(comm.allreduce(ok, op=MPI.LAND))
 
 
 def _check_finite(comm, uh, ph, stage: str) -> None:
-    ok = bool(np.isfinite(uh.x.array).all() and np.isfinite(ph.x.array).all())
-    if not comm.allreduce(ok, op=MPI.LAND):
+    """Raise ConvergenceError when the ``stage`` solution is not finite on some rank (collective)."""
+    if not _all_finite(comm, uh, ph):
         raise ConvergenceError(
             f"{stage} solution contains NaN/inf; try a lower Reynolds number, model='stokes', "
             "or solver='direct'"

@@ -79,7 +79,7 @@ from pathlib import Path
 import numpy as np
 
 from .materials import Material, TransportError
-from .sources import PhotonBatch, Source, Spectrum, _energy, _positive, _vec3
+from .sources import PhotonBatch, Source, Spectrum, check_energy, check_positive, check_vec3
 
 __all__ = ["CTFanBeam", "Bowtie", "ROTATIONS", "BOWTIE_COORDINATES"]
 
@@ -215,7 +215,7 @@ class Bowtie:
         Bowtie
         """
         t0 = _non_negative(centre_thickness_mm, "centre_thickness_mm")
-        rho = _positive(phantom_radius_mm, "phantom_radius_mm")
+        rho = check_positive(phantom_radius_mm, "phantom_radius_mm")
         k = _non_negative(ratio, "ratio")
         if max_thickness_mm is not None:
             tmax = _non_negative(max_thickness_mm, "max_thickness_mm")
@@ -378,14 +378,14 @@ class CTFanBeam(Source):
                  energy_keV=None, isocentre_xyz_mm=(0.0, 0.0, 0.0), axis=(0.0, 0.0, 1.0), *,
                  rotation: str = "discrete", start_angle_deg=None, arc_deg=None, n_rotations=None, pitch=None,
                  z_start_mm=None, z_end_mm=None, bowtie: Bowtie | None = None):
-        self.source_to_isocentre_mm = _positive(source_to_isocentre_mm, "source_to_isocentre_mm")
-        self.fan_width_mm = _positive(fan_width_mm, "fan_width_mm")
-        self.slice_width_mm = _positive(slice_width_mm, "slice_width_mm")
+        self.source_to_isocentre_mm = check_positive(source_to_isocentre_mm, "source_to_isocentre_mm")
+        self.fan_width_mm = check_positive(fan_width_mm, "fan_width_mm")
+        self.slice_width_mm = check_positive(slice_width_mm, "slice_width_mm")
         if energy_keV is None:
             raise TransportError("energy_keV is required: a float > 0 (keV) or a Spectrum")
-        self.energy = _energy(energy_keV)
-        self.isocentre_xyz_mm = _vec3(isocentre_xyz_mm, "isocentre_xyz_mm")
-        self.axis = _vec3(axis, "axis", unit=True)
+        self.energy = check_energy(energy_keV)
+        self.isocentre_xyz_mm = check_vec3(isocentre_xyz_mm, "isocentre_xyz_mm")
+        self.axis = check_vec3(axis, "axis", unit=True)
         ref = np.eye(3)[0] if abs(self.axis[0]) < 0.9 else np.eye(3)[1]
         u = ref - np.dot(ref, self.axis) * self.axis
         self.u = u / np.linalg.norm(u)
@@ -446,9 +446,9 @@ class CTFanBeam(Source):
             self.z_start_mm = z0
             return
         if arc_deg is not None:
-            self.total_angle_deg = _positive(arc_deg, "arc_deg")
+            self.total_angle_deg = check_positive(arc_deg, "arc_deg")
         elif n_rotations is not None:
-            self.total_angle_deg = 360.0 * _positive(n_rotations, "n_rotations")
+            self.total_angle_deg = 360.0 * check_positive(n_rotations, "n_rotations")
         else:
             self.total_angle_deg = 360.0
         travel = feed * self.total_angle_deg / 360.0

@@ -32,7 +32,7 @@ import numpy as np
 from .materials import TransportError
 
 __all__ = ["PhotonBatch", "Spectrum", "read_spectrum_csv", "spekpy_spectrum", "SPEKPY_KVP_RANGE",
-           "Source", "PencilBeam", "ParallelBeam", "PointSource"]
+           "Source", "PencilBeam", "ParallelBeam", "PointSource", "spekpy_materials"]
 
 
 @dataclass
@@ -59,7 +59,7 @@ class PhotonBatch:
     weight: np.ndarray | None = None
 
 
-def _vec3(value, name: str, unit: bool = False) -> np.ndarray:
+def check_vec3(value, name: str, unit: bool = False) -> np.ndarray:
     try:
         a = np.asarray(value, dtype=float).reshape(3)
     except (TypeError, ValueError):
@@ -74,7 +74,7 @@ def _vec3(value, name: str, unit: bool = False) -> np.ndarray:
     return a
 
 
-def _positive(value, name: str) -> float:
+def check_positive(value, name: str) -> float:
     if not isinstance(value, (int, float, np.floating, np.integer)) or isinstance(value, bool) \
             or not math.isfinite(value) or value <= 0:
         raise TransportError(f"{name} must be a finite number > 0, got {value!r}")
@@ -189,7 +189,7 @@ SPEKPY_KVP_RANGE: Mapping[str, tuple[float, float]] = MappingProxyType({
 })
 
 
-def _spekpy_materials() -> set[str]:
+def spekpy_materials() -> set[str]:
     """Names SpekPy accepts as filter materials (its default and user material files)."""
     from spekpy.IO import get_matls
 
@@ -257,10 +257,10 @@ def spekpy_spectrum(kvp, anode_angle_deg=12.0, filtration_mm: Mapping[str, float
         raise TransportError(f"kvp must be a number in [{lo:g}, {hi:g}] kV for target {target!r} "
                              f"(SpekPy's range), got {kvp!r}")
     kvp = float(kvp)
-    th = _positive(anode_angle_deg, "anode_angle_deg")
+    th = check_positive(anode_angle_deg, "anode_angle_deg")
     if th >= 90.0:
         raise TransportError(f"anode_angle_deg must be in (0, 90) degrees, got {anode_angle_deg!r}")
-    dk = _positive(bin_keV, "bin_keV")
+    dk = check_positive(bin_keV, "bin_keV")
     if dk > kvp / 10.0:
         raise TransportError(f"bin_keV must be <= kvp/10 = {kvp / 10.0:g} keV (at least 10 bins), got {bin_keV!r}")
     if isinstance(min_relative_fluence, bool) or not isinstance(min_relative_fluence, (int, float)) \
@@ -273,7 +273,7 @@ def spekpy_spectrum(kvp, anode_angle_deg=12.0, filtration_mm: Mapping[str, float
         import spekpy
     except ImportError as exc:  # pragma: no cover - dependency missing
         raise ImportError("spekpy_spectrum needs SpekPy: pip install spekpy") from exc
-    known = _spekpy_materials()
+    known = spekpy_materials()
     filters = []
     for matl, t in filtration_mm.items():
         if not isinstance(matl, str) or matl not in known:
@@ -308,10 +308,10 @@ def spekpy_spectrum(kvp, anode_angle_deg=12.0, filtration_mm: Mapping[str, float
     return Spectrum(k[keep], n_per_bin[keep], low[keep], high[keep])
 
 
-def _energy(value) -> float | Spectrum:
+def check_energy(value) -> float | Spectrum:
     if isinstance(value, Spectrum):
         return value
-    return _positive(value, "energy_keV")
+    return check_positive(value, "energy_keV")
 
 
 class Source(abc.ABC):
@@ -354,9 +354,9 @@ class PencilBeam(Source):
     """
 
     def __init__(self, position_mm, direction, energy_keV):
-        self.position_mm = _vec3(position_mm, "position_mm")
-        self.direction = _vec3(direction, "direction", unit=True)
-        self.energy = _energy(energy_keV)
+        self.position_mm = check_vec3(position_mm, "position_mm")
+        self.direction = check_vec3(direction, "direction", unit=True)
+        self.energy = check_energy(energy_keV)
 
     def sample(self, n, rng):
         return PhotonBatch(np.tile(self.position_mm, (n, 1)), np.tile(self.direction, (n, 1)),
@@ -384,14 +384,14 @@ class ParallelBeam(Source):
     """
 
     def __init__(self, center_mm, direction, width_mm, height_mm, energy_keV, up=None):
-        self.center_mm = _vec3(center_mm, "center_mm")
-        self.direction = _vec3(direction, "direction", unit=True)
-        self.width_mm = _positive(width_mm, "width_mm")
-        self.height_mm = _positive(height_mm, "height_mm")
-        self.energy = _energy(energy_keV)
+        self.center_mm = check_vec3(center_mm, "center_mm")
+        self.direction = check_vec3(direction, "direction", unit=True)
+        self.width_mm = check_positive(width_mm, "width_mm")
+        self.height_mm = check_positive(height_mm, "height_mm")
+        self.energy = check_energy(energy_keV)
         if up is None:
             up = np.eye(3)[int(np.argmin(np.abs(self.direction)))]
-        up = _vec3(up, "up")
+        up = check_vec3(up, "up")
         e1 = up - np.dot(up, self.direction) * self.direction
         if np.linalg.norm(e1) < 1e-9:
             raise TransportError(f"up must not be parallel to direction, got up={up.tolist()}")
@@ -412,8 +412,8 @@ class PointSource(Source):
     """Isotropic point source (uniform over 4π sr) at ``position_mm``."""
 
     def __init__(self, position_mm, energy_keV):
-        self.position_mm = _vec3(position_mm, "position_mm")
-        self.energy = _energy(energy_keV)
+        self.position_mm = check_vec3(position_mm, "position_mm")
+        self.energy = check_energy(energy_keV)
 
     def sample(self, n, rng):
         w = 2.0 * rng.random(n) - 1.0

@@ -15,13 +15,12 @@ results whether they come from one process or from merged batch files.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ..atomic import write_npz
 from .materials import TransportError
 
 __all__ = ["ESCAPE_CATEGORIES", "BatchRecord", "TransportResult"]
@@ -31,17 +30,6 @@ ESCAPE_CATEGORIES = ("-x", "+x", "-y", "+y", "-z", "+z", "missed")
 _ESC_Q = ("energy_eV", "count", "uncollided_energy_eV", "uncollided_count")
 
 
-def _atomic_savez(path: Path, **arrays) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 @dataclass
@@ -81,7 +69,7 @@ class BatchRecord:
 
     def save(self, path: str | Path) -> None:
         """Write atomically (temporary file, then rename)."""
-        _atomic_savez(Path(path), batch=self.batch, histories=self.histories,
+        write_npz(Path(path), batch=self.batch, histories=self.histories,
                       fingerprint=np.array(self.fingerprint), voxel_eV=self.voxel_eV,
                       label_eV=self.label_eV, escape=self.escape, incident_eV=self.incident_eV,
                       world_eV=self.world_eV, filtered_eV=self.filtered_eV)

@@ -40,13 +40,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from ..atomic import write_npz
 from .materials import Material, TransportError
 
 __all__ = [
@@ -133,11 +133,7 @@ def element_tables(material: Material, e_min_keV: float = 1.0, e_max_keV: float 
     }
     if use_cache:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **out)
-            os.replace(tmp, path)
+            write_npz(path, **out)
         except OSError:  # read-only home: just don't cache
             pass
     return out

@@ -243,7 +243,7 @@ def region_grow(image, seeds_zyx, *, lower, upper=None) -> np.ndarray:
     """
     import SimpleITK as sitk
 
-    from pipeline.image import Volume, _to_sitk
+    from pipeline.image import Volume, to_sitk
 
     arr = _check_image(image)
     lo, up = _check_bounds(lower, upper)
@@ -255,7 +255,7 @@ def region_grow(image, seeds_zyx, *, lower, upper=None) -> np.ndarray:
     seeds_kji = [_check_seed(s, arr.shape) for s in seeds]
     if up is None:
         up = float(arr.max())
-    img = _to_sitk(Volume(arr.astype(np.float32)))
+    img = to_sitk(Volume(arr.astype(np.float32)))
     filt = sitk.ConnectedThresholdImageFilter()
     filt.SetLower(lo)
     filt.SetUpper(max(up, lo))

@@ -1,25 +1,44 @@
 """Tests for phantoms.stylized: organ and body masses against ICRP 89, frame, files, bad input.
 
-Masses are recomputed here from the label map (voxel count × voxel volume × the tissue
-library's density) and compared with the ICRP Publication 89 values of
-``phantoms/data/icrp89_organ_masses.csv``, not with the builder's own bookkeeping.
+Masses are recomputed here from the label map (voxel count × voxel volume × the density the
+dose engine gets) and compared with ICRP Publication 89, read here directly from the data
+file ``phantoms/data/icrp89_organ_masses.csv`` (sources in ``phantoms/data/SOURCES.md``), not
+through the library or its organ table. The organ sizes were fitted to these very values, so
+the organ-mass check verifies the fit and its voxelisation, not independent anatomy.
+``benchmarks/validate_phantom_masses.py`` prints the whole table.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from phantoms import stylized as S
 from phantoms.stylized import EXCLUDED_FROM_MASS_CHECK, LABELS, PhantomError, build_reference_phantom, write_phantom
-from phantoms.tissues import AGES, SEXES, organ_masses, read_materials_csv, tissue
+from phantoms.tissues import AGES, SEXES, read_materials_csv, tissue
 from pipeline.image import read_image
 
 CASES = [(a, s) for a in AGES for s in SEXES]
+ICRP89_CSV = Path(S.__file__).resolve().parent / "data" / "icrp89_organ_masses.csv"
+#: ICRP 89 Table 2.9 reference total body masses (g), restated here independently of the data file.
+BODY_MASS_G = {("newborn", "male"): 3500, ("newborn", "female"): 3500, ("1y", "male"): 10000,
+               ("1y", "female"): 10000, ("5y", "male"): 19000, ("5y", "female"): 19000, ("10y", "male"): 32000,
+               ("10y", "female"): 32000, ("15y", "male"): 56000, ("15y", "female"): 53000,
+               ("adult", "male"): 73000, ("adult", "female"): 60000}
+#: Every organ with an ICRP 89 value (README: "within 2 %"); measured worst +1.75 %
+#: (10 y male small intestine wall).
+ORGAN_MASS_TOL = 0.02
+#: Body mass against ICRP 89. The fit brings the body within 1 % with the skin at its tissue
+#: density, but the one-voxel skin layer is then density-scaled down to its ICRP 89 mass
+#: (factor 0.46–0.64 at 1–10 y), which takes the body 1.6–3.0 % below the reference
+#: (measured worst −3.02 %, 5 y male). README states 3.5 %.
+BODY_MASS_TOL = 0.035
 
 #: Organs every phantom must hold to compute ICRP 103 effective dose (plus sex-specific ones).
 REQUIRED = ("red_marrow", "colon_wall", "lungs", "stomach_wall", "breast", "urinary_bladder_wall", "oesophagus",
@@ -35,6 +54,16 @@ def phantom(age: str, sex: str):
     return build_reference_phantom(age, sex)
 
 
+@lru_cache(maxsize=None)
+def icrp89() -> dict[tuple[str, str], dict[str, float]]:
+    """ICRP 89 masses (g) by (age, sex), then organ, straight from the data file."""
+    out: dict[tuple[str, str], dict[str, float]] = {}
+    with ICRP89_CSV.open(newline="") as fh:
+        for r in csv.DictReader(line for line in fh if not line.startswith("#")):
+            out.setdefault((r["age"], r["sex"]), {})[r["organ"]] = float(r["mass_g"])
+    return out
+
+
 def voxel_masses(ph) -> dict[str, float]:
     """Mass (g) of every label, from the label map and the densities the dose engine gets
     (``ph.materials()``: the library's, except skin, whose one-voxel layer is density-scaled)."""
@@ -48,7 +77,7 @@ def voxel_masses(ph) -> dict[str, float]:
 
 
 def reference(name: str, age: str, sex: str) -> float | None:
-    ref = organ_masses(age, sex)
+    ref = icrp89()[(age, sex)]
     if name == "heart_contents":
         return ref["heart_with_blood"] - ref["heart_tissue"]
     keys = ICRP_KEYS.get(name, (name,))
@@ -57,10 +86,12 @@ def reference(name: str, age: str, sex: str) -> float | None:
 
 # ------------------------------------------------------------------ masses vs ICRP 89
 @pytest.mark.parametrize("age, sex", CASES)
-def test_organ_masses_within_10_percent_of_icrp89(age, sex):
+def test_organ_masses_within_2_percent_of_icrp89(age, sex):
+    """Every voxelised organ with an ICRP 89 value is within 2 % of it (skin by construction:
+    its density is scaled to the reference mass)."""
     ph = phantom(age, sex)
     masses = voxel_masses(ph)
-    checked = []
+    checked, dev = [], {}
     for name, m in masses.items():
         ref = reference(name, age, sex)
         if ref is None or name in EXCLUDED_FROM_MASS_CHECK:
@@ -68,8 +99,13 @@ def test_organ_masses_within_10_percent_of_icrp89(age, sex):
         if ref == 0:
             assert m == 0, (name, m)
             continue
-        assert abs(m - ref) <= 0.10 * ref, f"{age} {sex} {name}: {m:.2f} g vs ICRP 89 {ref:g} g"
+        dev[name] = m / ref - 1
         checked.append(name)
+    worst = max(dev, key=lambda n: abs(dev[n]))
+    print(f"\n{age} {sex}: {len(dev)} organs, worst {worst} {100 * dev[worst]:+.2f} % (tolerance 2 %)")
+    bad = {n: f"{masses[n]:.2f} g vs ICRP 89 {reference(n, age, sex):g} g ({100 * d:+.2f} %)"
+           for n, d in dev.items() if abs(d) > ORGAN_MASS_TOL}
+    assert not bad, bad
     # every organ with an ICRP 89 value is checked (only the documented exclusions are skipped)
     must = set(REQUIRED) - set(EXCLUDED_FROM_MASS_CHECK) - {"breast"} | ({"testes", "prostate"} if sex == "male"
                                                                            else {"ovaries", "uterus"})
@@ -85,9 +121,11 @@ def test_organ_masses_within_10_percent_of_icrp89(age, sex):
 def test_body_mass_and_height_match_icrp89(age, sex):
     ph = phantom(age, sex)
     total = sum(voxel_masses(ph).values())
-    ref = {"newborn": 3500, "1y": 10000, "5y": 19000, "10y": 32000, "15y": 56000 if sex == "male" else 53000,
-           "adult": 73000 if sex == "male" else 60000}[age]
-    assert abs(total - ref) <= 0.15 * ref
+    ref = BODY_MASS_G[(age, sex)]
+    assert icrp89()[(age, sex)]["total_body"] == ref  # the data file says the same
+    print(f"\n{age} {sex}: body {total / 1000:.2f} kg vs ICRP 89 {ref / 1000:g} kg "
+          f"({100 * (total / ref - 1):+.2f} %; tolerance {100 * BODY_MASS_TOL:g} %)")
+    assert abs(total - ref) <= BODY_MASS_TOL * ref
     assert total == pytest.approx(ph.body["mass_g"], rel=1e-9)
     height = {"newborn": 51, "1y": 76, "5y": 109, "10y": 138, "15y": 167 if sex == "male" else 161,
               "adult": 176 if sex == "male" else 163}[age]
@@ -99,6 +137,7 @@ def test_body_mass_and_height_match_icrp89(age, sex):
 
 @pytest.mark.parametrize("age, sex", CASES)
 def test_every_organ_for_effective_dose_is_present(age, sex):
+    assert len([k for k in LABELS if k != 0]) == 35  # README: "35 labels"
     names = set(voxel_masses(phantom(age, sex)))
     gonads = {"testes", "prostate"} if sex == "male" else {"ovaries", "uterus"}
     assert set(REQUIRED) | gonads | {"eyes", "eye_lens", "heart_contents", "stomach_contents"} <= names
@@ -220,7 +259,7 @@ def test_write_phantom_files_read_back(tmp_path):
     liver = data["organs"]["liver"]
     assert set(liver) >= {"label_ids", "mass_g", "volume_cm3", "tissue", "reference_mass_g", "deviation_pct"}
     assert liver["reference_mass_g"] == 330 and liver["label_ids"] == [ph.organ("liver").label]
-    assert abs(liver["deviation_pct"]) < 10
+    assert abs(liver["deviation_pct"]) < 100 * ORGAN_MASS_TOL
     # design values (no ICRP 89 mass) are flagged as such
     assert data["organs"]["breast"]["mass_reference"] is None and "no ICRP 89" in data["organs"]["breast"]["note"]
     assert data["organs"]["urinary_bladder_contents"]["mass_reference"] is None

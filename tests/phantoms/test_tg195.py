@@ -7,6 +7,7 @@ estimate (σ from 10 independent batches). ``make validate`` (``-m slow``) rerun
 value with 10–100× more histories; ``benchmarks/validate_tg195.py`` prints the table.
 """
 
+import csv
 import math
 
 import numpy as np
@@ -15,7 +16,12 @@ import pytest
 from phantoms import tg195
 from physics.transport import Settings, run
 
-pytestmark = pytest.mark.skipif(not tg195.REFERENCE_DIR.is_dir(), reason="TG-195 reference data not present")
+
+@pytest.fixture(scope="module", autouse=True)
+def _tg195_reference(shared_reference):
+    """Skip the module, naming the folder, when the TG-195 reference data is absent."""
+    folder = shared_reference("tg195")
+    assert tg195.REFERENCE_DIR.resolve() == folder.resolve(), (tg195.REFERENCE_DIR, folder)
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +120,30 @@ def test_case5_orientation_and_large_organs():
     assert 2.0 < liver < 4.5 and 2.5 < spleen < 8.0, (liver, spleen)
 
 
+def _print_summary(rows):
+    """Per group: how many pass, max and median |deviation| (%), median σ (%)."""
+    groups = {"Case 4.1": [r for r in rows if r["case"] == "4.1"],
+              "Case 4.2": [r for r in rows if r["case"] == "4.2"],
+              "Case 5 single projections, organs >= 100 cm3": [],
+              "Case 5 single projections, smaller organs": [],
+              "Case 5 8-projection means, organs >= 100 cm3": [],
+              "Case 5 8-projection means, smaller organs": []}
+    with (tg195.REFERENCE_DIR / "case5_materials.csv").open(newline="") as fh:
+        large = {r["tissue_name"] for r in csv.DictReader(fh) if float(r["volume_cm3"]) >= tg195.SMALL_ORGAN_CM3}
+    for r in rows:
+        if r["case"] == "5":
+            kind = "8-projection means" if "mean of" in r["quantity"] else "single projections"
+            size = "organs >= 100 cm3" if r["quantity"].split(", ")[-1] in large else "smaller organs"
+            groups[f"Case 5 {kind}, {size}"].append(r)
+    print()
+    for name, g in groups.items():
+        if g:
+            d = np.abs([r["deviation_pct"] for r in g])
+            print(f"{name}: {sum(r['pass'] for r in g)}/{len(g)} within tolerance + 3 sigma; |dev| max "
+                  f"{d.max():.2f} %, median {np.median(d):.2f} %; median sigma "
+                  f"{np.median([r['sigma_pct'] for r in g]):.2f} %")
+
+
 @pytest.mark.slow
 def test_tg195_full_validation():
     """The whole table (``make validate``, about 20 min on 2 cores): Case 4.1, 4.2
@@ -123,6 +153,12 @@ def test_tg195_full_validation():
     noise alone (p ≈ 0.003 each), so Case 4 and the 8-projection means must all pass and
     at most 1 % of the 272 single-projection organ values may miss."""
     rows = tg195.run_case4_1(2_000_000) + tg195.run_case4_2(16_000_000) + tg195.run_case5(4_000_000)
+    _print_summary(rows)
+    # README: Case 4.1 "16/16 within 2 %" of the four-code mean, without the 3σ allowance
+    # (σ ≈ 0.2 % at 2e6 histories; measured max 0.83 %)
+    case41 = [r for r in rows if r["case"] == "4.1"]
+    assert len(case41) == 16 and all(abs(r["deviation_pct"]) <= 2.0 for r in case41), "\n" + tg195.format_rows(
+        [r for r in case41 if abs(r["deviation_pct"]) > 2.0])
     strict = [r for r in rows if r["case"] != "5" or "mean of" in r["quantity"]]
     _assert_rows(strict)
     single = [r for r in rows if r not in strict]

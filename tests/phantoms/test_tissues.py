@@ -10,8 +10,12 @@ import pytest
 from phantoms import tissues as T
 from phantoms.tissues import AGES, Tissue, TissueError
 
-TG195 = Path("/work/shared/reference/tg195/case5_materials.csv")
-needs_tg195 = pytest.mark.skipif(not TG195.is_file(), reason="shared TG-195 reference data not present")
+
+@pytest.fixture
+def tg195_materials(shared_reference) -> Path:
+    """TG-195 Case 5 material table (shared reference data; the test skips when it is absent)."""
+    return shared_reference("tg195", "case5_materials.csv")
+
 
 REQUIRED = ("soft_tissue", "muscle", "adipose", "skin", "blood", "brain", "heart", "liver", "kidney",
             "spleen", "pancreas", "gi_tract_wall", "gi_tract_contents", "thyroid", "breast",
@@ -68,10 +72,9 @@ def test_pmma_is_c5h8o2_stoichiometry():
         assert fr[s] == pytest.approx(n * a[s] / m, abs=2e-4)
 
 
-@needs_tg195
-def test_compositions_match_tg195_icru46_table():
+def test_compositions_match_tg195_icru46_table(tg195_materials):
     # independent copy of the ICRU-46 values (AAPM TG-195 Case 5 via XRayMClib)
-    with TG195.open(newline="") as fh:
+    with tg195_materials.open(newline="") as fh:
         tg = {r["tissue_name"]: r for r in csv.DictReader(fh)}
     pairs = {"soft_tissue": "Soft tissue", "lung_inflated": "Lung", "liver": "Liver", "spleen": "Spleen",
              "skin": "Skin", "thyroid": "Thyroid", "cortical_bone": "Cortical Bone",
@@ -195,9 +198,8 @@ def test_materials_csv_readable_by_engine_format(tmp_path):
     assert header[-3:] == ["age", "source", "note"]
 
 
-@needs_tg195
-def test_read_tg195_materials_file():
-    rows = dict(T.read_materials_csv(TG195))
+def test_read_tg195_materials_file(tg195_materials):
+    rows = dict(T.read_materials_csv(tg195_materials))
     assert rows[5].name == "Lung" and rows[5].density_g_cm3 == 0.26
     assert rows[3].mass_fractions == T.tissue("soft_tissue").mass_fractions
 
@@ -256,12 +258,12 @@ def test_tissue_error_is_value_error():
     assert issubclass(TissueError, ValueError)
 
 
-@needs_tg195
-def test_data_table_is_reproducible_from_spekpy():
+def test_data_table_is_reproducible_from_spekpy(tg195_materials):
     spekpy = pytest.importorskip("spekpy")  # noqa: F841 - provenance check only when installed
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("build_tc", T.DATA_DIR / "build_tissue_compositions.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    mod.TG195 = tg195_materials  # the shared copy relative to this checkout, not the script's default path
     assert mod.build() == (T.DATA_DIR / "tissue_compositions.csv").read_text()

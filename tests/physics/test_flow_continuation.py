@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from workflows.demo import write_synthetic_patient
-from workflows.vessel_flow import VesselFlowConfig, run_vessel_flow
+from phantoms.synthetic_patient import write_synthetic_patient
+from workflows.flow.vessel_flow import VesselFlowConfig, run_vessel_flow
 
 
 @pytest.mark.slow
@@ -21,7 +21,7 @@ def test_navier_stokes_continuation_in_reynolds_number(tmp_path):
     ns = run_vessel_flow(info["image"], tmp_path / "f", VesselFlowConfig(
         model="navier-stokes", flow_rate_ml_s=q * 1e6, write_fields=False), quiet=True)
     flow = json.loads((tmp_path / "f" / "flow.json").read_text())
-    assert ns["mass_balance_rel_error"] < 1e-8 and flow["newton_iterations"] > 3
+    assert ns["mass_balance_rel_error"] < 1e-12 and flow["newton_iterations"] > 3  # measured 1.7e-16 (MUMPS)
     rho, r0 = 1060.0, info["radius_mm"] * 1e-3
     a0 = 3.141592653589793 * r0 ** 2
     a1 = a0 * (1 - info["stenosis_area_reduction"])
@@ -29,4 +29,8 @@ def test_navier_stokes_continuation_in_reynolds_number(tmp_path):
     borda = 0.5 * rho * (vs - v) ** 2
     young_tsai = 0.76 * rho * (a0 / a1 - 1) ** 2 * v ** 2
     inertial = ns["pressure_drop_Pa"] - stokes["pressure_drop_Pa"]
-    assert 0.8 * borda < inertial < 1.2 * young_tsai, (inertial, borda, young_tsai)
+    print(f"\ninertial loss over Stokes {inertial:.0f} Pa; Borda-Carnot {borda:.0f} Pa, "
+          f"Young-Tsai {young_tsai:.0f} Pa; mass balance {ns['mass_balance_rel_error']:.1e}; "
+          f"{flow['newton_iterations']} Newton iterations")
+    # the README's statement: between the two estimates (measured 230 Pa in 189–287 Pa)
+    assert borda < inertial < young_tsai, (inertial, borda, young_tsai)

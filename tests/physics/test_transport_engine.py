@@ -2,7 +2,8 @@
 
 Independent truths: Beer–Lambert exp(−μx) for uncollided photons (μ from the XCOM-grade
 tables), exact energy conservation, and EGSnrc (tutor7pp, kerma mode) for a 60 keV
-pencil beam into 20 cm of water (``reference/egsnrc_water_slab_60keV_kerma.csv``).
+pencil beam into 20 cm of water (``../shared/reference/egsnrc_water_slab_60keV_kerma.csv``;
+``benchmarks/validate_egsnrc_slab.py`` prints the per-layer table).
 """
 
 import os
@@ -16,7 +17,6 @@ import pytest
 from physics.transport import (BatchRecord, Material, ParallelBeam, PencilBeam, Physics, PointSource, Settings,
                                Spectrum, TransportError, VoxelPhantom, build_tables, read_spectrum_csv, run)
 
-REF = Path("/work/shared/reference")
 WATER = Material("water", 1.0, {"H": 0.111894, "O": 0.888106})  # EGSnrc's water
 PMMA = Material("PMMA", 1.19, {"H": 0.080538, "C": 0.599848, "O": 0.319614})
 AL = Material("aluminium", 2.699, {"Al": 1.0})
@@ -122,46 +122,75 @@ def test_resume_and_merge(tmp_path):
     assert not np.array_equal(other.voxel_sum, full.voxel_sum)
 
 
-def _egsnrc():
-    ref = np.loadtxt(REF / "egsnrc_water_slab_60keV_kerma.csv", delimiter=",", skiprows=1)
-    return ref[:, 2] * 1e6, ref[:, 3] * 1e6  # eV per photon
+#: EGSnrc's energy balance (reference README): fraction of the incident 60 keV deposited in
+#: the slab and leaving through the front (−z) and back (+z) faces, with 1σ.
+EGSNRC_FRACTIONS = {"deposited": (0.68218, 0.0), "-z": (0.24251, 0.00012), "+z": (0.07531, 0.00008)}
+#: Per-layer tolerance beyond 3σ (σ: ours and EGSnrc's combined), for what statistics do not
+#: cover: cross-section data (xraylib vs EGSnrc's XCOM) and sampling details. At 1e7 histories
+#: χ²/20 of the layer deviations is 1.0–1.7 over seeds 1–6 and 17: a systematic of ~0.1–0.2 %.
+LAYER_SYSTEMATIC = 0.002
+#: Tolerance on the three energy fractions beyond 3σ (absolute, fraction of incident energy);
+#: at 1e7 histories ours differ by −0.04 to −0.07 % (deposited) and +0.04 to +0.06 % (back).
+FRACTION_SYSTEMATIC = 0.001
 
 
-def _water_slab_check(histories_per_batch, n_batches, k_sigma):
-    ref, ref_s = _egsnrc()
+def _water_slab(shared_reference, histories_per_batch, n_batches):
+    """Run the EGSnrc slab; per-layer relative deviation and combined relative 1σ, and the
+    energy fractions as {name: (ours − EGSnrc, combined 1σ)}."""
+    ref = np.loadtxt(shared_reference("egsnrc_water_slab_60keV_kerma.csv"), delimiter=",", skiprows=1)
+    r, rs = ref[:, 2] * 1e6, ref[:, 3] * 1e6  # eV per photon
     res = run(slab(n_layers=20, thickness_cm=20.0), {0: WATER}, pencil(),
               settings=Settings(histories_per_batch=histories_per_batch, n_batches=n_batches, seed=17))
+    assert abs(res.energy_balance_error) < 1e-9
     m = res.edep_eV_per_photon.ravel()
     s = res.edep_sigma_eV_per_photon.ravel()
-    z = (m - ref) / np.hypot(s, ref_s)
-    assert np.all(np.abs(z) < k_sigma), np.round(z, 2)
+    dev, sig = m / r - 1, np.hypot(s, rs) / r
     e0 = 60e3
-    assert m.sum() / e0 == pytest.approx(0.68218, abs=0.005)
-    assert res.escape("-z")[0] / e0 == pytest.approx(0.24251, abs=0.005)
-    assert res.escape("+z")[0] / e0 == pytest.approx(0.07531, abs=0.005)
-    assert abs(res.energy_balance_error) < 1e-9
-    return m / ref - 1
+    ours = {"deposited": (res.label_edep_eV_per_photon[0], res.label_edep_sigma_eV_per_photon[0]),
+            "-z": res.escape("-z"), "+z": res.escape("+z")}
+    fractions = {k: (v / e0 - EGSNRC_FRACTIONS[k][0], float(np.hypot(sv / e0, EGSNRC_FRACTIONS[k][1])))
+                 for k, (v, sv) in ours.items()}
+    k = int(np.argmax(np.abs(dev)))
+    print(f"\nEGSnrc water slab, {res.histories:.0e} histories: worst layer {k}-{k + 1} cm "
+          f"{100 * dev[k]:+.3f} % (combined 1 sigma {100 * sig[k]:.3f} %), largest |dev|/sigma "
+          f"{np.max(np.abs(dev / sig)):.2f}; fractions (ours - EGSnrc, % absolute): "
+          + ", ".join(f"{n} {100 * d:+.3f} ± {100 * sd:.3f}" for n, (d, sd) in fractions.items()))
+    return dev, sig, fractions
 
 
-def test_egsnrc_water_slab_fast():
-    # 2e5 histories: per-layer sigma ~0.7 %; tolerance from the measured sigma
-    dev = _water_slab_check(20_000, 10, 3.5)
-    assert np.max(np.abs(dev)) < 0.03
+def test_egsnrc_water_slab_fast(shared_reference):
+    """2e5 histories: combined 1σ per layer 0.6–0.7 % (first layers) to 2–2.5 % (last): every
+    layer within 3σ + 0.2 %, the energy fractions within 3σ + 0.1 % absolute (σ ≈ 0.1 %)."""
+    dev, sig, fractions = _water_slab(shared_reference, 20_000, 10)
+    bad = np.abs(dev) > 3 * sig + LAYER_SYSTEMATIC
+    assert not bad.any(), (np.flatnonzero(bad), np.round(100 * dev, 2), np.round(100 * sig, 2))
+    for name, (d, sd) in fractions.items():
+        assert abs(d) <= 3 * sd + FRACTION_SYSTEMATIC, (name, d, sd)
+    # the tolerance resolves something: a 5 % error in any of the first ten layers would fail
+    assert np.all(3 * sig[:10] + LAYER_SYSTEMATIC < 0.05)
 
 
 @pytest.mark.slow
-def test_egsnrc_water_slab_full():
-    dev = _water_slab_check(500_000, 20, 3.0)  # 1e7 histories, as EGSnrc
-    assert np.max(np.abs(dev)) < 0.01
+def test_egsnrc_water_slab_full(shared_reference):
+    """1e7 histories, as EGSnrc: every layer within 3σ + 0.2 % (combined 1σ 0.13 % in the
+    first layers to 0.45 % in the last; measured worst layer 18-19 cm, −0.55 %, seed 17),
+    and the deposited, front and back fractions within 0.1 % absolute of EGSnrc's
+    (measured −0.05, +0.01, +0.04 %)."""
+    dev, sig, fractions = _water_slab(shared_reference, 500_000, 20)
+    bad = np.abs(dev) > 3 * sig + LAYER_SYSTEMATIC
+    assert not bad.any(), (np.flatnonzero(bad), np.round(100 * dev, 3), np.round(100 * sig, 3))
+    assert np.max(sig) < 0.005  # σ as stated (0.45 % at most): the tolerance stays below 1.7 %
+    for name, (d, _) in fractions.items():
+        assert abs(d) <= FRACTION_SYSTEMATIC, (name, d)
 
 
-def test_spectrum_csv(tmp_path):
-    sp = read_spectrum_csv(REF / "tg195" / "spectrum_120kVp_tg195.csv")
+def test_spectrum_csv(tmp_path, shared_reference):
+    sp = read_spectrum_csv(shared_reference("tg195", "spectrum_120kVp_tg195.csv"))
     assert sp.bin_low_keV is not None and sp.max_energy_keV <= 120.5
     e = sp.sample(200_000, np.random.default_rng(0))
     assert e.mean() == pytest.approx(sp.mean_energy_keV, rel=2e-3)
     assert np.all((e >= sp.min_energy_keV) & (e <= sp.max_energy_keV))
-    sp2 = read_spectrum_csv(REF / "spectrum_W_120kVp_3p45mmAl.csv")
+    sp2 = read_spectrum_csv(shared_reference("spectrum_W_120kVp_3p45mmAl.csv"))
     assert sp2.bin_low_keV is None and 50 < sp2.mean_energy_keV < 60
     p = tmp_path / "s.csv"
     p.write_text("energy_keV,relative_fluence\n30,1\n40,-0.5\n")

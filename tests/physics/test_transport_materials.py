@@ -6,7 +6,6 @@ import pytest
 from physics.transport import Material, TransportError, build_tables, read_materials_csv
 from physics.transport.xsection import ELECTRON_REST_KEV
 
-REF = "/work/shared/reference/tg195/case5_materials.csv"
 # H2O by mass from atomic weights H 1.008, O 15.999
 WATER = {"H": 2 * 1.008 / 18.015, "O": 15.999 / 18.015}
 
@@ -34,8 +33,8 @@ def test_material_bad_input(kwargs, match):
         Material("bad", **kwargs)
 
 
-def test_read_tg195_materials():
-    mats = read_materials_csv(REF)
+def test_read_tg195_materials(shared_reference):
+    mats = read_materials_csv(shared_reference("tg195", "case5_materials.csv"))
     assert mats[0].name == "Air" and mats[0].density_g_cm3 == pytest.approx(0.001205)
     assert mats[3].mass_fractions["O"] == pytest.approx(0.602, rel=1e-3)
     assert len(mats) >= 17

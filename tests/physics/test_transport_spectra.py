@@ -25,8 +25,6 @@ from scipy.optimize import brentq
 from physics.transport import Material, Spectrum, TransportError, build_tables
 from physics.transport.sources import SPEKPY_KVP_RANGE, spekpy_spectrum
 
-TG195_SPECTRUM = "/work/shared/reference/tg195/spectrum_120kVp_tg195.csv"
-
 # NIST mass energy-absorption coefficient of dry air (Hubbell & Seltzer 1995, NISTIR 5632,
 # Table 4): energy (MeV), mu_en/rho (cm^2/g). The Ar K edge (3.2029 keV) appears twice.
 NIST_AIR_MUEN = [
@@ -70,16 +68,16 @@ def hvl1_al_mm(spectrum: Spectrum, mu_al_per_mm) -> float:
     return brentq(lambda t: np.sum(k * np.exp(-mu * t)) - 0.5 * k.sum(), 0.0, 100.0, xtol=1e-10)
 
 
-def _tg195_spectrum() -> Spectrum:
-    with open(TG195_SPECTRUM, newline="") as fh:
+def _tg195_spectrum(path) -> Spectrum:
+    with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
     get = lambda c: np.array([float(r[c]) for r in rows])  # noqa: E731
     return Spectrum(get("bin_center_keV"), get("relative_fluence"), get("bin_low_keV"), get("bin_high_keV"))
 
 
-def test_hvl_calculator_reproduces_tg195_published_values(mu_al_per_mm):
+def test_hvl_calculator_reproduces_tg195_published_values(mu_al_per_mm, shared_reference):
     """The TG-195 120 kVp table: mean 56.393 keV (stated 56.4), HVL 5.033 mm Al (stated 5.010, +0.5 %)."""
-    spec = _tg195_spectrum()
+    spec = _tg195_spectrum(shared_reference("tg195", "spectrum_120kVp_tg195.csv"))
     assert spec.mean_energy_keV == pytest.approx(56.4, abs=0.05)
     assert hvl1_al_mm(spec, mu_al_per_mm) == pytest.approx(5.010, rel=0.01)
 

@@ -17,10 +17,10 @@ def _oblique_volume():
 def test_index_to_world_matches_simpleitk():
     import SimpleITK as sitk
 
-    from pipeline.image import _to_sitk
+    from pipeline.image import to_sitk
 
     vol = _oblique_volume()
-    img = _to_sitk(vol)
+    img = to_sitk(vol)
     assert img.GetSize() == (7, 6, 5)  # (x, y, z)
     for kji in [(0, 0, 0), (4, 5, 6), (2, 1, 3)]:
         expected = img.TransformIndexToPhysicalPoint(tuple(int(v) for v in reversed(kji)))
@@ -50,9 +50,9 @@ def test_dicom_series_round_trip(tmp_path):
 
     arr = (np.arange(4 * 8 * 9).reshape(4, 8, 9) % 300 - 100).astype(np.int16)
     vol = Volume(arr, spacing_mm=(2.0, 0.8, 0.8), origin_xyz_mm=(1.0, 2.0, 3.0))
-    from pipeline.image import _to_sitk
+    from pipeline.image import to_sitk
 
-    img = _to_sitk(vol)
+    img = to_sitk(vol)
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     series_uid = "1.2.826.0.1.3680043.2.1125.1.1"

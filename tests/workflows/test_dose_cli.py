@@ -22,8 +22,8 @@ import pytest
 
 from pipeline.image import Volume, read_image, write_image
 from physics.transport import run as transport_run
-from workflows.ct_dose import build_model
-from workflows.scenario import ScenarioError, read_scenario
+from workflows.dose.run import build_model
+from workflows.dose.scenario import ScenarioError, read_scenario
 
 DIGIPAT = [sys.executable, "-m", "workflows.cli"]
 WATER = "1,Water,1.0,0.111894,0.888106\n"
@@ -344,7 +344,7 @@ def test_helical_bowtie_kvp_scenario_parses_and_builds(tmp_path):
 
 def test_bowtie_section_and_profile_csv(tmp_path):
     """A hand-written [source.bowtie] section with a profile CSV; its content enters the inputs hash."""
-    from workflows.ct_dose import _inputs_hash
+    from workflows.dose.run import _inputs_hash
     _scenario(tmp_path, materials=MATERIALS_3)  # writes box.nii.gz and materials.csv
     (tmp_path / "bowtie.csv").write_text("fan_angle_deg,thickness_mm\n-3.0,6.0\n0.0,1.0\n3.0,6.0\n")
     text = ('[phantom]\nlabels = "box.nii.gz"\nmaterials = "materials.csv"\n'

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from workflows.dose_figures import plot_dose_overlay, plot_organ_doses
+from workflows.dose.figures import plot_dose_overlay, plot_organ_doses
 
 
 def _png_pixels(path):

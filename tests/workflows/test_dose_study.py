@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from workflows.dose_study import (DEFAULT_ORGANS, DOSE_PARAMETERS, DoseCaseError, parse_dose_base,
+from workflows.study.dose_cases import (DEFAULT_ORGANS, DOSE_PARAMETERS, DoseCaseError, parse_dose_base,
                                   prepare_dose_base, run_dose_case)
 
 

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from phantoms.tissues import remainder_tissues, tissue_weighting_factors
-from workflows.effective_dose import effective_dose, icrp_tissue
+from workflows.dose.effective_dose import effective_dose, icrp_tissue
 
 
 def test_uniform_whole_body_dose_gives_that_dose():

@@ -21,9 +21,9 @@ from scipy.stats import norm
 
 from pipeline.image import read_image
 from pipeline.segment.classical import segment_lumen
-from workflows._io import hash_file, hash_params
-from workflows.demo import write_synthetic_patient
-from workflows.vessel_flow import VesselFlowConfig, WorkflowError, build_surface, run_vessel_flow
+from workflows.common import hash_file, hash_params
+from phantoms.synthetic_patient import write_synthetic_patient
+from workflows.flow.vessel_flow import VesselFlowConfig, WorkflowError, build_surface, run_vessel_flow
 
 Q_ML_S = 0.5
 
@@ -279,7 +279,7 @@ def test_default_config_keeps_the_cache_keys(base_run, stenosed):
                           {"segmentation_method": "auto", "seed_xyz_mm": None, "lower_hu": None, "upper_hu": None})
     geo_key = hash_params(seg_key, {"inlet_xyz_mm": None, "smoothing_iterations": 20, "cells_per_radius": 4.0,
                                     "mesh_order": 1})
-    assert json.loads((out / "stages" / "geometry.json").read_text())["key"] == geo_key
+    assert json.loads((out / "stages" / "geometry.json").read_text())["inputs_sha256"] == geo_key
 
 
 def test_local_offset_raises_pressure_drop(base_run, stenosed, tmp_path):
@@ -311,7 +311,7 @@ def test_wall_pressure_on_two_ranks_matches_serial(base_run, tmp_path):
     problem = {"flow_rate_m3_s": Q_ML_S * 1e-6, "inlet_tag": 2, "outlet_tags": [3], "wall_tags": [1],
                "model": "stokes"}
     mpiexec = Path(sys.executable).with_name("mpiexec")
-    subprocess.run([str(mpiexec), "-n", "2", sys.executable, "-m", "workflows._solve_stage",
+    subprocess.run([str(mpiexec), "-n", "2", sys.executable, "-m", "workflows.flow.solve_stage",
                     str(out / "mesh" / "mesh.msh"), json.dumps(problem), str(tmp_path / "flow.json"),
                     str(tmp_path / "fields")], check=True, capture_output=True)
     ser = np.load(out / "fields" / "wall_pressure.npz")

@@ -1,13 +1,12 @@
 """`digipat phantom build|from-ct`: files and table of `build`, argument passing of `from-ct`, bad input.
 
-The parser is built here with :func:`workflows.phantom_cmd.add_parser` (the lead engineer
-wires it into ``workflows.cli``). ``phantoms.from_ct`` is replaced by a recorder, so the
-test checks what the command hands over, not the CT conversion itself.
+The parser is the ``digipat`` one (:func:`workflows.cli.build_parser`). ``phantoms.from_ct``
+is replaced by a recorder, so the test checks what the command hands over, not the CT
+conversion itself.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import types
@@ -17,14 +16,11 @@ import pytest
 
 from phantoms.tissues import organ_masses, read_materials_csv
 from pipeline.image import read_image
-from workflows.phantom_cmd import add_parser
+from workflows.cli import build_parser
 
 
 def parse(*argv):
-    p = argparse.ArgumentParser(prog="digipat")
-    sub = p.add_subparsers(dest="command")
-    add_parser(sub)
-    return p.parse_args([str(a) for a in argv])
+    return build_parser().parse_args([str(a) for a in argv])
 
 
 def test_build_writes_files_and_prints_mass_table(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""The CT protocol file (workflows/protocol.py): parsing, bad input, the helical source and
+"""The CT protocol file (workflows/dose/protocol.py): parsing, bad input, the helical source and
 tube-current modulation.
 
 Truths used: the helix geometry written out here (source angle = 360° · (z − z_start) /
@@ -17,7 +17,7 @@ import pytest
 from scipy import stats
 
 from physics.transport import CTFanBeam, VoxelPhantom
-from workflows.protocol import (BOWTIE_MATERIALS, BOWTIE_PRESETS, ModulatedCTFanBeam, Protocol, ProtocolError,
+from workflows.dose.protocol import (BOWTIE_MATERIALS, BOWTIE_PRESETS, ModulatedCTFanBeam, Protocol, ProtocolError,
                                 parse_protocol, read_protocol)
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "workflows" / "data" / "protocol_example.toml"

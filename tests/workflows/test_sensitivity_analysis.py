@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from workflows.sensitivity import (
+from workflows.study.analysis import (
     distribution,
     flip_probability,
     morris_indices,
@@ -105,3 +105,53 @@ def test_tornado_orders_by_swing():
     assert [r["parameter"] for r in rows] == ["b", "a"]
     assert rows[0]["low"] == -2 and rows[0]["q_low"] == 7.0 and rows[0]["swing"] == pytest.approx(7.0)
     assert rows[1]["change_high_percent"] == pytest.approx(4.0)
+
+
+Z95 = 1.959963984540054  # standard normal 97.5 % quantile
+
+
+def _wilson_by_hand(k, n, z=Z95):
+    """Wilson (1927) score interval of k successes in n trials, written out:
+    centre (p + z²/2n) / (1 + z²/n), half-width z √(p(1 − p)/n + z²/4n²) / (1 + z²/n)."""
+    p = k / n
+    den = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def test_flip_probability_and_distribution_count_failed_cases():
+    """12 cases, 2 of them failed (None, NaN): the nominal FFR-like 0.85 is 'not significant', 3 of the
+    10 finished cases are below 0.80 (flips). Hand count: n = 10, k = 3, n_failed = 2, n_total = 12,
+    probability 3/10, bounds [3/12, 5/12]; ci_low the Wilson lower limit of 3/12 (failed cases as
+    not flipped), ci_high the Wilson upper limit of 5/12 (failed cases as flips). The Wilson limits
+    are the formula written out here and scipy's independent ``binomtest(...).proportion_ci('wilson')``."""
+    from scipy.stats import binomtest
+
+    values = [0.75, 0.79, 0.81, 0.83, 0.85, 0.86, 0.88, 0.90, None, 0.78, float("nan"), 0.95]
+    f = flip_probability(values, 0.85, below=0.80)
+    assert (f["n"], f["n_flipped"], f["n_failed"], f["n_total"]) == (10, 3, 2, 12)
+    assert f["probability"] == pytest.approx(0.3, abs=1e-15)
+    assert f["probability_bounds"] == pytest.approx([3 / 12, 5 / 12], abs=1e-15)
+    lo, hi = _wilson_by_hand(3, 12)[0], _wilson_by_hand(5, 12)[1]
+    assert f["ci_low"] == pytest.approx(lo, abs=1e-12) and f["ci_high"] == pytest.approx(hi, abs=1e-12)
+    assert lo == pytest.approx(binomtest(3, 12).proportion_ci(method="wilson").low, abs=1e-12)
+    assert hi == pytest.approx(binomtest(5, 12).proportion_ci(method="wilson").high, abs=1e-12)
+    # without failed cases the interval is the plain Wilson interval of k/n
+    g = flip_probability([v for v in values if v is not None and v == v], 0.85, below=0.80)
+    assert g["n_failed"] == 0 and (g["ci_low"], g["ci_high"]) == pytest.approx(_wilson_by_hand(3, 10), abs=1e-12)
+    # relative-change rule with noise: |q/q0 − 1| > 10 %, beyond noise when the margin exceeds 2σ
+    q = [1.0, 1.05, 1.12, 0.85, None, 1.30, 0.89]  # changes 0, 5, 12, 15, -, 30, 11 %
+    s = [0.01, 0.01, 0.02, 0.01, 0.01, 0.01, 0.01]  # flips' margins 2, 5, 20, 1 % vs 2σ = 4, 2, 2, 2 %
+    r = flip_probability(q, 1.0, rel_change=0.10, sigma=s)
+    assert (r["n"], r["n_flipped"], r["n_failed"], r["n_total"]) == (6, 4, 1, 7)
+    assert r["n_beyond_noise"] == 2  # 15 % and 30 %; 12 % (margin 2 % < 2σ = 4 %) and 11 % do not
+    assert (r["ci_low"], r["ci_high"]) == pytest.approx((_wilson_by_hand(4, 7)[0], _wilson_by_hand(5, 7)[1]),
+                                                        abs=1e-12)
+    # distribution: failed cases counted, statistics over the finished ones
+    d = distribution(values)
+    finite = np.array([v for v in values if v is not None and v == v])
+    assert d["n"] == 10 and d["n_failed"] == 2
+    assert d["mean"] == pytest.approx(finite.mean(), abs=1e-15)
+    assert d["sd"] == pytest.approx(finite.std(ddof=1), abs=1e-15)
+    assert (d["min"], d["max"]) == (0.75, 0.95)

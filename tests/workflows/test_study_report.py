@@ -17,8 +17,8 @@ import re
 import numpy as np
 import pytest
 
-from workflows import study_figures as sf
-from workflows.study_report import bottom_line, format_number, upgrade_summary, write_report, write_study_report
+from workflows.study import figures as sf
+from workflows.study.report import bottom_line, format_number, upgrade_summary, write_report, write_study_report
 
 R0 = 2.0  # mm, reference radius of the tube
 C = 28.1 * R0 ** 4  # ΔP = C r^-4 Pa, so the nominal ΔP is 28.1 Pa
@@ -119,7 +119,7 @@ def _flow_summary(images: dict) -> dict:
     analysis["ffr_like"]["distribution"] = {"n": 64, "mean": float(ffr.mean()), "sd": float(ffr.std(ddof=1)),
                                             "p2_5": float(pf[0]), "p50": float(pf[1]), "p97_5": float(pf[2]),
                                             "values": ffr.tolist()}
-    # the rule as workflows.sensitivity.flip_probability writes it (the report names the QoI)
+    # the rule as workflows.study.analysis.flip_probability writes it (the report names the QoI)
     analysis["ffr_like"]["flip"] = {"rule": "< 0.8", "probability": k / 64, "ci_low": lo, "ci_high": hi,
                                     "n": 64, "n_flipped": k, "nominal_decision": False}
     return {
@@ -211,7 +211,7 @@ def _dose_summary(images: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def report(inputs, tmp_path_factory):
-    from workflows.dose_figures import plot_dose_overlay
+    from workflows.dose.figures import plot_dose_overlay
 
     d = tmp_path_factory.mktemp("report")
     imgs = {

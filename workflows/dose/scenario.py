@@ -85,24 +85,24 @@ fluorescence photons transported, default true), ``[run] batches`` (default 10;
 ``histories`` must be a multiple of it) and ``[run] threads``.
 
 This module only reads and checks the file (:func:`read_scenario` → :class:`Scenario`);
-:mod:`workflows.ct_dose` turns a scenario into an engine run. Every error is a
+:mod:`workflows.dose.run` turns a scenario into an engine run. Every error is a
 :class:`ScenarioError` whose message names the section and key, e.g.
 ``"[source] energy_keV must be > 0, got -60.0"``.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from workflows._toml import Checks
+from workflows.toml_checks import Checks
 
 __all__ = ["ScenarioError", "SOURCE_TYPES", "COMPTON_MODELS", "CT_ROTATIONS", "CT_CONTINUOUS_KEYS",
            "PhantomSpec", "SourceSpec",
-           "PhysicsSpec", "RunSpec", "Scenario", "read_scenario", "parse_scenario"]
+           "PhysicsSpec", "RunSpec", "Scenario", "ProtocolScenario", "read_scenario", "parse_scenario",
+           "read_dose_scenario", "parse_protocol_scenario", "PROTOCOL_PHANTOM_KEYS", "check_threads"]
 
 SOURCE_TYPES = ("pencil", "parallel", "point", "ct")
 COMPTON_MODELS = ("binding", "klein-nishina")
@@ -113,6 +113,10 @@ DEFAULT_ANODE_ANGLE_DEG = 12.0
 DEFAULT_FILTRATION_MM = {"Al": 2.5}
 
 _SECTIONS = ("phantom", "source", "physics", "run")
+#: ``[source] type = "protocol"`` scenarios (a CT protocol on a digital patient, :mod:`workflows.dose.patient`).
+PROTOCOL_PHANTOM_KEYS = ("builtin", "sex", "voxel_mm", "labels", "materials", "organs")
+_PROTOCOL_SOURCE_KEYS = ("type", "protocol")
+_PROTOCOL_RUN_KEYS = ("histories", "ctdi_histories", "seed", "batches", "threads")
 _PHANTOM_KEYS = ("labels", "materials", "world_material", "world_margin_mm")
 _PHYSICS_KEYS = ("compton", "rayleigh", "cutoff_keV", "fluorescence")
 _RUN_KEYS = ("histories", "seed", "batches", "threads")
@@ -273,12 +277,6 @@ class Scenario:
 # ----------------------------------------------------------------------------- checks
 
 
-
-
-
-
-
-
 def _vec3(sec: str, key: str, v: Any, nonzero: bool = False) -> list[float]:
     if not isinstance(v, list) or len(v) != 3:
         raise ScenarioError(f"[{sec}] {key} must be a list of 3 numbers [x, y, z], got {v!r}")
@@ -296,12 +294,6 @@ def _file(sec: str, key: str, v: Any, base: Path) -> Path:
     if not p.exists():
         raise ScenarioError(f"[{sec}] {key}: file {str(p)!r} does not exist")
     return p.resolve()
-
-
-
-
-
-
 
 
 def _filtration(v: Any) -> dict[str, float]:
@@ -489,6 +481,118 @@ def parse_scenario(data: Mapping[str, Any], base_dir: str | os.PathLike = ".",
                     RunSpec(histories, seed, batches, threads))
 
 
+@dataclass(frozen=True)
+class ProtocolScenario:
+    """A validated ``[source] type = "protocol"`` scenario: a CT protocol on a digital patient.
+
+    ``phantom`` holds ``builtin``/``sex``/``voxel_mm`` or ``labels``/``materials``/``organs``
+    paths; ``protocol`` is the protocol file; ``data`` the parsed TOML (hashed for the cache).
+    """
+
+    phantom: dict
+    protocol: Path
+    physics: dict
+    histories: int
+    batches: int
+    ctdi_histories: int
+    seed: int
+    threads: int | None
+    data: dict = field(default_factory=dict, compare=False)
+
+
+def _section(data: Mapping, name: str, allowed, required=True) -> dict:
+    t = _table(data, name, required)
+    _no_unknown(name, t, allowed)
+    return dict(t)
+
+
+def parse_protocol_scenario(data: Mapping[str, Any], base: Path) -> ProtocolScenario:
+    """Check a parsed ``[source] type = "protocol"`` scenario (layout: :mod:`workflows.dose.patient`).
+
+    Relative paths are resolved against ``base``. Raises :class:`ScenarioError` naming the key.
+    """
+    _err = ScenarioError
+    _int = _integer
+    extra = set(data) - {"phantom", "source", "physics", "run"}
+    if extra:
+        raise _err(f"unknown section [{sorted(extra)[0]}] (sections: phantom, source, physics, run)")
+    ph = _section(data, "phantom", PROTOCOL_PHANTOM_KEYS)
+    src = _section(data, "source", _PROTOCOL_SOURCE_KEYS)
+    phys = _section(data, "physics", _PHYSICS_KEYS, required=False)
+    run = _section(data, "run", _PROTOCOL_RUN_KEYS)
+    if "protocol" not in src:
+        raise _err("[source] protocol is required with type = \"protocol\" (path to the CT protocol TOML)")
+    proto = Path(src["protocol"])
+    proto = proto if proto.is_absolute() else base / proto
+    if not proto.is_file():
+        raise _err(f"[source] protocol {str(proto)!r} does not exist")
+    if "builtin" in ph:
+        if "labels" in ph or "materials" in ph:
+            raise _err("[phantom] give either builtin or labels + materials, not both")
+        from phantoms.stylized import SUPPORTED_AGES
+
+        if ph["builtin"] not in SUPPORTED_AGES:
+            raise _err(f"[phantom] builtin must be one of {list(SUPPORTED_AGES)}, got {ph['builtin']!r}")
+        sex = ph.get("sex", "male")
+        if sex not in ("male", "female"):
+            raise _err(f"[phantom] sex must be 'male' or 'female', got {sex!r}")
+        vox = ph.get("voxel_mm")
+        if vox is not None and (isinstance(vox, bool) or not isinstance(vox, (int, float)) or vox <= 0):
+            raise _err(f"[phantom] voxel_mm must be a number > 0, got {vox!r}")
+        phantom = {"builtin": ph["builtin"], "sex": sex, "voxel_mm": vox}
+    else:
+        for k in ("labels", "materials"):
+            if k not in ph:
+                raise _err(f"[phantom] needs builtin = AGE, or labels and materials (missing {k!r})")
+        phantom = {}
+        for k in ("labels", "materials", "organs"):
+            if k in ph:
+                p = Path(ph[k])
+                p = p if p.is_absolute() else base / p
+                if not p.exists():
+                    raise _err(f"[phantom] {k} {str(p)!r} does not exist")
+                phantom[k] = p
+        phantom["sex"] = ph.get("sex", "male")
+        if phantom["sex"] not in ("male", "female"):
+            raise _err(f"[phantom] sex must be 'male' or 'female', got {phantom['sex']!r}")
+    if "histories" not in run:
+        raise _err("[run] histories is required")
+    hist = _int("run", "histories", run["histories"], 1)
+    batches = _int("run", "batches", run.get("batches", 10), 1)
+    if hist % batches:
+        raise _err(f"[run] histories ({hist}) must be a multiple of batches ({batches})")
+    ctdi_h = _int("run", "ctdi_histories", run.get("ctdi_histories", hist), 2)
+    seed = _int("run", "seed", run.get("seed", 1), 0)
+    threads = run.get("threads")
+    if threads is not None:
+        threads = _int("run", "threads", threads, 1)
+    for k in ("rayleigh", "fluorescence"):
+        if k in phys and not isinstance(phys[k], bool):
+            raise _err(f"[physics] {k} must be true or false, got {phys[k]!r}")
+    return ProtocolScenario(phantom=phantom, protocol=proto, physics=dict(phys), histories=hist, batches=batches,
+                            ctdi_histories=ctdi_h, seed=seed, threads=threads, data=dict(data))
+
+
+def check_threads(threads: Any) -> int:
+    """``threads`` as an integer >= 1 (a command-line override of ``[run] threads``)."""
+    return _integer("run", "threads", threads, 1)
+
+
+def read_dose_scenario(path: str | os.PathLike) -> Scenario | ProtocolScenario:
+    """Read a ``digipat dose`` scenario file once and check it by its ``[source] type``.
+
+    A ``type = "protocol"`` file gives a :class:`ProtocolScenario` (organ doses of a CT scan);
+    every other type a :class:`Scenario` (see :func:`read_scenario`).
+    """
+    def parse(data: dict, folder: Path, p: Path) -> Scenario | ProtocolScenario:
+        src = data.get("source")
+        if isinstance(src, dict) and src.get("type") == "protocol":
+            return parse_protocol_scenario(data, folder)
+        return parse_scenario(data, folder, p)
+
+    return _CHECKS.read(path, "scenario file", parse)
+
+
 def read_scenario(path: str | os.PathLike) -> Scenario:
     """Read and validate a scenario TOML file.
 
@@ -506,8 +610,4 @@ def read_scenario(path: str | os.PathLike) -> Scenario:
     ScenarioError
         Missing or unparsable file, or any invalid section / key (see :func:`parse_scenario`).
     """
-    data, p = _CHECKS.load(path, "scenario file")
-    try:
-        return parse_scenario(data, p.resolve().parent, p)
-    except ScenarioError as exc:
-        raise ScenarioError(f"{p.name}: {exc}") from None
+    return _CHECKS.read(path, "scenario file", parse_scenario)

@@ -23,7 +23,7 @@ its name ends in ``.yaml``)::
     smoothing_method = "taubin"            # taubin (non-shrinking) | laplacian (shrinks)
     # local_centre_xyz_mm = [x, y, z]      # centre of local_offset_mm (default: the synthetic stenosis)
     # local_radius_mm = 3.0; noise_correlation_mm = 2.0
-    # dose: age, sex, voxel_mm, protocol, histories, seed, organs, ... (workflows/dose_study.py)
+    # dose: age, sex, voxel_mm, protocol, histories, seed, organs, ... (workflows/study/dose_cases.py)
     [parameters.boundary_offset_mm]        # one table per perturbation parameter
     low = -0.1                             # uniform on [low, high] ...
     high = 0.1
@@ -47,8 +47,8 @@ its name ends in ``.yaml``)::
 The older single-parameter form ``[design] parameter = "boundary_offset_mm"`` with
 ``values = [...]`` (an OAT sweep of those values) is still read.
 
-Flow parameters (:data:`FLOW_PARAMETERS`) map onto :class:`workflows.vessel_flow.VesselFlowConfig`;
-dose parameters are :data:`workflows.dose_study.DOSE_PARAMETERS`.
+Flow parameters (:data:`FLOW_PARAMETERS`) map onto :class:`workflows.flow.vessel_flow.VesselFlowConfig`;
+dose parameters are :data:`workflows.study.dose_cases.DOSE_PARAMETERS`.
 
 Cases. :func:`plan_cases` lists every case explicitly: the nominal case (``case_000``), the
 one-at-a-time sweeps, the sampled rows, and the numerical checks (mesh refinements of the
@@ -77,8 +77,17 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from workflows._io import hash_file, hash_params, provenance, write_json_atomic
-from workflows._toml import Checks
+from workflows.common import hash_file, hash_params, provenance, write_json_atomic
+from workflows.toml_checks import Checks
+from workflows.flow.vessel_flow import VesselFlowConfig, run_vessel_flow
+from workflows.study import analysis as sa
+from workflows.study import figures as sf
+from workflows.study.analysis import sample_design
+from workflows.study.dose_cases import DOSE_PARAMETERS
+from workflows.study.dose_cases import parse_dose_base
+from workflows.study.dose_cases import prepare_dose_base
+from workflows.study.dose_cases import run_dose_case
+from workflows.study.report import write_report
 
 __all__ = ["StudyError", "read_study", "parse_study", "plan_cases", "run_study", "FLOW_PARAMETERS",
            "FLOW_OUTPUTS"]
@@ -136,7 +145,6 @@ def read_study(path: str | os.PathLike) -> dict:
 
 
 def _dose_parameters() -> dict:
-    from workflows.dose_study import DOSE_PARAMETERS
 
     return DOSE_PARAMETERS
 
@@ -269,7 +277,6 @@ def parse_study(data: Mapping[str, Any], base_dir: Path) -> dict:
                 key = "output" if "output" in st else "outputs"
                 raise StudyError(f"[study] {key} must be among {', '.join(FLOW_OUTPUTS)}, got {o!r}")
     else:
-        from workflows.dose_study import parse_dose_base
 
         base = parse_dose_base(b, base_dir, StudyError)
         known = _dose_parameters()
@@ -376,7 +383,6 @@ def plan_cases(study: dict) -> list[dict]:
                 seen.add(v)
                 cases.append({"group": "oat", "params": {**nominal, p["name"]: v}, "varied": p["name"]})
     if dz["type"] != "oat":
-        from workflows.sensitivity import sample_design
 
         x = sample_design(dz["type"], params, dz["n"], dz["seed"], levels=dz["levels"])
         for i, row in enumerate(x):
@@ -413,7 +419,7 @@ def _prepare(study: dict, out: Path, say) -> dict:
     ctx: dict[str, Any] = {}
     if study["path"] == "flow":
         if "synthetic" in base:
-            from workflows.demo import write_synthetic_patient
+            from phantoms.synthetic_patient import write_synthetic_patient
 
             say("[study] writing the synthetic patient")
             info = write_synthetic_patient(out / "patient", geometry=base["synthetic"], stenosis=base["stenosis"],
@@ -428,7 +434,6 @@ def _prepare(study: dict, out: Path, say) -> dict:
                              "(the world point, in mm, of the region to perturb, e.g. the stenosis)")
         ctx["image_sha256"] = hash_file(ctx["image"])
     else:
-        from workflows.dose_study import prepare_dose_base
 
         say("[study] preparing the dose base (phantom, CTDI normalisation)")
         ctx["prepared"] = prepare_dose_base(base, out / "dose_base", quiet=True)
@@ -439,14 +444,12 @@ def _run_case(study: dict, ctx: dict, case: dict, case_dir: str, threads: int | 
     """Run one case into ``case_dir`` (its results.json is written last)."""
     base = study["base"]
     if study["path"] == "dose":
-        from workflows.dose_study import run_dose_case
 
         b = dict(base)
         if threads:
             b["threads"] = threads
         return run_dose_case(b, case["params"], Path(case_dir), prepared=ctx.get("prepared"), quiet=True,
                              figures=case["group"] == "nominal")
-    from workflows.vessel_flow import VesselFlowConfig, run_vessel_flow
 
     kw: dict[str, Any] = {}
     for name, v in case["params"].items():
@@ -464,17 +467,22 @@ def _run_case(study: dict, ctx: dict, case: dict, case_dir: str, threads: int | 
 
 
 def _run_case_safe(study: dict, ctx: dict, case: dict, case_dir: str, threads: int | None) -> dict:
-    """:func:`_run_case`, recording a failure as the case's result instead of stopping the study.
+    """:func:`_run_case`, recording a user-level failure as the case's result.
 
-    A failed case gets ``results.json`` = ``{"error": message, "error_type": ...}``: it counts
-    as finished (a rerun does not repeat a deterministic failure; ``--retry-failed`` does),
-    its outputs are missing, and the analysis and report list it.
+    A case that fails with a ``ValueError`` (every digipat input or physics error derives from
+    it: an offset that empties an organ, a solve that does not converge, no vessel found)
+    gets ``results.json`` = ``{"error": message, "error_type": ...}``: it counts as finished (a
+    rerun does not repeat a deterministic failure; ``--retry-failed`` does), its outputs are
+    missing, and the analysis counts it (conservatively, in the flip bound) and the report
+    lists it. Any other exception is a bug or a broken machine (``TypeError``, ``OSError``,
+    ``MemoryError``): it stops the study with its traceback and nothing is recorded, so
+    the case runs again once the cause is fixed.
     """
     import traceback
 
     try:
         return _run_case(study, ctx, case, case_dir, threads)
-    except Exception as exc:  # noqa: BLE001 - every failure is recorded with its message
+    except ValueError as exc:
         res = {"error": f"{type(exc).__name__}: {exc}", "error_type": type(exc).__name__,
                "traceback_tail": traceback.format_exc().strip().splitlines()[-6:], "params": case["params"]}
         d = Path(case_dir)
@@ -604,7 +612,6 @@ def run_study(study: dict | str | os.PathLike, out_dir: str | os.PathLike, *, qu
     summary = analyse_study(study, out, plan, ctx)
     summary["timings_s"] = {"total": time.perf_counter() - t0}
     if report:
-        from workflows.study_report import write_report
 
         paths = write_report([summary], out, title=f"Sensitivity study: {study['name']}")
         summary["report"] = str(paths["html"])
@@ -618,7 +625,8 @@ def run_study(study: dict | str | os.PathLike, out_dir: str | os.PathLike, *, qu
             say(f"[study] d ln {q} / d ln r = {e['elasticity']:.3f} (95 % CI {e['ci_low']:.3f} to {e['ci_high']:.3f})")
         if "flip" in a and (a["flip"]["n_flipped"] or not q.startswith("organ_dose_mGy.")):
             f = a["flip"]
-            say(f"[study] {q}: decision ({f['rule']}) flips in {f['n_flipped']}/{f['n']} {f['basis']} "
+            failed = f" ({f['n_failed']} failed, counted as flips in the upper limit)" if f.get("n_failed") else ""
+            say(f"[study] {q}: decision ({f['rule']}) flips in {f['n_flipped']}/{f['n']} {f['basis']}{failed} "
                 f"(p = {f['probability']:.2f}, 95 % CI {f['ci_low']:.2f}-{f['ci_high']:.2f})")
     quiet_organs = [q for q in study["outputs"] if q.startswith("organ_dose_mGy.")
                     and summary["analysis"].get(q, {}).get("flip", {}).get("n_flipped") == 0]
@@ -663,7 +671,6 @@ def _reference_radius(study: dict, ctx: dict, nominal_rec: dict) -> float | None
 
 def analyse_study(study: dict, out: Path, plan: list[dict], ctx: dict) -> dict:
     """Assemble study.json (schema 2.0) from the finished cases."""
-    from workflows import sensitivity as sa
 
     recs = []
     for c in plan:
@@ -711,14 +718,14 @@ def analyse_study(study: dict, out: Path, plan: list[dict], ctx: dict) -> dict:
                 a["morris"] = sa.morris_indices(pars, x, ys, levels=dz["levels"], n_bootstrap=dz["bootstrap"],
                                                 seed=dz["seed"])
         if independent and any(_ok(r["outputs"].get(q)) for r in independent):
-            a["distribution"] = sa.distribution([r["outputs"][q] for r in independent if _ok(r["outputs"].get(q))])
+            a["distribution"] = sa.distribution([r["outputs"].get(q) for r in independent])
         # decision flips: over the sampled cases when there are any (a probability under the input
         # distributions), else over the one-at-a-time cases (how many of the swept inputs flip it).
         # A Saltelli design's A_B^i rows reuse columns of A and B: only A and B are independent draws.
+        # Failed cases stay in: flip_probability counts them, and as flips in the upper bound.
         basis = independent if independent else oat
-        basis = [r for r in basis if _ok(r["outputs"].get(q))]
-        vals = [r["outputs"][q] for r in basis]
-        if basis:
+        vals = [r["outputs"].get(q) if _ok(r["outputs"].get(q)) else None for r in basis]
+        if any(v is not None for v in vals):
             if q == "ffr_like":
                 a["flip"] = sa.flip_probability(vals, q0, below=study["decision"]["ffr_threshold"])
             elif q.startswith("organ_dose_mGy.") or q == "effective_dose_mSv":
@@ -806,10 +813,6 @@ def _images(study: dict, out: Path, ctx: dict, nominal: dict) -> dict:
     cdir = Path(nominal["results"]).parent
     figs = out / "figures"
     images: dict[str, str] = {}
-    try:
-        from workflows import study_figures as sf
-    except ImportError:  # pragma: no cover - the figure module is part of the package
-        return images
     figs.mkdir(exist_ok=True)
     jobs = []
     if study["path"] == "flow":

@@ -1,13 +1,13 @@
 """The dose path of a geometric sensitivity study: one case = age phantom + CT protocol + perturbation → organ doses.
 
-A study (:mod:`workflows.study`) asks how much the organ doses of a CT scan move when the
+A study (:mod:`workflows.study.runner`) asks how much the organ doses of a CT scan move when the
 digital patient is a little wrong. This module evaluates one case of such a study::
 
     [base]                      # the study file's base case for path = "dose"
     age = "5y"                  # newborn | 1y | 5y | 10y | 15y | adult (stylised ICRP 89 phantom)
     sex = "male"
     voxel_mm = 4.0              # phantom voxel size (mm), the nominal of the voxel_mm parameter
-    protocol = "chest.toml"     # CT protocol (workflows.protocol); default: the packaged example
+    protocol = "chest.toml"     # CT protocol (workflows.dose.protocol); default: the packaged example
     z_start_mm = 0.0            # optional scan-range override (focal-spot z, phantom frame);
     z_end_mm = 400.0            #   default: the phantom's trunk, z = 0 to the trunk height
     histories = 3000000         # photons of the scan (per case)
@@ -43,11 +43,11 @@ nominal and the offset cases coincide and, with the same seed, the photon histor
 common random numbers: the dose *differences* between cases are much less noisy than the
 doses themselves.
 
-Normalisation (:mod:`workflows.patient_dose`): organ dose (mGy) = dose per photon ×
+Normalisation (:mod:`workflows.dose.patient`): organ dose (mGy) = dose per photon ×
 photons per 100 mAs × scan mAs / 100, the photons per 100 mAs from one CTDI run of the
-protocol (:func:`workflows.ctdi.run_ctdi`), which does not depend on the phantom: it runs
+protocol (:func:`workflows.dose.ctdi.run_ctdi`), which does not depend on the phantom: it runs
 once per study in :func:`prepare_dose_base` and is cached on disk. Effective dose with
-ICRP 103 weights (:mod:`workflows.effective_dose`).
+ICRP 103 weights (:mod:`workflows.dose.effective_dose`).
 
 Uncertainty. ``qoi_sigma`` is the 1σ Monte Carlo uncertainty of each case's own scan run
 (batch spread); it is the numerical noise that differs between cases. The CTDI run's
@@ -62,7 +62,6 @@ same inputs returns it without computing).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from pathlib import Path
@@ -70,12 +69,19 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from workflows._io import hash_file, hash_params, provenance, write_json_atomic
+from workflows.common import SCHEMA_VERSION, ResultCache, hash_file, hash_params, provenance
+from workflows.dose.ctdi import run_ctdi
+from workflows.dose.effective_dose import effective_dose
+from workflows.dose.effective_dose import icrp_tissue
+from workflows.dose.figures import plot_dose_overlay
+from workflows.dose.patient import normalisation
+from workflows.dose.patient import organ_table, run_scan
+from workflows.dose.protocol import ProtocolError, read_protocol
+from workflows.toml_checks import Checks
 
 __all__ = ["DOSE_PARAMETERS", "DEFAULT_BASE", "DEFAULT_ORGANS", "GRID_PAD_MM", "DoseCaseError", "parse_dose_base",
            "prepare_dose_base", "run_dose_case", "valid_organs", "perturbable_organs"]
 
-SCHEMA_VERSION = "1.0"
 
 #: The perturbation parameters of the dose path (the study runner's contract).
 DOSE_PARAMETERS: dict[str, dict] = {
@@ -114,7 +120,7 @@ _BASE_KEYS = ("age", "sex", "voxel_mm", "protocol", "z_start_mm", "z_end_mm", "h
 #: the skeleton (cortical shell around marrow; not an organ contour).
 _NOT_PERTURBABLE = ("air", "soft_tissue", "skin", "cortical_bone", "red_marrow", "yellow_marrow")
 _SEX_ONLY = {"male": ("testes", "prostate"), "female": ("ovaries", "uterus")}
-_DEFAULT_PROTOCOL = Path(__file__).resolve().parent / "data" / "protocol_example.toml"
+_DEFAULT_PROTOCOL = Path(__file__).resolve().parents[1] / "data" / "protocol_example.toml"
 
 
 class DoseCaseError(ValueError):
@@ -162,8 +168,6 @@ def parse_dose_base(table: Mapping, base_dir: Path, error_cls: type[Exception]) 
         message names ``[base] key`` and lists the valid choices.
     """
     from phantoms.stylized import SUPPORTED_AGES, VOXEL_MM_RANGE
-    from workflows._toml import Checks
-    from workflows.protocol import ProtocolError, read_protocol
 
     c = Checks(error_cls)
     if not isinstance(table, Mapping):
@@ -231,7 +235,6 @@ def _organ_list(error_cls, key: str, v, valid: list[str]) -> list[str]:
 
 # ----------------------------------------------------------------------------- once per study
 def _protocol(base: Mapping, scan: Mapping):
-    from workflows.protocol import read_protocol
 
     p = read_protocol(base["protocol"])
     return dataclasses.replace(p, z_start_mm=float(scan["z_start_mm"]), z_end_mm=float(scan["z_end_mm"]))
@@ -280,19 +283,14 @@ def prepare_dose_base(base: dict, work_dir: Path, *, quiet: bool = True) -> dict
         ``relative_sigma``), ``nominal_phantom`` (organ masses, body mass).
     """
     from phantoms.stylized import build_reference_phantom
-    from workflows.ctdi import run_ctdi
-    from workflows.patient_dose import _normalisation
 
     work = Path(work_dir)
     key = _base_key(base)
     path = work / "prepared.json"
-    if path.is_file():
-        try:
-            old = json.loads(path.read_text())
-            if old.get("inputs_sha256") == key:
-                return old
-        except (OSError, json.JSONDecodeError):
-            pass
+    cache = ResultCache(path, key)
+    if (old := cache.load()) is not None:
+        return old
+    cache.invalidate()
     t0 = time.perf_counter()
     ph = build_reference_phantom(base["age"], base["sex"], base["voxel_mm"])
     scan = _scan_range(base, ph)
@@ -303,7 +301,7 @@ def prepare_dose_base(base: dict, work_dir: Path, *, quiet: bool = True) -> dict
         print(f"[dose study] CTDI of the protocol in the {diameter} cm phantom, {base['ctdi_histories']:.3g} photons",
               flush=True)
     ctdi = run_ctdi(protocol, diameter, base["ctdi_histories"], base["seed"], base["threads"], work / "ctdi")
-    norm = _normalisation(protocol, ctdi)
+    norm = normalisation(protocol, ctdi)
     rel = (ctdi["ctdivol_sigma_Gy_per_photon"] / ctdi["ctdivol_Gy_per_photon"]
            if ctdi.get("ctdivol_Gy_per_photon") else None)
     norm["relative_sigma"] = rel
@@ -325,7 +323,7 @@ def prepare_dose_base(base: dict, work_dir: Path, *, quiet: bool = True) -> dict
         "nominal_phantom": _phantom_summary(ph, np.asarray(ph.labels.array)),
         "wall_time_s": time.perf_counter() - t0,
     }
-    write_json_atomic(path, prepared)
+    cache.save(prepared)
     return prepared
 
 
@@ -423,6 +421,47 @@ def _case_key(base: Mapping, p: Mapping, prepared: Mapping) -> str:
                        SCHEMA_VERSION)
 
 
+def _qoi(base: Mapping, rows: list[dict], eff: dict, norm: Mapping, absolute: bool) -> tuple[dict, dict, dict]:
+    """The study's outputs of one case: QoI organ doses, effective dose, CTDIvol; their 1σ and relative σ."""
+    by_name = {r["organ"]: r for r in rows}
+    vkey, skey = ("dose_mGy", "dose_sigma_mGy") if absolute else ("dose_Gy_per_photon", "dose_sigma_Gy_per_photon")
+    qoi, sig = {}, {}
+    for o in base["organs"]:
+        qoi[f"organ_dose_mGy.{o}"] = by_name[o][vkey]
+        sig[f"organ_dose_mGy.{o}"] = by_name[o][skey]
+    qoi["effective_dose_mSv"], sig["effective_dose_mSv"] = eff["effective_dose"], eff["effective_dose_sigma"]
+    qoi["ctdivol_mGy"], sig["ctdivol_mGy"] = norm["ctdivol_mGy"], norm.get("ctdivol_sigma_mGy")
+    rel = {k: (sig[k] / v if v and sig[k] is not None else None) for k, v in qoi.items()}
+    return qoi, sig, rel
+
+
+def _summarise_changes(base: Mapping, p: Mapping, nominal: Mapping, summ: Mapping, reports: dict,
+                       eff: dict) -> list[str]:
+    """Add the voxel-size note and the organ/body mass changes against the nominal phantom to
+    ``reports``; return warnings about labels the perturbation removed."""
+    change = {}
+    for o in dict.fromkeys(list(base["organs"]) + list(base["perturbed_organs"])):
+        m0, m1 = nominal["organ_masses_g"].get(o), summ["organ_masses_g"].get(o, 0.0)
+        change[o] = {"mass_g": m1, "nominal_mass_g": m0,
+                     "mass_change_percent": 100.0 * (m1 - m0) / m0 if m0 else None}
+    reports["voxel_mm"] = {"voxel_mm": p["voxel_mm"], "nominal_voxel_mm": base["voxel_mm"],
+                           "note": "phantom built and its organ masses fitted to ICRP 89 on this grid"}
+    reports["summary"] = {
+        "organs": change, "body_mass_g": summ["body_mass_g"], "nominal_body_mass_g": nominal["body_mass_g"],
+        "body_mass_change_percent": 100.0 * (summ["body_mass_g"] - nominal["body_mass_g"]) / nominal["body_mass_g"],
+        "note": "changes against the nominal phantom (base voxel_mm, no offsets), all parameters together"}
+
+    warnings = []
+    gone = [o for o, m in nominal["organ_masses_g"].items() if m > 0 and summ["organ_masses_g"].get(o, 0.0) == 0.0]
+    if gone:
+
+        tissues = sorted({icrp_tissue(o) for o in gone if icrp_tissue(o)})
+        warnings.append(f"labels of the nominal phantom absent in this case: {', '.join(gone)}"
+                        + (f"; ICRP 103 tissues lost: {', '.join(tissues)} -- the effective dose covers "
+                           f"Σw_T = {eff['weight_covered']:.3g} (see effective_dose_detail)" if tissues else ""))
+    return warnings
+
+
 def run_dose_case(base: dict, params: dict, case_dir: Path, *, prepared: dict | None = None,
                   quiet: bool = True, figures: bool = False) -> dict:
     """Evaluate one study case: build and perturb the phantom, scan it, normalise, write ``results.json``.
@@ -465,8 +504,6 @@ def run_dose_case(base: dict, params: dict, case_dir: Path, *, prepared: dict | 
     from physics.transport import Material, TransportError, VoxelPhantom
     from phantoms.stylized import LABELS
     from pipeline.image import Volume, write_image
-    from workflows.effective_dose import effective_dose
-    from workflows.patient_dose import _organ_table, _run_scan
 
     p = _params(params, base)
     case = Path(case_dir)
@@ -474,15 +511,11 @@ def run_dose_case(base: dict, params: dict, case_dir: Path, *, prepared: dict | 
         prepared = prepare_dose_base(base, case / "prepared", quiet=quiet)
     key = _case_key(base, p, prepared)
     res_path = case / "results.json"
-    if res_path.is_file() and (not figures or (case / "dose_map.png").is_file()):
-        try:
-            old = json.loads(res_path.read_text())
-            if old.get("inputs_sha256") == key:
-                return old
-        except (OSError, json.JSONDecodeError):
-            pass
+    cache = ResultCache(res_path, key, artifacts=[case / "dose_map.png"] if figures else [])
+    if (old := cache.load()) is not None:
+        return old
+    cache.invalidate()  # never a stale result beside new outputs
     case.mkdir(parents=True, exist_ok=True)
-    res_path.unlink(missing_ok=True)  # never a stale result beside new outputs
     times: dict[str, float] = {}
     t0 = time.perf_counter()
     ph, lab, origin, reports = _perturbed_phantom(base, p)
@@ -497,7 +530,7 @@ def run_dose_case(base: dict, params: dict, case_dir: Path, *, prepared: dict | 
     if not quiet:
         print(f"[dose case] {case.name}: {base['histories']:.3g} photons, grid {lab.shape}, params {p}", flush=True)
     try:
-        res = _run_scan(phantom, mats, protocol, {}, base["histories"], base["batches"], base["seed"],
+        res = run_scan(phantom, mats, protocol, {}, base["histories"], base["batches"], base["seed"],
                         base["threads"], spectrum=_spectrum(prepared["spectrum"]))
     except TransportError as exc:
         raise DoseCaseError(f"transport: {exc}") from None
@@ -505,48 +538,16 @@ def run_dose_case(base: dict, params: dict, case_dir: Path, *, prepared: dict | 
 
     norm = prepared["normalisation"]
     n_scan, ctdivol = norm["photons_in_scan"], norm["ctdivol_mGy"]
-    rows, organ_dose, organ_mass = _organ_table(res, mats, names, n_scan, ctdivol)
+    rows, organ_dose, organ_mass = organ_table(res, mats, names, n_scan, ctdivol)
     eff = effective_dose(organ_dose, base["sex"], organ_mass)
-    by_name = {r["organ"]: r for r in rows}
     unit = "mGy" if n_scan is not None else "Gy per photon"
-    vkey, skey = ("dose_mGy", "dose_sigma_mGy") if n_scan is not None else ("dose_Gy_per_photon",
-                                                                            "dose_sigma_Gy_per_photon")
-    qoi, sig = {}, {}
-    for o in base["organs"]:
-        qoi[f"organ_dose_mGy.{o}"] = by_name[o][vkey]
-        sig[f"organ_dose_mGy.{o}"] = by_name[o][skey]
-    qoi["effective_dose_mSv"], sig["effective_dose_mSv"] = eff["effective_dose"], eff["effective_dose_sigma"]
-    qoi["ctdivol_mGy"], sig["ctdivol_mGy"] = ctdivol, norm.get("ctdivol_sigma_mGy")
-    rel = {k: (sig[k] / v if v and sig[k] is not None else None) for k, v in qoi.items()}
-
+    qoi, sig, rel = _qoi(base, rows, eff, norm, n_scan is not None)
     summ = _phantom_summary(ph, lab)
-    nominal = prepared["nominal_phantom"]
-    change = {}
-    for o in dict.fromkeys(list(base["organs"]) + list(base["perturbed_organs"])):
-        m0, m1 = nominal["organ_masses_g"].get(o), summ["organ_masses_g"].get(o, 0.0)
-        change[o] = {"mass_g": m1, "nominal_mass_g": m0,
-                     "mass_change_percent": 100.0 * (m1 - m0) / m0 if m0 else None}
-    reports["voxel_mm"] = {"voxel_mm": p["voxel_mm"], "nominal_voxel_mm": base["voxel_mm"],
-                           "note": "phantom built and its organ masses fitted to ICRP 89 on this grid"}
-    reports["summary"] = {
-        "organs": change, "body_mass_g": summ["body_mass_g"], "nominal_body_mass_g": nominal["body_mass_g"],
-        "body_mass_change_percent": 100.0 * (summ["body_mass_g"] - nominal["body_mass_g"]) / nominal["body_mass_g"],
-        "note": "changes against the nominal phantom (base voxel_mm, no offsets), all parameters together"}
-
-    warnings = []
-    gone = [o for o, m in nominal["organ_masses_g"].items() if m > 0 and summ["organ_masses_g"].get(o, 0.0) == 0.0]
-    if gone:
-        from workflows.effective_dose import icrp_tissue
-
-        tissues = sorted({icrp_tissue(o) for o in gone if icrp_tissue(o)})
-        warnings.append(f"labels of the nominal phantom absent in this case: {', '.join(gone)}"
-                        + (f"; ICRP 103 tissues lost: {', '.join(tissues)} -- the effective dose covers "
-                           f"Σw_T = {eff['weight_covered']:.3g} (see effective_dose_detail)" if tissues else ""))
+    warnings = _summarise_changes(base, p, prepared["nominal_phantom"], summ, reports, eff)
 
     t2 = time.perf_counter()
     write_image(Volume(lab.astype(np.uint8), sp, origin, ph.labels.direction_xyz), case / "labels.nii.gz")
     if figures:
-        from workflows.dose_figures import plot_dose_overlay
 
         dose_pp, _ = res.dose_Gy_per_photon()
         scale = n_scan * 1e3 if n_scan is not None else 1.0
@@ -583,7 +584,7 @@ def run_dose_case(base: dict, params: dict, case_dir: Path, *, prepared: dict | 
         "timings_s": times,
         "provenance": provenance(seed=base["seed"], inputs_sha256=key),
     }
-    write_json_atomic(res_path, results)
+    cache.save(results)
     if not quiet:
         print(f"[dose case] {case.name}: done in {times['total']:.1f} s; effective dose "
               f"{qoi['effective_dose_mSv']:.3g} {results['units']['effective_dose']}", flush=True)

@@ -1,7 +1,7 @@
 """The CT scan protocol file: scanner geometry, tube, scan range and tube-current modulation.
 
 A protocol is one small TOML file that says how a CT scanner was run, so that a dose
-calculation (:mod:`workflows.ctdi`, and phantom dose runs through :meth:`Protocol.source`)
+calculation (:mod:`workflows.dose.ctdi`, and phantom dose runs through :meth:`Protocol.source`)
 can be reproduced from it::
 
     [scanner]
@@ -55,7 +55,7 @@ Keys
     naming the key). At most one of ``mAs_per_rotation`` (> 0) or ``tube_current_mA``
     (> 0, needs ``[scan] rotation_time_s``). ``ctdivol_mGy_per_100mAs`` (> 0) is a
     measured CTDIvol for *this* protocol (its collimation and pitch) per 100 mAs per
-    rotation, i.e. the vendor's nCTDIw / pitch; with it :func:`workflows.ctdi.run_ctdi`
+    rotation, i.e. the vendor's nCTDIw / pitch; with it :func:`workflows.dose.ctdi.run_ctdi`
     calibrates the tube output (photons per mAs) instead of estimating it with SpekPy.
 ``[scan]``
     ``collimation_mm``, ``pitch`` (> 0), ``z_start_mm`` < ``z_end_mm`` (required),
@@ -85,18 +85,17 @@ e.g. ``"[scan] pitch must be > 0, got 0.0"``.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from workflows._toml import Checks
+from workflows.toml_checks import Checks
 
 import numpy as np
 
 from physics.transport import Bowtie, CTFanBeam, Material, Spectrum, TransportError, spekpy_spectrum
-from physics.transport.sources import _spekpy_materials
+from physics.transport.sources import spekpy_materials
 
 __all__ = ["ProtocolError", "Protocol", "ModulatedCTFanBeam", "BOWTIE_MATERIALS", "BOWTIE_PRESETS",
            "DEFAULT_SOURCE_TO_ISOCENTRE_MM", "DEFAULT_FAN_WIDTH_MM", "read_protocol", "parse_protocol",
@@ -461,16 +460,6 @@ def _grid_z_extent_mm(phantom) -> tuple[float, float]:
 # ----------------------------------------------------------------------------- parsing
 
 
-
-
-
-
-
-
-
-
-
-
 def _material(v: Any) -> Material:
     sec = "scanner.bowtie"
     if isinstance(v, str):
@@ -543,7 +532,7 @@ def _filtration(v: Any) -> dict[str, float]:
         raise ProtocolError(f"[tube] filtration_mm must be a table of filter material to thickness in mm, "
                             f"e.g. filtration_mm = {{Al = 6.0, Cu = 0.1}}, got {v!r}")
     out = {str(m): _non_negative("tube", f"filtration_mm.{m}", x) for m, x in v.items()}
-    known = _spekpy_materials()
+    known = spekpy_materials()
     for m in out:
         if m not in known:
             raise ProtocolError(f"[tube] filtration_mm: unknown filter material {m!r}; use SpekPy's names: element "
@@ -672,8 +661,4 @@ def read_protocol(path: str | os.PathLike) -> Protocol:
     ProtocolError
         Missing or unparsable file, or any invalid section / key (see :func:`parse_protocol`).
     """
-    data, p = _CHECKS.load(path, "protocol file")
-    try:
-        return parse_protocol(data, p.resolve().parent, p)
-    except ProtocolError as exc:
-        raise ProtocolError(f"{p.name}: {exc}") from None
+    return _CHECKS.read(path, "protocol file", parse_protocol)

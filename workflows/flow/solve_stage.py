@@ -1,6 +1,6 @@
 """The flow-solve stage, runnable in-process or under ``mpiexec -n N``.
 
-``python -m workflows._solve_stage MESH.msh PROBLEM_JSON OUT.json [FIELDS_DIR]`` loads the
+``python -m workflows.flow.solve_stage MESH.msh PROBLEM_JSON OUT.json [FIELDS_DIR]`` loads the
 mesh (distributed over the ranks), solves, and rank 0 writes ``OUT.json`` atomically. With
 ``FIELDS_DIR`` the fields are written for ParaView and the wall pressure is sampled into
 ``FIELDS_DIR/wall_pressure.npz`` (gathered on rank 0, see :func:`write_wall_pressure`).
@@ -9,9 +9,10 @@ mesh (distributed over the ranks), solves, and rank 0 writes ``OUT.json`` atomic
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
+
+from physics.atomic import write_json, write_npz
 
 #: File (in the fields folder) holding the pressure at the wall nodes, for pressure maps.
 WALL_PRESSURE_FILE = "wall_pressure.npz"
@@ -36,23 +37,13 @@ def write_wall_pressure(result, facet_tags, wall_tags, path: str | Path, *, leng
     comm = result._fields["pressure"].function_space.mesh.comm
     if comm.rank != 0:
         return None
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    try:
-        with open(tmp, "wb") as fh:  # a file object: numpy adds no second ".npz"
-            np.savez(fh, xyz_mm=np.asarray(xyz_m, float) / length_unit_m, pressure_Pa=np.asarray(p, float))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_npz(path, xyz_mm=np.asarray(xyz_m, float) / length_unit_m, pressure_Pa=np.asarray(p, float))
 
 
 def solve_to_json(msh: str | Path, problem: dict, out_json: str | Path, fields_dir: str | Path | None) -> dict:
     from mpi4py import MPI
 
     from physics.flow import FlowProblem, load_mesh, solve_flow
-    from workflows._io import write_json_atomic
 
     comm = MPI.COMM_WORLD
     mesh, _cell_tags, facet_tags = load_mesh(str(msh), comm, length_unit_m=1e-3)
@@ -66,7 +57,7 @@ def solve_to_json(msh: str | Path, problem: dict, out_json: str | Path, fields_d
         write_wall_pressure(result, facet_tags, list(fp.wall_tags), wall_file)
         data["field_files"] = [str(f) for f in files] + [str(wall_file)]
     if comm.rank == 0:
-        write_json_atomic(out_json, data)
+        write_json(out_json, data)
     comm.barrier()
     return data
 
@@ -74,7 +65,7 @@ def solve_to_json(msh: str | Path, problem: dict, out_json: str | Path, fields_d
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) not in (3, 4):
-        print("usage: python -m workflows._solve_stage MESH PROBLEM_JSON OUT_JSON [FIELDS_DIR]", file=sys.stderr)
+        print("usage: python -m workflows.flow.solve_stage MESH PROBLEM_JSON OUT_JSON [FIELDS_DIR]", file=sys.stderr)
         return 2
     msh, problem, out_json = args[:3]
     fields = args[3] if len(args) == 4 else None

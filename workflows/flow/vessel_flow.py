@@ -73,7 +73,8 @@ from typing import Any
 
 import numpy as np
 
-from workflows._io import (
+from workflows.common import (
+    HASH_KEY,
     SCHEMA_VERSION,
     Progress,
     StageCache,
@@ -622,13 +623,13 @@ def _solve(msh: Path, problem: dict, out: Path, cfg: VesselFlowConfig) -> dict:
     fields_dir = out / "fields" if cfg.write_fields else None
     flow_json = out / "flow.json"
     if cfg.n_procs == 1:
-        from workflows._solve_stage import solve_to_json
+        from workflows.flow.solve_stage import solve_to_json
 
         solve_to_json(msh, problem, flow_json, fields_dir)
     else:
         mpiexec = Path(sys.executable).with_name("mpiexec")
         cmd = [str(mpiexec) if mpiexec.exists() else "mpiexec", "-n", str(cfg.n_procs),
-               sys.executable, "-m", "workflows._solve_stage", str(msh), json.dumps(problem),
+               sys.executable, "-m", "workflows.flow.solve_stage", str(msh), json.dumps(problem),
                str(flow_json)] + ([str(fields_dir)] if fields_dir else [])
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -683,6 +684,8 @@ def run_vessel_flow(
     truth_hash = hash_file(truth_path) if truth_path is not None else None
 
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise WorkflowError(f"--out {out} is a file; give a folder (new, or one holding an earlier run to resume)")
     out.mkdir(parents=True, exist_ok=True)
     (out / RESULT_FILE).unlink(missing_ok=True)  # a stale result must not look like this run's
     cache = StageCache(out, force=force)
@@ -708,7 +711,7 @@ def run_vessel_flow(
         cache.record("segment", seg_key, seg_rec)
     else:
         prog.stage("segment lumen", lambda: None, skipped=True)
-    seg_rec.pop("key", None)
+    seg_rec.pop(HASH_KEY, None)
 
     # 2 + 3. surface and volume mesh (recomputed together: the surface object feeds gmsh)
     geo_keys = ("inlet_xyz_mm", "smoothing_iterations", "cells_per_radius", "mesh_order")
@@ -731,7 +734,7 @@ def run_vessel_flow(
     else:
         prog.stage("surface", lambda: None, skipped=True)
         prog.stage("volume mesh", lambda: None, skipped=True)
-    geo_rec.pop("key", None)
+    geo_rec.pop(HASH_KEY, None)
     outlet_tags = sorted(int(t) for name, t in geo_rec["mesh"]["boundaries"].items()
                          if name.startswith("outlet") and isinstance(t, int))
 
@@ -746,7 +749,7 @@ def run_vessel_flow(
         cache.record("solve", solve_key, flow)
     else:
         prog.stage("flow solve", lambda: None, skipped=True)
-    flow.pop("key", None)
+    flow.pop(HASH_KEY, None)
 
     # 5. results
     results = _assemble_results(cfg, image_path, image_hash, seg_rec, geo_rec, flow, timings, extra)

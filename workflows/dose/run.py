@@ -1,6 +1,6 @@
 """``digipat dose``: a scenario file → a Monte Carlo photon-transport run → dose outputs.
 
-Composes :mod:`workflows.scenario` (the TOML contract of issue 3) with the engine in
+Composes :mod:`workflows.dose.scenario` (the TOML contract of issue 3) with the engine in
 :mod:`physics.transport` (Woodcock tracking, kerma approximation; see its modules for the
 physics and references). Outputs in ``OUT`` (fixed names, written atomically; the stage
 record ``results.json`` is written last, so it exists only after a complete run):
@@ -33,8 +33,10 @@ from typing import Mapping
 
 import numpy as np
 
-from workflows._io import SCHEMA_VERSION, hash_file, hash_params, provenance, write_json_atomic, write_text_atomic
-from workflows.scenario import CT_CONTINUOUS_KEYS, Scenario, ScenarioError, read_scenario
+from workflows.common import SCHEMA_VERSION, ResultCache, hash_file, hash_params, provenance, write_text_atomic
+from workflows.dose.patient import run_patient_dose
+from workflows.dose.scenario import (CT_CONTINUOUS_KEYS, ProtocolScenario, Scenario, ScenarioError, check_threads,
+                                     read_dose_scenario)
 
 __all__ = ["DoseModel", "build_model", "run_dose", "RESULTS_NAME", "DOSE_NAME", "DOSE_SIGMA_NAME",
            "ORGANS_NAME"]
@@ -102,7 +104,7 @@ def build_model(scenario: Scenario) -> DoseModel:
     Parameters
     ----------
     scenario : Scenario
-        From :func:`workflows.scenario.read_scenario`.
+        From :func:`workflows.dose.scenario.read_scenario`.
 
     Returns
     -------
@@ -128,7 +130,7 @@ def build_model(scenario: Scenario) -> DoseModel:
 
     ph = scenario.phantom
     try:
-        vol = read_image(ph.labels)
+        vol = read_image(ph.labels, allow_singleton_axes=True)
     except (ValueError, RuntimeError) as exc:  # ImageError, SimpleITK read failures
         raise ScenarioError(f"[phantom] labels: cannot read {str(ph.labels)!r}: {exc}") from None
     arr = np.asarray(vol.array)
@@ -304,9 +306,8 @@ def run_dose(scenario: Scenario | str | Path, out_dir: str | Path, *, threads: i
     Raises
     ------
     ScenarioError
-        Any invalid input (see :func:`workflows.scenario.read_scenario` and :func:`build_model`).
+        Any invalid input (see :func:`workflows.dose.scenario.read_scenario` and :func:`build_model`).
     """
-    import json
     import sys
 
     from physics.transport import TransportError
@@ -314,46 +315,29 @@ def run_dose(scenario: Scenario | str | Path, out_dir: str | Path, *, threads: i
     from pipeline.image import write_image
 
     out = Path(out_dir)
-    if not isinstance(scenario, Scenario) and Path(scenario).is_file():
-        import tomllib
-
-        try:
-            raw = tomllib.loads(Path(scenario).read_text())
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError):
-            raw = None
-        if isinstance(raw, dict) and isinstance(raw.get("source"), dict) and raw["source"].get("type") == "protocol":
-            # a CT protocol on a digital patient: organ doses in mGy, per CTDIvol, effective dose
-            from workflows.patient_dose import run_patient_dose
-
-            try:
-                return run_patient_dose(raw, Path(scenario).resolve().parent, out, threads=threads, force=force,
-                                        quiet=quiet)
-            except ScenarioError:
-                (out / RESULTS_NAME).unlink(missing_ok=True)
-                raise
     try:
-        sc = scenario if isinstance(scenario, Scenario) else read_scenario(scenario)
+        sc = scenario if isinstance(scenario, (Scenario, ProtocolScenario)) else read_dose_scenario(scenario)
+        if threads is not None:
+            threads = check_threads(threads)
     except ScenarioError:
         (out / RESULTS_NAME).unlink(missing_ok=True)  # no results.json after a failed run
         raise
+    if isinstance(sc, ProtocolScenario):
+        # a CT protocol on a digital patient: organ doses in mGy, per CTDIvol, effective dose
+
+        return run_patient_dose(sc, out, threads=threads, force=force, quiet=quiet)
     if threads is not None:
         import dataclasses
 
-        from workflows.scenario import _integer
-        sc = dataclasses.replace(sc, run=dataclasses.replace(sc.run, threads=_integer("run", "threads", threads, 1)))
+        sc = dataclasses.replace(sc, run=dataclasses.replace(sc.run, threads=threads))
     say = (lambda text: None) if quiet else (lambda text: print(text, file=sys.stderr, flush=True))
     key = _inputs_hash(sc)
     res_path = out / RESULTS_NAME
-    if not force and res_path.is_file() and (out / DOSE_NAME).is_file() and (out / ORGANS_NAME).is_file():
-        try:
-            old = json.loads(res_path.read_text())
-            if old.get("provenance", {}).get("inputs_hash") == key:
-                say(f"dose: up to date ({res_path}), skipped")
-                return old
-        except (OSError, json.JSONDecodeError):
-            pass
-    out.mkdir(parents=True, exist_ok=True)
-    res_path.unlink(missing_ok=True)  # never leave a stale result beside new (or failed) outputs
+    cache = ResultCache(res_path, key, artifacts=[out / DOSE_NAME, out / ORGANS_NAME], force=force)
+    if (old := cache.load()) is not None:
+        say(f"dose: up to date ({res_path}), skipped")
+        return old
+    cache.invalidate()  # never leave a stale result beside new (or failed) outputs
 
     model = build_model(sc)
     say(f"dose: {sc.run.histories} histories in {sc.run.batches} batches, grid {model.phantom.shape}")
@@ -406,6 +390,6 @@ def run_dose(scenario: Scenario | str | Path, out_dir: str | Path, *, threads: i
         "provenance": provenance(inputs_hash=key, seed=sc.run.seed, engine_fingerprint=result.fingerprint,
                                  input_hashes={str(f): hash_file(f) for f in sc.input_files()}),
     }
-    write_json_atomic(res_path, results)  # last: its presence marks a complete run
+    cache.save(results)  # last: its presence marks a complete run
     say(f"dose: done in {wall:.1f} s ({result.histories_per_second:.3g} histories/s); results: {res_path}")
     return results

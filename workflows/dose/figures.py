@@ -7,27 +7,18 @@ backend, so they work on headless batch nodes.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from physics.atomic import save_figure
+
 __all__ = ["plot_dose_overlay", "plot_organ_doses"]
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png.tmp")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return save_figure(fig, path, dpi=110, bbox_inches="tight", format="png")
 
 
 def plot_dose_overlay(labels: np.ndarray, dose: np.ndarray, spacing_mm: Sequence[float], path: str | os.PathLike,

@@ -195,14 +195,21 @@ def tornado(q_nominal: float, sweeps: dict[str, Sequence[tuple[float, float]]]) 
     return rows
 
 
-def distribution(values: Sequence[float]) -> dict:
-    """Mean, standard deviation and the 2.5/50/97.5 percentiles of sampled outputs."""
-    v = np.asarray(values, float)
+def distribution(values: Sequence[float | None]) -> dict:
+    """Mean, standard deviation and the 2.5/50/97.5 percentiles of sampled outputs.
+
+    ``None`` or non-finite values are failed cases: they are left out of the statistics and
+    counted in ``n_failed`` (the statistics then describe the cases that succeeded, which is
+    biased when failures cluster at one end, e.g. narrowed geometries that do not converge).
+    """
+    v = np.asarray([np.nan if x is None else x for x in values], float)
+    n_failed = int(np.sum(~np.isfinite(v)))
     v = v[np.isfinite(v)]
     if v.size == 0:
         raise ValueError("no finite outputs to summarise")
     p = np.percentile(v, [2.5, 50, 97.5])
-    return {"n": int(v.size), "mean": float(v.mean()), "sd": float(v.std(ddof=1)) if v.size > 1 else 0.0,
+    return {"n": int(v.size), "n_failed": n_failed, "mean": float(v.mean()),
+            "sd": float(v.std(ddof=1)) if v.size > 1 else 0.0,
             "p2_5": float(p[0]), "p50": float(p[1]), "p97_5": float(p[2]), "min": float(v.min()),
             "max": float(v.max()), "values": [float(x) for x in v]}
 
@@ -221,7 +228,7 @@ def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, fl
     return (max(0.0, c - h), min(1.0, c + h))
 
 
-def flip_probability(values: Sequence[float], q_nominal: float, *, below: float | None = None,
+def flip_probability(values: Sequence[float | None], q_nominal: float, *, below: float | None = None,
                      rel_change: float | None = None, sigma: Sequence[float] | None = None,
                      confidence: float = 0.95) -> dict:
     """Probability that the decision differs from the nominal case's.
@@ -231,13 +238,22 @@ def flip_probability(values: Sequence[float], q_nominal: float, *, below: float 
     change decision (e.g. an organ dose moving by more than 10 %): a case flips when
     ``|q / q_nominal − 1| > rel_change``. With ``sigma`` (numerical 1σ of each case's change,
     e.g. Monte Carlo), ``n_beyond_noise`` counts only flips more than 2σ past the threshold.
+
+    Failed cases (``None`` or non-finite values) carry no decision. They are counted in
+    ``n_failed`` and enter the interval conservatively: ``ci_low`` is the Wilson lower limit
+    with every failed case counted as not flipped, ``ci_high`` the Wilson upper limit with every
+    failed case counted as a flip, both over all ``n_total`` cases; ``probability`` is the
+    point estimate over the ``n`` cases that succeeded, and ``probability_bounds`` the range
+    from "no failed case flips" to "every failed case flips".
     """
-    v = np.asarray(values, float)
+    v = np.asarray([np.nan if x is None else x for x in values], float)
     if (below is None) == (rel_change is None):
         raise ValueError("give exactly one of below= or rel_change=")
+    ok = np.isfinite(v)
     if sigma is not None:
-        sigma = np.asarray(sigma, float)[np.isfinite(v)]
-    v = v[np.isfinite(v)]  # failed cases carry no decision
+        sigma = np.asarray(sigma, float)[ok]
+    n_failed = int(np.sum(~ok))
+    v = v[ok]
     if rel_change is not None and not (math.isfinite(q_nominal) and q_nominal != 0):
         raise ValueError(f"a relative-change decision needs a finite, non-zero nominal value, got {q_nominal!r}")
     if below is not None:
@@ -252,9 +268,14 @@ def flip_probability(values: Sequence[float], q_nominal: float, *, below: float 
         margin = np.abs(change - rel_change) * abs(q_nominal)
         rule = f"|change| > {100 * rel_change:g} %"
     k, n = int(flipped.sum()), int(v.size)
-    lo, hi = wilson_interval(k, n, confidence)
+    n_total = n + n_failed
+    lo = wilson_interval(k, n_total, confidence)[0]
+    hi = wilson_interval(k + n_failed, n_total, confidence)[1]
     out = {"rule": rule, "probability": k / n if n else float("nan"), "ci_low": lo, "ci_high": hi, "n": n,
-           "n_flipped": k, "nominal_decision": nominal_decision, "confidence": confidence}
+           "n_flipped": k, "n_failed": n_failed, "n_total": n_total,
+           "probability_bounds": [k / n_total if n_total else float("nan"),
+                                  (k + n_failed) / n_total if n_total else float("nan")],
+           "nominal_decision": nominal_decision, "confidence": confidence}
     if sigma is not None:
         s = np.asarray(sigma, float)
         out["n_beyond_noise"] = int(np.sum(flipped & (margin > 2 * s)))

@@ -13,7 +13,7 @@ with K the air kerma along a line parallel to the axis in a hole of the 16-cm (h
 
 How it is simulated (:func:`run_ctdi`):
 
-1. The protocol's beam (:meth:`workflows.protocol.Protocol.axial_source`: SpekPy
+1. The protocol's beam (:meth:`workflows.dose.protocol.Protocol.axial_source`: SpekPy
    spectrum, bowtie, collimation, source-to-isocentre distance) makes one full axial
    rotation (pitch 0, no tube-current modulation) centred on the phantom; the Monte
    Carlo engine (:func:`physics.transport.run`) scores the energy in the five chambers
@@ -38,7 +38,7 @@ How it is simulated (:func:`run_ctdi`):
      (then the simulated CTDIvol per 100 mAs equals the measurement by construction,
      and the other indices follow from the simulated ratios);
    - otherwise photons per mAs = SpekPy's fluence per mAs at 1 m on the central axis
-     (photons/cm²/mAs, :func:`workflows.protocol.tube_fluence_per_mAs_cm2`) × (100 cm)²
+     (photons/cm²/mAs, :func:`workflows.dose.protocol.tube_fluence_per_mAs_cm2`) × (100 cm)²
      × the beam's solid angle Ω (sr). This assumes isotropic emission (no heel effect)
      and no off-focal radiation, and SpekPy's tube model; clinical scanners' CTDIvol at
      the same kV and mAs differ by about a factor 2 (Huda et al., below), so this is an
@@ -57,18 +57,15 @@ pitch 1: 167 ± 44 µGy/mAs (head phantom), 78 ± 22 µGy/mAs (body phantom).
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from workflows._io import SCHEMA_VERSION, hash_params, provenance, write_json_atomic
-from workflows.protocol import Protocol, read_protocol, tube_fluence_per_mAs_cm2
+from workflows.common import SCHEMA_VERSION, ResultCache, hash_params, provenance
+from workflows.dose.protocol import Protocol, read_protocol, tube_fluence_per_mAs_cm2
 
-__all__ = ["CTDIError", "run_ctdi", "add_parser", "cmd_ctdi", "CTDI_NAME", "DEFAULT_HISTORIES",
+__all__ = ["CTDIError", "run_ctdi", "summary_text", "CTDI_NAME", "DEFAULT_HISTORIES",
            "DEFAULT_BATCHES", "FAN_MARGIN_MM"]
 
 CTDI_NAME = "ctdi.json"
@@ -102,6 +99,91 @@ def _trimmed_half_fan_mm(radius_mm: float, R: float) -> float:
     return radius_mm * R / math.sqrt(R * R - radius_mm * radius_mm) + FAN_MARGIN_MM
 
 
+def _geometry(diameter_cm, geometry):
+    """The CTDI phantom: the standard 16 / 32 cm PMMA one, free in air (None), or ``geometry``."""
+    from phantoms.ctdi import ctdi_phantom, free_in_air_phantom
+
+    if geometry is None:
+        if diameter_cm is not None and (isinstance(diameter_cm, bool) or diameter_cm not in (16, 32)):
+            raise CTDIError(f"diameter_cm must be 16 (head), 32 (body) or None (free in air), got {diameter_cm!r}")
+        return free_in_air_phantom() if diameter_cm is None else ctdi_phantom(int(diameter_cm))
+    if geometry.diameter_cm != diameter_cm:
+        raise CTDIError(f"geometry is the {geometry.diameter_cm or 'free-in-air'} phantom but diameter_cm is "
+                        f"{diameter_cm!r}")
+    return geometry
+
+
+def _sources(p: Protocol, geometry, trim_fan: bool):
+    """The protocol's full axial beam, the simulated (fan-trimmed) one, its fan width (mm), photon fraction."""
+    spectrum = p.spectrum()
+    full = p.axial_source(spectrum=spectrum)
+    R = p.source_to_isocentre_mm
+    reach_mm = geometry.radius_mm if geometry.diameter_cm else geometry.chamber_radius_mm + 2.0
+    fan = full.fan_width_mm
+    if trim_fan:
+        fan = min(fan, 2.0 * _trimmed_half_fan_mm(reach_mm, R))
+    src = full if fan == full.fan_width_mm else p.axial_source(fan, spectrum=spectrum)
+    return full, src, fan, src.solid_angle_sr / full.solid_angle_sr
+
+
+def _indices(r: dict, geometry, res, to_ctdi: float, pitch: float) -> tuple[dict, dict]:
+    """CTDI100 / CTDIw / CTDIvol per photon (Gy) and their σ into ``r``; returns (values, σ) by index name."""
+    def index(region):
+        d, s = geometry.dose_Gy_per_photon(res, region)
+        return d * to_ctdi, s * to_ctdi
+
+    if geometry.diameter_cm is None:
+        r["ctdi100_air_Gy_per_photon"], r["ctdi100_air_sigma_Gy_per_photon"] = index("centre")
+        per_photon = {"ctdi100_air": r["ctdi100_air_Gy_per_photon"]}
+        sig = {"ctdi100_air": r["ctdi100_air_sigma_Gy_per_photon"]}
+    else:
+        c, sc = index("centre")
+        pm, sp = index("periphery")
+        w = c / 3.0 + 2.0 * pm / 3.0
+        sw = math.sqrt((sc / 3.0) ** 2 + (2.0 * sp / 3.0) ** 2)
+        r.update({
+            "ctdi100_centre_Gy_per_photon": c, "ctdi100_centre_sigma_Gy_per_photon": sc,
+            "ctdi100_periphery_Gy_per_photon": pm, "ctdi100_periphery_sigma_Gy_per_photon": sp,
+            "ctdiw_Gy_per_photon": w, "ctdiw_sigma_Gy_per_photon": sw,
+            "ctdivol_Gy_per_photon": w / pitch, "ctdivol_sigma_Gy_per_photon": sw / pitch,
+            "centre_to_periphery_ratio": c / pm,
+            "centre_to_periphery_ratio_sigma": (c / pm) * math.hypot(sc / c, sp / pm) if c > 0 and pm > 0 else None,
+            "ctdi100_peripheral_positions": {
+                name.split("_")[1] + "_deg": dict(zip(("Gy_per_photon", "sigma_Gy_per_photon"), index(name)),
+                                                  xy_mm=list(geometry.chamber_centres_mm[name]))
+                for name in _PERIPHERAL},
+        })
+        per_photon = {"ctdi100_centre": c, "ctdi100_periphery": pm, "ctdiw": w, "ctdivol": w / pitch}
+        sig = {"ctdi100_centre": sc, "ctdi100_periphery": sp, "ctdiw": sw, "ctdivol": sw / pitch}
+    return per_photon, sig
+
+
+def _per_100mAs(r: dict, p: Protocol, geometry, full, per_photon: dict, sig: dict) -> None:
+    """Tube output (photons per 100 mAs) and the indices in mGy per 100 mAs (and for the protocol) into ``r``."""
+    # tube output: photons (into the protocol's full collimated beam) per 100 mAs
+    out_info: dict = {"beam_solid_angle_sr": full.solid_angle_sr}
+    measured = (p.ctdivol_mGy_per_100mAs is not None and geometry.diameter_cm is not None
+                and p.ctdi_phantom_diameter_cm == geometry.diameter_cm)
+    if measured:
+        photons_100 = p.ctdivol_mGy_per_100mAs * 1e-3 / per_photon["ctdivol"]
+        out_info.update(source="measured ctdivol_mGy_per_100mAs",
+                        measured_ctdivol_mGy_per_100mAs=p.ctdivol_mGy_per_100mAs)
+    else:
+        flu = tube_fluence_per_mAs_cm2(p)
+        photons_100 = 100.0 * flu * 1.0e4 * full.solid_angle_sr
+        out_info.update(source="spekpy", fluence_per_mAs_cm2_at_1m=flu,
+                        note="SpekPy fluence per mAs at 1 m x (100 cm)^2 x beam solid angle; isotropic "
+                             "emission, no heel effect, no off-focal radiation")
+    out_info["photons_per_100mAs"] = photons_100
+    r["tube_output"] = out_info
+    for k, v in per_photon.items():
+        r[f"{k}_mGy_per_100mAs"] = v * photons_100 * 1e3
+        r[f"{k}_sigma_mGy_per_100mAs"] = sig[k] * photons_100 * 1e3
+    if "ctdivol" in per_photon and p.mAs_per_rotation is not None:
+        r["ctdivol_mGy"] = r["ctdivol_mGy_per_100mAs"] * p.mAs_per_rotation / 100.0 * p.mean_relative_mA
+        r["ctdivol_mGy_note"] = "protocol CTDIvol: per 100 mAs x mAs_per_rotation / 100 x mean relative mA"
+
+
 def run_ctdi(protocol, diameter_cm: int | None, histories: int = DEFAULT_HISTORIES, seed: int = 1,
              threads: int | None = None, out_dir=None, *, batches: int = DEFAULT_BATCHES, trim_fan: bool = True,
              geometry=None, force: bool = False) -> dict:
@@ -110,7 +192,7 @@ def run_ctdi(protocol, diameter_cm: int | None, histories: int = DEFAULT_HISTORI
     Parameters
     ----------
     protocol : Protocol or path
-        The scan protocol (:mod:`workflows.protocol`).
+        The scan protocol (:mod:`workflows.dose.protocol`).
     diameter_cm : {16, 32} or None
         The PMMA phantom (head 16 cm, body 32 cm); None for the free-in-air CTDI (a
         chamber on the axis in air, :func:`phantoms.ctdi.free_in_air_phantom`).
@@ -149,102 +231,35 @@ def run_ctdi(protocol, diameter_cm: int | None, histories: int = DEFAULT_HISTORI
     ProtocolError
         An invalid protocol (file).
     """
-    from phantoms.ctdi import ctdi_phantom, free_in_air_phantom
     from physics.transport import Settings, run
 
     p = _load_protocol(protocol)
-    if geometry is None:
-        if diameter_cm is not None and (isinstance(diameter_cm, bool) or diameter_cm not in (16, 32)):
-            raise CTDIError(f"diameter_cm must be 16 (head), 32 (body) or None (free in air), got {diameter_cm!r}")
-        geometry = free_in_air_phantom() if diameter_cm is None else ctdi_phantom(int(diameter_cm))
-    elif geometry.diameter_cm != diameter_cm:
-        raise CTDIError(f"geometry is the {geometry.diameter_cm or 'free-in-air'} phantom but diameter_cm is "
-                        f"{diameter_cm!r}")
+    geometry = _geometry(diameter_cm, geometry)
     batches = _int_param("batches", batches, 1)
     histories = _int_param("histories", histories, batches)
     seed = _int_param("seed", seed, 0)
     if not isinstance(trim_fan, bool):
         raise CTDIError(f"trim_fan must be True or False, got {trim_fan!r}")
     per_batch = histories // batches
-
-    spectrum = p.spectrum()
-    full = p.axial_source(spectrum=spectrum)
-    R = p.source_to_isocentre_mm
-    reach_mm = geometry.radius_mm if geometry.diameter_cm else geometry.chamber_radius_mm + 2.0
-    fan = full.fan_width_mm
-    if trim_fan:
-        fan = min(fan, 2.0 * _trimmed_half_fan_mm(reach_mm, R))
-    src = full if fan == full.fan_width_mm else p.axial_source(fan, spectrum=spectrum)
-    fraction = src.solid_angle_sr / full.solid_angle_sr
+    full, src, fan, fraction = _sources(p, geometry, trim_fan)
 
     key = hash_params(p.to_dict(), geometry.diameter_cm, geometry.chamber_radius_mm, geometry.chamber_fill,
                       geometry.region_mass_g, [float(s) for s in geometry.phantom.spacing_mm], histories, batches,
                       seed, fan)
     out = Path(out_dir) if out_dir is not None else None
-    if out is not None and not force and (out / CTDI_NAME).is_file():
-        try:
-            old = json.loads((out / CTDI_NAME).read_text())
-            if old.get("inputs_sha256") == key:
-                return old
-        except (OSError, json.JSONDecodeError):
-            pass
+    cache = ResultCache(out / CTDI_NAME, key, force=force) if out is not None else None
+    if cache is not None:
+        if (old := cache.load()) is not None:
+            return old
+        cache.invalidate()
 
     settings = Settings(histories_per_batch=per_batch, n_batches=batches, seed=seed, threads=threads)
     res = run(geometry.phantom, geometry.materials, src, settings=settings, regions=geometry.regions)
     to_ctdi = geometry.chamber_length_mm / p.collimation_mm * fraction
 
-    def index(region):
-        d, s = geometry.dose_Gy_per_photon(res, region)
-        return d * to_ctdi, s * to_ctdi
-
     r: dict = {"schema_version": SCHEMA_VERSION, "inputs_sha256": key}
-    if geometry.diameter_cm is None:
-        r["ctdi100_air_Gy_per_photon"], r["ctdi100_air_sigma_Gy_per_photon"] = index("centre")
-        per_photon = {"ctdi100_air": r["ctdi100_air_Gy_per_photon"]}
-        sig = {"ctdi100_air": r["ctdi100_air_sigma_Gy_per_photon"]}
-    else:
-        c, sc = index("centre")
-        pm, sp = index("periphery")
-        w = c / 3.0 + 2.0 * pm / 3.0
-        sw = math.sqrt((sc / 3.0) ** 2 + (2.0 * sp / 3.0) ** 2)
-        r.update({
-            "ctdi100_centre_Gy_per_photon": c, "ctdi100_centre_sigma_Gy_per_photon": sc,
-            "ctdi100_periphery_Gy_per_photon": pm, "ctdi100_periphery_sigma_Gy_per_photon": sp,
-            "ctdiw_Gy_per_photon": w, "ctdiw_sigma_Gy_per_photon": sw,
-            "ctdivol_Gy_per_photon": w / p.pitch, "ctdivol_sigma_Gy_per_photon": sw / p.pitch,
-            "centre_to_periphery_ratio": c / pm,
-            "centre_to_periphery_ratio_sigma": (c / pm) * math.hypot(sc / c, sp / pm) if c > 0 and pm > 0 else None,
-            "ctdi100_peripheral_positions": {
-                name.split("_")[1] + "_deg": dict(zip(("Gy_per_photon", "sigma_Gy_per_photon"), index(name)),
-                                                  xy_mm=list(geometry.chamber_centres_mm[name]))
-                for name in _PERIPHERAL},
-        })
-        per_photon = {"ctdi100_centre": c, "ctdi100_periphery": pm, "ctdiw": w, "ctdivol": w / p.pitch}
-        sig = {"ctdi100_centre": sc, "ctdi100_periphery": sp, "ctdiw": sw, "ctdivol": sw / p.pitch}
-
-    # tube output: photons (into the protocol's full collimated beam) per 100 mAs
-    out_info: dict = {"beam_solid_angle_sr": full.solid_angle_sr}
-    measured = (p.ctdivol_mGy_per_100mAs is not None and geometry.diameter_cm is not None
-                and p.ctdi_phantom_diameter_cm == geometry.diameter_cm)
-    if measured:
-        photons_100 = p.ctdivol_mGy_per_100mAs * 1e-3 / per_photon["ctdivol"]
-        out_info.update(source="measured ctdivol_mGy_per_100mAs",
-                        measured_ctdivol_mGy_per_100mAs=p.ctdivol_mGy_per_100mAs)
-    else:
-        flu = tube_fluence_per_mAs_cm2(p)
-        photons_100 = 100.0 * flu * 1.0e4 * full.solid_angle_sr
-        out_info.update(source="spekpy", fluence_per_mAs_cm2_at_1m=flu,
-                        note="SpekPy fluence per mAs at 1 m x (100 cm)^2 x beam solid angle; isotropic "
-                             "emission, no heel effect, no off-focal radiation")
-    out_info["photons_per_100mAs"] = photons_100
-    r["tube_output"] = out_info
-    for k, v in per_photon.items():
-        r[f"{k}_mGy_per_100mAs"] = v * photons_100 * 1e3
-        r[f"{k}_sigma_mGy_per_100mAs"] = sig[k] * photons_100 * 1e3
-    if "ctdivol" in per_photon and p.mAs_per_rotation is not None:
-        r["ctdivol_mGy"] = r["ctdivol_mGy_per_100mAs"] * p.mAs_per_rotation / 100.0 * p.mean_relative_mA
-        r["ctdivol_mGy_note"] = "protocol CTDIvol: per 100 mAs x mAs_per_rotation / 100 x mean relative mA"
-
+    per_photon, sig = _indices(r, geometry, res, to_ctdi, p.pitch)
+    _per_100mAs(r, p, geometry, full, per_photon, sig)
     r["simulation"] = {
         "histories": per_batch * batches, "batches": batches, "seed": seed, "rotation": "axial, 360 deg",
         "fan_width_protocol_mm": full.fan_width_mm, "fan_width_simulated_mm": fan,
@@ -261,7 +276,7 @@ def run_ctdi(protocol, diameter_cm: int | None, histories: int = DEFAULT_HISTORI
     r["protocol"] = p.to_dict()
     r["provenance"] = provenance(seed=seed, inputs_sha256=key)
     if out is not None:
-        write_json_atomic(out / CTDI_NAME, r)
+        cache.save(r)
     return r
 
 
@@ -298,42 +313,3 @@ def summary_text(r: dict) -> str:
         lines.append(f"CTDIvol of the protocol: {r['ctdivol_mGy']:.3f} mGy ({pr['tube']['mAs_per_rotation']:g} mAs "
                      f"per rotation, mean relative mA {pr['scan']['mean_relative_mA']:.3f})")
     return "\n".join(lines) + "\n"
-
-
-def cmd_ctdi(a: argparse.Namespace) -> int:
-    """``digipat ctdi``: run :func:`run_ctdi` and print the indices (or ctdi.json with --json)."""
-    diameter = None if a.free_in_air else a.phantom_diameter_cm
-    r = run_ctdi(a.protocol, diameter, histories=a.histories, seed=a.seed, threads=a.threads, out_dir=a.out,
-                 force=a.force)
-    if a.json:
-        print(json.dumps(r, indent=2))
-    else:
-        sys.stdout.write(summary_text(r))
-        if a.out:
-            print(f"results: {Path(a.out) / CTDI_NAME}")
-    return 0
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``ctdi`` on an argparse subparsers object (``set_defaults(func=cmd_ctdi)``)."""
-    c = subparsers.add_parser(
-        "ctdi", help="CTDI100 / CTDIw / CTDIvol of a CT protocol in the 16 or 32 cm PMMA phantom (Monte Carlo)",
-        description="Simulate one axial rotation of the PROTOCOL's beam around the 16-cm (head) or 32-cm (body) "
-                    "PMMA CTDI phantom and print CTDI100 at the centre and periphery, CTDIw and CTDIvol per "
-                    "source photon and per 100 mAs (tube output from the protocol's measured CTDIvol, else "
-                    "from SpekPy). With --out, writes OUT/ctdi.json.")
-    c.add_argument("protocol", help="protocol file (.toml; see workflows/protocol.py)")
-    g = c.add_mutually_exclusive_group(required=True)
-    g.add_argument("--phantom-diameter-cm", type=int, choices=(16, 32),
-                   help="CTDI phantom: 16 (head) or 32 (body)")
-    g.add_argument("--free-in-air", action="store_true", help="free-in-air CTDI100 (chamber on the axis, no phantom)")
-    c.add_argument("--histories", type=int, default=DEFAULT_HISTORIES,
-                   help=f"source photons to simulate (default {DEFAULT_HISTORIES})")
-    c.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
-    c.add_argument("--threads", type=int, help="Numba threads (default: all cores)")
-    c.add_argument("--out", help="output folder for ctdi.json")
-    c.add_argument("--force", action="store_true", help="recompute even if OUT/ctdi.json has the same inputs")
-    c.add_argument("--json", action="store_true", help="print ctdi.json to standard output")
-    c.set_defaults(func=cmd_ctdi)
-    return c
-

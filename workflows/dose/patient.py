@@ -10,7 +10,7 @@ This is what ``digipat dose`` runs when the scenario's ``[source]`` is a CT prot
     #                          organs = "organs.json" (optional: organ names for the report)
     [source]
     type = "protocol"
-    protocol = "chest.toml"    # the CT protocol (workflows.protocol)
+    protocol = "chest.toml"    # the CT protocol (workflows.dose.protocol)
     [physics]                  # optional, as for every scenario
     [run]
     histories = 2000000        # photons over the whole helical scan
@@ -25,7 +25,7 @@ phantom z coordinates (the stylised phantoms have z = 0 at the base of the trunk
 trunk axis at x = y = 0). Everything outside the grid is air.
 
 Normalisation. The engine gives energy per source photon of the scan. The CTDI run of
-:func:`workflows.ctdi.run_ctdi` (the protocol's 16 or 32 cm PMMA phantom, default
+:func:`workflows.dose.ctdi.run_ctdi` (the protocol's 16 or 32 cm PMMA phantom, default
 32 cm or the one its measured CTDIvol refers to) gives CTDIvol per photon of one axial
 rotation and the photons per 100 mAs (from the measured CTDIvol if the protocol has one,
 else SpekPy's tube output). Then
@@ -35,7 +35,7 @@ else SpekPy's tube output). Then
   mean relative tube current);
 - CTDIvol (mGy) = CTDIvol per 100 mAs × mAs per rotation / 100 × mean relative mA;
 - organ dose per CTDIvol = their ratio (independent of the tube-output calibration);
-- effective dose with ICRP 103 weights (:mod:`workflows.effective_dose`).
+- effective dose with ICRP 103 weights (:mod:`workflows.dose.effective_dose`).
 
 Outputs in ``OUT``: ``results.json`` (written last, atomically), ``organs.csv``,
 ``dose_mGy.nii.gz``, ``dose_sigma_mGy.nii.gz``, ``dose_map.png`` (three planes over the
@@ -49,106 +49,22 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 import numpy as np
 
-from workflows._io import hash_params, provenance, write_json_atomic, write_text_atomic
+from workflows.common import SCHEMA_VERSION, ResultCache, hash_params, provenance, write_text_atomic
+from workflows.dose.scenario import ProtocolScenario, ScenarioError
+from workflows.dose.ctdi import run_ctdi
+from workflows.dose.effective_dose import effective_dose
+from workflows.dose.effective_dose import icrp_tissue
+from workflows.dose.figures import plot_dose_overlay, plot_organ_doses
+from workflows.dose.protocol import read_protocol
 
-__all__ = ["run_patient_dose", "PROTOCOL_PHANTOM_KEYS", "SIGMA_FLAG"]
+__all__ = ["run_patient_dose", "run_scan", "normalisation", "organ_table", "SIGMA_FLAG"]
 
-SCHEMA_VERSION = "1.0"
 #: Organs with σ/dose above this are flagged in the table (``sigma_flag``).
 SIGMA_FLAG = 0.10
-PROTOCOL_PHANTOM_KEYS = ("builtin", "sex", "voxel_mm", "labels", "materials", "organs")
-_SOURCE_KEYS = ("type", "protocol")
-_RUN_KEYS = ("histories", "ctdi_histories", "seed", "batches", "threads")
-_PHYSICS_KEYS = ("compton", "rayleigh", "cutoff_keV", "fluorescence")
-
-
-def _err(msg: str):
-    from workflows.scenario import ScenarioError
-
-    return ScenarioError(msg)
-
-
-def _checks():
-    from workflows._toml import Checks
-    from workflows.scenario import ScenarioError
-
-    return Checks(ScenarioError)
-
-
-def _section(data: Mapping, name: str, allowed, required=True) -> dict:
-    c = _checks()
-    t = c.table(data, name, required)
-    c.no_unknown(name, t, allowed)
-    return dict(t)
-
-
-def _int(sec, key, v, minimum):
-    return _checks().integer(sec, key, v, minimum)
-
-
-def _parse(data: Mapping, base: Path) -> dict:
-    extra = set(data) - {"phantom", "source", "physics", "run"}
-    if extra:
-        raise _err(f"unknown section [{sorted(extra)[0]}] (sections: phantom, source, physics, run)")
-    ph = _section(data, "phantom", PROTOCOL_PHANTOM_KEYS)
-    src = _section(data, "source", _SOURCE_KEYS)
-    phys = _section(data, "physics", _PHYSICS_KEYS, required=False)
-    run = _section(data, "run", _RUN_KEYS)
-    if "protocol" not in src:
-        raise _err("[source] protocol is required with type = \"protocol\" (path to the CT protocol TOML)")
-    proto = Path(src["protocol"])
-    proto = proto if proto.is_absolute() else base / proto
-    if not proto.is_file():
-        raise _err(f"[source] protocol {str(proto)!r} does not exist")
-    if "builtin" in ph:
-        if "labels" in ph or "materials" in ph:
-            raise _err("[phantom] give either builtin or labels + materials, not both")
-        from phantoms.stylized import SUPPORTED_AGES
-
-        if ph["builtin"] not in SUPPORTED_AGES:
-            raise _err(f"[phantom] builtin must be one of {list(SUPPORTED_AGES)}, got {ph['builtin']!r}")
-        sex = ph.get("sex", "male")
-        if sex not in ("male", "female"):
-            raise _err(f"[phantom] sex must be 'male' or 'female', got {sex!r}")
-        vox = ph.get("voxel_mm")
-        if vox is not None and (isinstance(vox, bool) or not isinstance(vox, (int, float)) or vox <= 0):
-            raise _err(f"[phantom] voxel_mm must be a number > 0, got {vox!r}")
-        phantom = {"builtin": ph["builtin"], "sex": sex, "voxel_mm": vox}
-    else:
-        for k in ("labels", "materials"):
-            if k not in ph:
-                raise _err(f"[phantom] needs builtin = AGE, or labels and materials (missing {k!r})")
-        phantom = {}
-        for k in ("labels", "materials", "organs"):
-            if k in ph:
-                p = Path(ph[k])
-                p = p if p.is_absolute() else base / p
-                if not p.exists():
-                    raise _err(f"[phantom] {k} {str(p)!r} does not exist")
-                phantom[k] = p
-        phantom["sex"] = ph.get("sex", "male")
-        if phantom["sex"] not in ("male", "female"):
-            raise _err(f"[phantom] sex must be 'male' or 'female', got {phantom['sex']!r}")
-    if "histories" not in run:
-        raise _err("[run] histories is required")
-    hist = _int("run", "histories", run["histories"], 1)
-    batches = _int("run", "batches", run.get("batches", 10), 1)
-    if hist % batches:
-        raise _err(f"[run] histories ({hist}) must be a multiple of batches ({batches})")
-    ctdi_h = _int("run", "ctdi_histories", run.get("ctdi_histories", hist), 2)
-    seed = _int("run", "seed", run.get("seed", 1), 0)
-    threads = run.get("threads")
-    if threads is not None:
-        threads = _int("run", "threads", threads, 1)
-    for k in ("rayleigh", "fluorescence"):
-        if k in phys and not isinstance(phys[k], bool):
-            raise _err(f"[physics] {k} must be true or false, got {phys[k]!r}")
-    return {"phantom": phantom, "protocol": proto, "physics": dict(phys), "histories": hist, "batches": batches,
-            "ctdi_histories": ctdi_h, "seed": seed, "threads": threads}
 
 
 def _load_phantom(spec: dict, out: Path, quiet: bool):
@@ -167,11 +83,11 @@ def _load_phantom(spec: dict, out: Path, quiet: bool):
     else:
         labels_path, materials_path = spec["labels"], spec["materials"]
         organs_path = spec.get("organs")
-    vol = read_image(labels_path)
+    vol = read_image(labels_path, allow_singleton_axes=True)
     arr = np.asarray(vol.array)
     if not np.issubdtype(arr.dtype, np.integer):
         if not np.all(arr == np.round(arr)):
-            raise _err(f"[phantom] labels {str(labels_path)!r} must hold integer labels")
+            raise ScenarioError(f"[phantom] labels {str(labels_path)!r} must hold integer labels")
         arr = arr.astype(np.int32)
     mats = read_materials_csv(materials_path)
     names = {lab: m.name for lab, m in mats.items()}
@@ -193,7 +109,7 @@ def _load_phantom(spec: dict, out: Path, quiet: bool):
     return phantom, mats, names, vol
 
 
-def _run_scan(phantom, mats, protocol, physics_opts: Mapping, histories: int, batches: int, seed: int,
+def run_scan(phantom, mats, protocol, physics_opts: Mapping, histories: int, batches: int, seed: int,
               threads: int | None, state_dir=None, progress=None, spectrum=None):
     """Transport the protocol's helical scan through ``phantom``; returns the engine's TransportResult.
 
@@ -210,21 +126,20 @@ def _run_scan(phantom, mats, protocol, physics_opts: Mapping, histories: int, ba
     return run(phantom, mats, source, physics, settings, progress=progress)
 
 
-def _normalisation(protocol, ctdi: Mapping) -> dict:
-    """Photons of the scan and CTDIvol from a :func:`workflows.ctdi.run_ctdi` result (module docstring)."""
+def normalisation(protocol, ctdi: Mapping) -> dict:
+    """Photons of the scan and CTDIvol from a :func:`workflows.dose.ctdi.run_ctdi` result (module docstring)."""
     photons_100 = ctdi["tube_output"]["photons_per_100mAs"]
     scan_mAs = protocol.scan_mAs
     return {"photons_per_100mAs": photons_100, "scan_mAs": scan_mAs, "ctdivol_mGy": ctdi.get("ctdivol_mGy"),
             "photons_in_scan": photons_100 * scan_mAs / 100.0 if scan_mAs is not None else None}
 
 
-def _organ_table(res, mats, names: Mapping[int, str], n_scan: float | None, ctdivol_mGy: float | None):
+def organ_table(res, mats, names: Mapping[int, str], n_scan: float | None, ctdivol_mGy: float | None):
     """Per-label rows (mass, dose per photon, mGy, per CTDIvol, σ, flags) of a scan result.
 
     Returns ``(rows, organ_dose, organ_mass_g)``: ``organ_dose`` maps organ name to
     (dose, σ) in mGy (Gy per photon when ``n_scan`` is None), for :func:`effective_dose`.
     """
-    from workflows.effective_dose import icrp_tissue
 
     rows = []
     organ_dose = {}
@@ -254,53 +169,45 @@ def _organ_table(res, mats, names: Mapping[int, str], n_scan: float | None, ctdi
     return rows, organ_dose, organ_mass
 
 
-def run_patient_dose(data: Mapping[str, Any], base_dir: str | Path, out_dir: str | Path, *,
+def run_patient_dose(spec: ProtocolScenario, out_dir: str | Path, *,
                      threads: int | None = None, force: bool = False, quiet: bool = False) -> dict:
     """Run a protocol scenario (module docstring) and write its outputs; returns results."""
     from physics.transport import TransportError
     from pipeline.image import Volume, write_image
-    from workflows.ctdi import run_ctdi
-    from workflows.dose_figures import plot_dose_overlay, plot_organ_doses
-    from workflows.effective_dose import effective_dose
-    from workflows.protocol import read_protocol
 
-    spec = _parse(data, Path(base_dir))
     out = Path(out_dir)
-    key = hash_params({"scenario": json.loads(json.dumps(data, default=str)),
-                       "protocol": spec["protocol"].read_text()})
+    key = hash_params({"scenario": json.loads(json.dumps(spec.data, default=str)),
+                       "protocol": spec.protocol.read_text()})
     res_path = out / "results.json"
-    if not force and res_path.is_file():
-        try:
-            old = json.loads(res_path.read_text())
-            if old.get("inputs_sha256") == key:
-                if not quiet:
-                    print(f"[dose] {res_path} is up to date (same inputs); --force reruns", flush=True)
-                return old
-        except (OSError, json.JSONDecodeError):
-            pass
+    cache = ResultCache(res_path, key, force=force)
+    if (old := cache.load()) is not None:
+        if not quiet:
+            print(f"[dose] {res_path} is up to date (same inputs); --force reruns", flush=True)
+        return old
+    cache.invalidate()  # a failed run (e.g. a bad protocol) must not leave the old result in place
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    protocol = read_protocol(spec["protocol"])
-    phantom, mats, names, vol = _load_phantom(spec["phantom"], out, quiet)
-    th = threads if threads is not None else spec["threads"]
+    protocol = read_protocol(spec.protocol)
+    phantom, mats, names, vol = _load_phantom(spec.phantom, out, quiet)
+    th = threads if threads is not None else spec.threads
     if not quiet:
-        print(f"[dose] {spec['histories']:.3g} photons, {protocol.n_rotations:.2f} rotations, "
+        print(f"[dose] {spec.histories:.3g} photons, {protocol.n_rotations:.2f} rotations, "
               f"{protocol.kvp:g} kVp, pitch {protocol.pitch:g}", flush=True)
     try:
-        res = _run_scan(phantom, mats, protocol, spec["physics"], spec["histories"], spec["batches"], spec["seed"],
+        res = run_scan(phantom, mats, protocol, spec.physics, spec.histories, spec.batches, spec.seed,
                         th, state_dir=out / ".batches",
                         progress=None if quiet else (lambda b, n: print(f"[dose] batch {b}/{n}", flush=True)))
     except TransportError as exc:
-        raise _err(str(exc)) from None
+        raise ScenarioError(str(exc)) from None
     diameter = protocol.ctdi_phantom_diameter_cm or 32
     if not quiet:
-        print(f"[ctdi] {diameter} cm PMMA phantom, {spec['ctdi_histories']:.3g} photons", flush=True)
-    ctdi = run_ctdi(protocol, diameter, spec["ctdi_histories"], spec["seed"], th, out / "ctdi")
-    norm = _normalisation(protocol, ctdi)
+        print(f"[ctdi] {diameter} cm PMMA phantom, {spec.ctdi_histories:.3g} photons", flush=True)
+    ctdi = run_ctdi(protocol, diameter, spec.ctdi_histories, spec.seed, th, out / "ctdi")
+    norm = normalisation(protocol, ctdi)
     photons_100, scan_mAs = norm["photons_per_100mAs"], norm["scan_mAs"]
     ctdivol_mGy, n_scan = norm["ctdivol_mGy"], norm["photons_in_scan"]
-    rows, organ_dose_mGy, organ_mass = _organ_table(res, mats, names, n_scan, ctdivol_mGy)
-    eff = effective_dose(organ_dose_mGy, spec["phantom"]["sex"], organ_mass)
+    rows, organ_dose_mGy, organ_mass = organ_table(res, mats, names, n_scan, ctdivol_mGy)
+    eff = effective_dose(organ_dose_mGy, spec.phantom["sex"], organ_mass)
     # maps: mGy per voxel for the whole scan (or Gy per photon when the tube output is unknown)
     dose_pp, sig_pp = res.dose_Gy_per_photon()
     scale = n_scan * 1e3 if n_scan is not None else 1.0
@@ -330,7 +237,7 @@ def run_patient_dose(data: Mapping[str, Any], base_dir: str | Path, out_dir: str
     results = {
         "schema_version": SCHEMA_VERSION, "stage": "patient_dose", "inputs_sha256": key,
         "units": {"dose": unit, "mass": "g", "energy": "eV per source photon"},
-        "phantom": {k: (str(v) if isinstance(v, Path) else v) for k, v in spec["phantom"].items()},
+        "phantom": {k: (str(v) if isinstance(v, Path) else v) for k, v in spec.phantom.items()},
         "protocol": protocol.to_dict(),
         "histories": res.histories, "histories_per_second": res.histories_per_second,
         "energy_balance_relative_error": res.energy_balance_error,
@@ -349,9 +256,9 @@ def run_patient_dose(data: Mapping[str, Any], base_dir: str | Path, out_dir: str
         "effective_dose_detail": eff,
         "flagged_organs": [r["organ"] for r in rows if r["sigma_flag"]],
         "wall_time_s": time.perf_counter() - t0,
-        "provenance": provenance(seed=spec["seed"], inputs_sha256=key),
+        "provenance": provenance(seed=spec.seed, inputs_sha256=key),
     }
-    write_json_atomic(res_path, results)
+    cache.save(results)
     if not quiet:
         print(f"[dose] CTDIvol {ctdivol_mGy if ctdivol_mGy is not None else float('nan'):.3g} mGy; "
               f"effective dose {results['effective_dose_mSv'] or float('nan'):.3g} mSv; results: {res_path}",

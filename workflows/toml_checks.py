@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import tomllib
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 __all__ = ["Checks"]
 
@@ -31,6 +31,14 @@ class Checks:
                 return tomllib.load(fh), p
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise self.error(f"{what} {str(p)!r} is not valid TOML: {exc}") from None
+
+    def read(self, path, what: str, parse: Callable[[dict, Path, Path], Any]) -> Any:
+        """Load the TOML file ``path`` and return ``parse(data, its folder, path)``; errors name the file."""
+        data, p = self.load(path, what)
+        try:
+            return parse(data, p.resolve().parent, p)
+        except self.error as exc:
+            raise self.error(f"{p.name}: {exc}") from None
 
     def number(self, sec: str, key: str, v: Any) -> float:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):

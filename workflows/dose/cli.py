@@ -1,7 +1,9 @@
-"""``digipat phantom``: build a stylised reference phantom, or turn a CT into a phantom.
+"""``digipat dose``, ``digipat phantom`` and ``digipat ctdi``: the dose path's commands.
 
-Actions
--------
+``digipat dose SCENARIO.toml --out DIR``
+    Monte Carlo photon transport described by a scenario file (:mod:`workflows.dose.scenario`;
+    a ``[source] type = "protocol"`` scenario gives organ doses of a CT scan,
+    :mod:`workflows.dose.patient`); writes ``DIR/results.json`` and dose maps.
 ``digipat phantom build --age AGE [--sex male|female] [--voxel-mm S] --out DIR``
     The stylised ICRP reference phantom of :mod:`phantoms.stylized`; writes
     ``DIR/labels.nii.gz``, ``DIR/materials.csv``, ``DIR/organs.json`` and ``DIR/phantom.png``
@@ -9,17 +11,71 @@ Actions
 ``digipat phantom from-ct CT_IMAGE [--labels SEG --label-map TABLE] --age AGE --out DIR [--all-hu]``
     A phantom from a CT image (and optionally an organ segmentation) via
     :func:`phantoms.from_ct.phantom_from_ct`.
-
-Wire into the ``digipat`` parser with :func:`add_parser`. Input errors are raised as
-``ValueError`` subclasses (``digipat: error: ...``, exit status 1 from ``workflows.cli``).
+``digipat ctdi PROTOCOL (--phantom-diameter-cm 16|32 | --free-in-air)``
+    CTDI100, CTDIw and CTDIvol of a protocol (:mod:`workflows.dose.ctdi`).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from pathlib import Path
 
-__all__ = ["add_parser", "cmd_phantom_build", "cmd_phantom_from_ct", "organ_table"]
+from workflows.dose.ctdi import CTDI_NAME, DEFAULT_HISTORIES, run_ctdi, summary_text
+from workflows.dose.run import run_dose
+
+__all__ = ["register", "organ_table"]
+
+
+def register(sub) -> None:
+    """Add ``dose``, ``phantom`` and ``ctdi`` to the ``digipat`` subparsers."""
+    _add_dose(sub)
+    _add_phantom(sub)
+    _add_ctdi(sub)
+
+
+def cmd_dose(a: argparse.Namespace) -> int:
+    out = Path(a.out)
+    results = run_dose(a.scenario, out, threads=a.threads, force=a.force, quiet=a.quiet or a.json)
+    if a.json:
+        print(json.dumps(results, indent=2))
+    elif not a.quiet and results.get("stage") == "patient_dose":
+        unit = results["units"]["dose"]
+        print(f"{'organ':<28} {'mass g':>9} {'dose':>10} {'±2σ':>9} {'/CTDIvol':>9}  ({unit})")
+        for r in sorted(results["organs"], key=lambda r: -(r.get("dose_mGy") or r["dose_Gy_per_photon"])):
+            d = r.get("dose_mGy", r["dose_Gy_per_photon"])
+            s = r.get("dose_sigma_mGy", r["dose_sigma_Gy_per_photon"])
+            pc = r.get("dose_per_ctdivol")
+            print(f"{r['organ']:<28} {r['mass_g']:9.4g} {d:10.4g} {2 * s:9.2g} "
+                  f"{pc if pc is not None else float('nan'):9.3g}{'  (σ > 10 %)' if r['sigma_flag'] else ''}")
+        print(f"CTDIvol {results['ctdivol_mGy'] or float('nan'):.3g} mGy "
+              f"({results['ctdi_phantom_diameter_cm']} cm phantom); effective dose "
+              f"{results['effective_dose_mSv'] or float('nan'):.3g} ± "
+              f"{2 * (results['effective_dose_sigma_mSv'] or float('nan')):.2g} mSv (2σ), covering "
+              f"{results['effective_dose_detail']['weight_covered']:.2f} of Σw_T")
+        print(f"results: {out / 'results.json'}")
+    elif not a.quiet:
+        for lab, r in results["labels"].items():
+            print(f"label {lab:>4} {r['tissue_name']:<20} dose {r['dose_Gy_per_photon']:.4e} "
+                  f"± {r['dose_sigma_Gy_per_photon'] or float('nan'):.2e} Gy/photon")
+        print(f"results: {out / 'results.json'}")
+    return 0
+
+
+def _add_dose(sub) -> None:
+    x = sub.add_parser("dose", help="Monte Carlo x-ray dose from a scenario file (TOML)",
+                       description="Transport photons as described by SCENARIO (TOML: [phantom], [source], "
+                                   "[physics], [run]) and write OUT/results.json (per label "
+                                   "edep_eV_per_photon, edep_sigma_eV_per_photon, dose_Gy_per_photon; "
+                                   "escaped energy; histories per second), OUT/dose.nii.gz and OUT/organs.csv.")
+    x.add_argument("scenario", help="scenario file (.toml); relative paths in it are resolved against its folder")
+    x.add_argument("--out", required=True, help="output folder")
+    x.add_argument("--threads", type=int, help="Numba threads (default: [run] threads, else all cores)")
+    x.add_argument("--force", action="store_true", help="rerun even if OUT holds a run of the same inputs")
+    x.add_argument("--quiet", action="store_true", help="no progress lines")
+    x.add_argument("--json", action="store_true", help="print results.json to standard output")
+    x.set_defaults(func=cmd_dose)
 
 
 def organ_table(ph) -> str:
@@ -97,19 +153,7 @@ def cmd_phantom_from_ct(a: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``phantom`` (actions ``build`` and ``from-ct``) on an argparse subparsers object.
-
-    Parameters
-    ----------
-    subparsers
-        The object returned by ``ArgumentParser.add_subparsers()``.
-
-    Returns
-    -------
-    argparse.ArgumentParser
-        The ``phantom`` parser; each action sets ``func(args) -> int``.
-    """
+def _add_phantom(subparsers) -> None:
     from phantoms.stylized import DEFAULT_VOXEL_MM, SUPPORTED_AGES, VOXEL_MM_RANGE
 
     ages = ", ".join(SUPPORTED_AGES)
@@ -146,4 +190,39 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="assign every voxel's tissue from its CT number, even inside segmented organs")
     f.add_argument("--quiet", action="store_true", help="print nothing")
     f.set_defaults(func=cmd_phantom_from_ct)
-    return p
+
+
+def cmd_ctdi(a: argparse.Namespace) -> int:
+    """``digipat ctdi``: run :func:`run_ctdi` and print the indices (or ctdi.json with --json)."""
+    diameter = None if a.free_in_air else a.phantom_diameter_cm
+    r = run_ctdi(a.protocol, diameter, histories=a.histories, seed=a.seed, threads=a.threads, out_dir=a.out,
+                 force=a.force)
+    if a.json:
+        print(json.dumps(r, indent=2))
+    else:
+        sys.stdout.write(summary_text(r))
+        if a.out:
+            print(f"results: {Path(a.out) / CTDI_NAME}")
+    return 0
+
+
+def _add_ctdi(sub) -> None:
+    c = sub.add_parser(
+        "ctdi", help="CTDI100 / CTDIw / CTDIvol of a CT protocol in the 16 or 32 cm PMMA phantom (Monte Carlo)",
+        description="Simulate one axial rotation of the PROTOCOL's beam around the 16-cm (head) or 32-cm (body) "
+                    "PMMA CTDI phantom and print CTDI100 at the centre and periphery, CTDIw and CTDIvol per "
+                    "source photon and per 100 mAs (tube output from the protocol's measured CTDIvol, else "
+                    "from SpekPy). With --out, writes OUT/ctdi.json.")
+    c.add_argument("protocol", help="protocol file (.toml; see workflows/dose/protocol.py)")
+    g = c.add_mutually_exclusive_group(required=True)
+    g.add_argument("--phantom-diameter-cm", type=int, choices=(16, 32),
+                   help="CTDI phantom: 16 (head) or 32 (body)")
+    g.add_argument("--free-in-air", action="store_true", help="free-in-air CTDI100 (chamber on the axis, no phantom)")
+    c.add_argument("--histories", type=int, default=DEFAULT_HISTORIES,
+                   help=f"source photons to simulate (default {DEFAULT_HISTORIES})")
+    c.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    c.add_argument("--threads", type=int, help="Numba threads (default: all cores)")
+    c.add_argument("--out", help="output folder for ctdi.json")
+    c.add_argument("--force", action="store_true", help="recompute even if OUT/ctdi.json has the same inputs")
+    c.add_argument("--json", action="store_true", help="print ctdi.json to standard output")
+    c.set_defaults(func=cmd_ctdi)

@@ -3,9 +3,9 @@ the analysis (log–log output against radius, tornado, Sobol bars, output distr
 organ-dose change per perturbation).
 
 Each function writes one PNG atomically (temporary file, then rename) with matplotlib's Agg
-backend at 110 dpi and returns its path; :mod:`workflows.study_report` embeds them in the
+backend at 110 dpi and returns its path; :mod:`workflows.study.report` embeds them in the
 report. The analysis figures read the dicts of ``study.json`` (schema 2.0, see
-:func:`workflows.study.run_study`): a tornado row is ``{"parameter", "low", "high", "q_low",
+:func:`workflows.study.runner.run_study`): a tornado row is ``{"parameter", "low", "high", "q_low",
 "q_high", "q_nominal", "swing"}``; Sobol indices ``{"names", "S1", "S1_conf", "ST",
 "ST_conf"}``; a distribution ``{"p2_5", "p50", "p97_5", "values", ...}``.
 
@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from physics.atomic import save_figure
 
 __all__ = [
     "segmentation_overlay_png",
@@ -82,7 +83,7 @@ def _axis_label(qoi: str) -> str:
     return f"{qoi_label(qoi)} ({u})" if u else qoi_label(qoi)
 
 
-def _finite(x: Any) -> bool:
+def finite(x: Any) -> bool:
     """True for a finite number (not None, a bool, NaN or text); the report uses it too."""
     try:
         return x is not None and not isinstance(x, bool) and math.isfinite(float(x))
@@ -101,19 +102,10 @@ def _plt():
 
 def _save(fig, path: str | os.PathLike) -> Path:
     """Save a figure as PNG through a temporary file and a rename; closes the figure."""
-    plt = _plt()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png.tmp")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=DPI, bbox_inches="tight", format="png")
-        os.replace(tmp, path)
+        return save_figure(fig, path, dpi=DPI, bbox_inches="tight", format="png")
     finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+        _plt().close(fig)
 
 
 # ----------------------------------------------------------------------------- base-case images
@@ -429,9 +421,9 @@ def tornado_order(rows: Sequence[Mapping]) -> list[dict]:
     """
     out = []
     for r in rows:
-        if _finite(r.get("q_low")) and _finite(r.get("q_high")):
+        if finite(r.get("q_low")) and finite(r.get("q_high")):
             s = abs(float(r["q_high"]) - float(r["q_low"]))
-        elif _finite(r.get("swing")):
+        elif finite(r.get("swing")):
             s = float(r["swing"])
         else:
             continue
@@ -463,11 +455,11 @@ def tornado_png(analysis_for_qoi: Mapping | Sequence[Mapping], qoi: str, out_png
     """
     rows = analysis_for_qoi.get("tornado") if isinstance(analysis_for_qoi, Mapping) else analysis_for_qoi
     rows = tornado_order(rows or [])
-    rows = [r for r in rows if _finite(r.get("q_low")) and _finite(r.get("q_high"))]
+    rows = [r for r in rows if finite(r.get("q_low")) and finite(r.get("q_high"))]
     if not rows:
         raise ValueError(f"no tornado row for {qoi!r} has finite q_low and q_high")
     units = dict(units or {})
-    nom = next((float(r["q_nominal"]) for r in rows if _finite(r.get("q_nominal"))), None)
+    nom = next((float(r["q_nominal"]) for r in rows if finite(r.get("q_nominal"))), None)
     if nom is None:
         nom = 0.5 * (float(rows[0]["q_low"]) + float(rows[0]["q_high"]))
     plt = _plt()
@@ -480,8 +472,8 @@ def tornado_png(analysis_for_qoi: Mapping | Sequence[Mapping], qoi: str, out_png
     labels = []
     for r in rows:
         u = units.get(str(r.get("parameter")), "")
-        lo = f"{float(r['low']):.3g}" if _finite(r.get("low")) else "low"
-        hi = f"{float(r['high']):.3g}" if _finite(r.get("high")) else "high"
+        lo = f"{float(r['low']):.3g}" if finite(r.get("low")) else "low"
+        hi = f"{float(r['high']):.3g}" if finite(r.get("high")) else "high"
         labels.append(f"{r.get('parameter')}\n[{lo}, {hi}]{(' ' + u) if u else ''}")
     ax.set_yticks(y, labels, fontsize=8)
     ax.axvline(nom, color="black", lw=1)
@@ -518,7 +510,7 @@ def sobol_png(sobol: Mapping, qoi: str, out_png: str | os.PathLike) -> Path:
     fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(names) + 2.5), 3.8))
     x = np.arange(len(names))
     w = 0.38
-    conf = float(sobol["confidence"]) if _finite(sobol.get("confidence")) else 0.95
+    conf = float(sobol["confidence"]) if finite(sobol.get("confidence")) else 0.95
     ax.bar(x - w / 2, s1, w, yerr=c1, color=_LOW_COLOUR, capsize=3, label="S1 (first order)")
     ax.bar(x + w / 2, st, w, yerr=ct, color=_HIGH_COLOUR, capsize=3, label="ST (total)")
     ax.set_xticks(x, names, rotation=20 if len(names) > 3 else 0, ha="right" if len(names) > 3 else "center",
@@ -550,8 +542,8 @@ def distribution_png(dist: Mapping, qoi: str, out_png: str | os.PathLike, *, thr
     nominal : float, optional
         The nominal case's output, drawn in black.
     """
-    vals = np.asarray([v for v in (dist.get("values") or []) if _finite(v)], float)
-    p = [float(dist[k]) if _finite(dist.get(k)) else None for k in ("p2_5", "p50", "p97_5")]
+    vals = np.asarray([v for v in (dist.get("values") or []) if finite(v)], float)
+    p = [float(dist[k]) if finite(dist.get(k)) else None for k in ("p2_5", "p50", "p97_5")]
     if vals.size == 0 and None in (p[0], p[2]):
         raise ValueError(f"distribution of {qoi!r} has neither values nor p2_5/p97_5")
     plt = _plt()
@@ -568,9 +560,9 @@ def distribution_png(dist: Mapping, qoi: str, out_png: str | os.PathLike, *, thr
             ax.axvline(q, color="#4f81bd", ls="--", lw=1)
     if p[1] is not None:
         ax.axvline(p[1], color="#4f81bd", lw=1.5, label=f"median {p[1]:.4g}")
-    if _finite(nominal):
+    if finite(nominal):
         ax.axvline(float(nominal), color="black", lw=1.5, label=f"nominal {float(nominal):.4g}")
-    if _finite(threshold):
+    if finite(threshold):
         ax.axvline(float(threshold), color="#d62728", lw=2, label=f"decision threshold {float(threshold):.4g}")
     ax.set_xlabel(_axis_label(qoi))
     n = dist.get("n", vals.size)
@@ -580,7 +572,7 @@ def distribution_png(dist: Mapping, qoi: str, out_png: str | os.PathLike, *, thr
     return _save(fig, out_png)
 
 
-def _nominal_case(summary: Mapping) -> tuple[dict, dict]:
+def nominal_case(summary: Mapping) -> tuple[dict, dict]:
     """(outputs, sigma) of the nominal case: ``summary["nominal"]``, else the case with that
     id, else the first case not varied."""
     nom = summary.get("nominal") or {}
@@ -606,14 +598,14 @@ def organ_dose_changes(summary: Mapping) -> list[dict]:
         ``{"parameter", "end" ("low"|"high"), "value", "case", "organ", "qoi", "change_percent",
         "sigma_percent"}`` in parameter order (as in ``summary["parameters"]``), low before high.
     """
-    q0, s0 = _nominal_case(summary)
-    organs = [k for k in (summary.get("outputs") or q0.keys()) if k.startswith(ORGAN_PREFIX) and _finite(q0.get(k))
+    q0, s0 = nominal_case(summary)
+    organs = [k for k in (summary.get("outputs") or q0.keys()) if k.startswith(ORGAN_PREFIX) and finite(q0.get(k))
               and float(q0[k]) != 0]
     order = [p.get("name") for p in summary.get("parameters") or []]
     by_par: dict[str, list[dict]] = {}
     for c in summary.get("cases") or []:
         par = c.get("varied")
-        if par and _finite((c.get("params") or {}).get(par)):
+        if par and finite((c.get("params") or {}).get(par)):
             by_par.setdefault(par, []).append(c)
     pars = [p for p in order if p in by_par] + sorted(p for p in by_par if p not in order)
     rows = []
@@ -627,12 +619,12 @@ def organ_dose_changes(summary: Mapping) -> list[dict]:
         for end, c in ends:
             outs, sig = c.get("outputs") or {}, c.get("sigma") or {}
             for k in organs:
-                if not _finite(outs.get(k)):
+                if not finite(outs.get(k)):
                     continue
                 q, qn = float(outs[k]), float(q0[k])
                 ratio = q / qn
-                rs = (float(sig[k]) / q if _finite(sig.get(k)) and q else 0.0)
-                rs0 = float(s0[k]) / qn if _finite(s0.get(k)) else 0.0
+                rs = (float(sig[k]) / q if finite(sig.get(k)) and q else 0.0)
+                rs0 = float(s0[k]) / qn if finite(s0.get(k)) else 0.0
                 rows.append({"parameter": par, "end": end, "value": float(c["params"][par]), "case": c.get("id"),
                              "organ": k[len(ORGAN_PREFIX):], "qoi": k, "change_percent": 100 * (ratio - 1),
                              "sigma_percent": 100 * abs(ratio) * math.hypot(rs, rs0)})
@@ -641,7 +633,7 @@ def organ_dose_changes(summary: Mapping) -> list[dict]:
 
 def _nominal_value(summary: Mapping, par: str) -> float | None:
     for p in summary.get("parameters") or []:
-        if p.get("name") == par and _finite(p.get("nominal")):
+        if p.get("name") == par and finite(p.get("nominal")):
             return float(p["nominal"])
     return None
 
@@ -702,11 +694,11 @@ def loglog_points(summary: Mapping, qoi: str) -> tuple[np.ndarray, np.ndarray, d
     (r_mm, q, elasticity_dict)
     """
     e = ((summary.get("analysis") or {}).get(qoi) or {}).get("elasticity")
-    if not e or not _finite(e.get("elasticity")):
+    if not e or not finite(e.get("elasticity")):
         raise ValueError(f"summary has no elasticity for {qoi!r} (analysis.{qoi}.elasticity)")
     par = e.get("parameter") or "boundary_offset_mm"
     r0 = e.get("reference_radius_mm", summary.get("reference_radius_mm"))
-    if not _finite(r0):
+    if not finite(r0):
         raise ValueError(f"elasticity of {qoi!r} has no reference_radius_mm")
     cases = summary.get("cases") or []
     nom_id = (summary.get("nominal") or {}).get("id")
@@ -714,7 +706,7 @@ def loglog_points(summary: Mapping, qoi: str) -> tuple[np.ndarray, np.ndarray, d
     if not any(c.get("varied") == par for c in use):
         use = cases
     pts = sorted({(float(r0) + float(c["params"][par]), float(c["outputs"][qoi])) for c in use
-                  if _finite((c.get("params") or {}).get(par)) and _finite((c.get("outputs") or {}).get(qoi))})
+                  if finite((c.get("params") or {}).get(par)) and finite((c.get("outputs") or {}).get(qoi))})
     pts = [(x, y) for x, y in pts if x > 0 and y > 0]
     if len(pts) < 2:
         raise ValueError(f"fewer than 2 cases with positive {qoi!r} along {par!r} for the log-log plot")
@@ -746,13 +738,13 @@ def loglog_png(summary: Mapping, qoi: str, out_png: str | os.PathLike, *,
     slope = float(e["elasticity"])
     xs = np.geomspace(x.min() * 0.98, x.max() * 1.02, 50)
     # the line through the data's log-centroid with the fitted slope (or the stored intercept)
-    icpt = float(e["intercept"]) if _finite(e.get("intercept")) else float(np.mean(np.log(y) - slope * np.log(x)))
+    icpt = float(e["intercept"]) if finite(e.get("intercept")) else float(np.mean(np.log(y) - slope * np.log(x)))
     i0 = int(np.argmin(np.abs(x - r0)))
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.8, 4.2))
     ax.loglog(x, y, "o", color=_HIGH_COLOUR, label="cases", zorder=3)
     ci = (f" [{float(e['ci_low']):.2f}, {float(e['ci_high']):.2f}]"
-          if _finite(e.get("ci_low")) and _finite(e.get("ci_high")) else "")
+          if finite(e.get("ci_low")) and finite(e.get("ci_high")) else "")
     ax.loglog(xs, np.exp(icpt) * xs ** slope, "-", color="black", label=f"fit: slope {slope:.3f}{ci}")
     if reference_slope is not None:
         ax.loglog(xs, y[i0] * (xs / x[i0]) ** reference_slope, "--", color="grey",

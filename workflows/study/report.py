@@ -15,7 +15,7 @@ or a figure that cannot be drawn leaves a note, never an exception. Figures are 
 ``OUT/report_figures/`` and embedded in ``OUT/report.html`` as PNG data URIs, so the page
 needs no other file; ``OUT/report.pdf`` is the same page printed on A4 by WeasyPrint.
 
-Input: the study summary of :func:`workflows.study.run_study` (``study.json``, schema 2.0;
+Input: the study summary of :func:`workflows.study.runner.run_study` (``study.json``, schema 2.0;
 a 1.0 summary of a one-parameter OAT study is upgraded on the fly).
 """
 
@@ -32,8 +32,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from workflows import study_figures as sf
-from workflows._io import write_text_atomic
+from physics.atomic import atomic_path
+from workflows.study import figures as sf
+from workflows.common import write_text_atomic
 
 __all__ = ["write_report", "write_study_report", "bottom_line", "format_number", "upgrade_summary", "embed_png"]
 
@@ -54,7 +55,7 @@ _PATHS = {"flow": "image → segmentation → surface → volume mesh → flow s
 
 
 # ----------------------------------------------------------------------------- numbers
-_finite = sf._finite
+finite = sf.finite
 
 
 def format_number(x: Any, sig: int = 4) -> str:
@@ -64,7 +65,7 @@ def format_number(x: Any, sig: int = 4) -> str:
     >>> format_number(28.1), format_number(0.012345), format_number(1.5e-7)
     ('28.10', '0.01235', '1.500e-07')
     """
-    if not _finite(x):
+    if not finite(x):
         return "—"
     x = float(x)
     if x == 0:
@@ -82,20 +83,20 @@ def format_number(x: Any, sig: int = 4) -> str:
 def _q(x: Any, qoi: str, mmhg: bool = False) -> str:
     """A QoI value with its unit (and, with ``mmhg``, the mmHg equivalent of a pressure in Pa)."""
     u = sf.qoi_unit(qoi)
-    s = format_number(x) + (f" {u}" if u and _finite(x) else "")
-    if mmhg and u == "Pa" and _finite(x) and "pressure" in qoi:
+    s = format_number(x) + (f" {u}" if u and finite(x) else "")
+    if mmhg and u == "Pa" and finite(x) and "pressure" in qoi:
         s += f" ({format_number(float(x) / sf.PA_PER_MMHG)} mmHg)"
     return s
 
 
 def _pct(x: Any, signed: bool = True, digits: int = 1) -> str:
-    if not _finite(x):
+    if not finite(x):
         return "—"
     return f"{float(x):+.{digits}f} %" if signed else f"{float(x):.{digits}f} %"
 
 
 def _prob(p: Any) -> str:
-    return "—" if not _finite(p) else f"{100 * float(p):.0f} %"
+    return "—" if not finite(p) else f"{100 * float(p):.0f} %"
 
 
 # ----------------------------------------------------------------------------- schema
@@ -116,10 +117,10 @@ def upgrade_summary(summary: Mapping) -> dict:
     for c in cases:
         v = c.get("value")
         new_cases.append({"id": c.get("id"), "params": {par: v}, "outputs": {out: c.get("output")}, "sigma": {},
-                          "varied": par if _finite(v) and float(v) != 0 else None, "results": c.get("results"),
+                          "varied": par if finite(v) and float(v) != 0 else None, "results": c.get("results"),
                           "n_dofs": c.get("n_dofs")})
-    vals = [float(c["value"]) for c in cases if _finite(c.get("value"))]
-    nom = min(cases, key=lambda c: abs(float(c["value"])) if _finite(c.get("value")) else math.inf) if cases else {}
+    vals = [float(c["value"]) for c in cases if finite(c.get("value"))]
+    nom = min(cases, key=lambda c: abs(float(c["value"])) if finite(c.get("value")) else math.inf) if cases else {}
     s.update({
         "schema_version": "2.0 (upgraded from 1.0)",
         "path": s.get("path", "flow"),
@@ -241,7 +242,7 @@ def bottom_line(summary: Mapping) -> list[dict]:
         and ``short`` (a few words), plus ``spread_short``.
     """
     s = upgrade_summary(summary)
-    q0s, sig0 = sf._nominal_case(s)
+    q0s, sig0 = sf.nominal_case(s)
     num = s.get("numerical") or {}
     rows = []
     for q in _qois(s):
@@ -250,34 +251,34 @@ def bottom_line(summary: Mapping) -> list[dict]:
         lo = hi = None
         kind = short = ""
         d = a.get("distribution") or {}
-        torn = [r for r in a.get("tornado") or [] if _finite(r.get("q_low")) and _finite(r.get("q_high"))]
-        if _finite(d.get("p2_5")) and _finite(d.get("p97_5")):
+        torn = [r for r in a.get("tornado") or [] if finite(r.get("q_low")) and finite(r.get("q_high"))]
+        if finite(d.get("p2_5")) and finite(d.get("p97_5")):
             lo, hi = float(d["p2_5"]), float(d["p97_5"])
             kind, short = f"95 % range of {d.get('n', '?')} sampled inputs", f"95 % range, n = {d.get('n', '?')}"
         elif torn:
-            ends = [float(r[k]) for r in torn for k in ("q_low", "q_high")] + ([float(q0)] if _finite(q0) else [])
+            ends = [float(r[k]) for r in torn for k in ("q_low", "q_high")] + ([float(q0)] if finite(q0) else [])
             lo, hi = min(ends), max(ends)
             top = sf.tornado_order(torn)[0]["parameter"]
             kind = f"range over the one-at-a-time input ends (largest effect: {top})"
             short = f"one-at-a-time ends; largest: {top}"
         else:
             vals = [float(c["outputs"][q]) for c in s.get("cases") or []
-                    if _finite((c.get("outputs") or {}).get(q))]
+                    if finite((c.get("outputs") or {}).get(q))]
             if len(vals) >= 2:
                 lo, hi, kind = min(vals), max(vals), f"range over all {len(vals)} cases"
                 short = kind
         h = None
-        if lo is not None and _finite(q0) and float(q0) != 0:
+        if lo is not None and finite(q0) and float(q0) != 0:
             h = max(abs(lo / float(q0) - 1), abs(hi / float(q0) - 1))
         # numerical uncertainty (relative)
         nums = []
         mrc = (num.get("mesh_relative_change") or {}).get(q)
-        if _finite(mrc):
+        if finite(mrc):
             nums.append((abs(float(mrc)), "mesh refinement"))
         mcs = (num.get("mc_relative_sigma") or {}).get(q)
-        if not _finite(mcs) and _finite(sig0.get(q)) and _finite(q0) and float(q0) != 0:
+        if not finite(mcs) and finite(sig0.get(q)) and finite(q0) and float(q0) != 0:
             mcs = float(sig0[q]) / abs(float(q0))
-        if _finite(mcs):
+        if finite(mcs):
             nums.append((2 * abs(float(mcs)), "Monte Carlo, 2σ"))
         u, ukind = (max(nums) if nums else (None, "not assessed"))
         flip = a.get("flip") if isinstance(a.get("flip"), dict) else None
@@ -285,7 +286,7 @@ def bottom_line(summary: Mapping) -> list[dict]:
         name = sf.qoi_label(q)
         if lo is not None:
             rel = (f" ({_pct(100 * (lo / float(q0) - 1))} to {_pct(100 * (hi / float(q0) - 1))})"
-                   if _finite(q0) and float(q0) != 0 else "")
+                   if finite(q0) and float(q0) != 0 else "")
             words.append(f"Plausible input errors move the {name} between {_q(lo, q)} and {_q(hi, q)}{rel}.")
         else:
             words.append(f"No input-driven spread of the {name} was computed.")
@@ -307,11 +308,15 @@ def bottom_line(summary: Mapping) -> list[dict]:
                          "spread: the sensitivity is not resolved (refine the mesh or run more histories).")
             level, num_short = "bad", "not resolved: numerical error ≥ spread"
         shorts = [num_short]
-        if flip and _finite(flip.get("probability")):
+        if flip and finite(flip.get("probability")):
             p = float(flip["probability"])
             ci = (f"95 % CI {_prob(flip.get('ci_low'))}–{_prob(flip.get('ci_high'))}"
-                  if _finite(flip.get("ci_low")) and _finite(flip.get("ci_high")) else "no CI")
+                  if finite(flip.get("ci_low")) and finite(flip.get("ci_high")) else "no CI")
             k_n = f"{flip.get('n_flipped', '?')} of {flip.get('n', '?')} cases"
+            failed = int(flip.get("n_failed") or 0)
+            if failed:
+                ci += (f"; {failed} failed case(s) have no decision and count as flips in the upper "
+                       "limit and as non-flips in the lower")
             if p == 0:
                 words.append(f"The decision ({_rule(flip, q)}) did not change in any of {flip.get('n', '?')} "
                              f"cases ({ci}).")
@@ -320,7 +325,7 @@ def bottom_line(summary: Mapping) -> list[dict]:
                 words.append(f"The decision ({_rule(flip, q)}) changed in {_prob(p)} of cases ({k_n}; {ci}).")
                 shorts.append(f"decision flips in {_prob(p)} of cases")
                 level = "bad" if p >= 0.1 else ("warn" if level == "ok" else level)
-        rows.append({"qoi": q, "nominal": float(q0) if _finite(q0) else None, "low": lo, "high": hi,
+        rows.append({"qoi": q, "nominal": float(q0) if finite(q0) else None, "low": lo, "high": hi,
                      "spread_kind": kind, "spread_short": short, "half_width_rel": h, "flip": flip, "numerical_rel": u,
                      "numerical_kind": ukind, "level": level, "verdict": " ".join(words),
                      "short": "; ".join(shorts)})
@@ -409,7 +414,7 @@ def _flatten(d: Any, prefix: str = "") -> list[tuple[str, Any]]:
 def _value(v: Any) -> str:
     if isinstance(v, bool) or v is None:
         return str(v).lower() if isinstance(v, bool) else "—"
-    if _finite(v) and not isinstance(v, str):
+    if finite(v) and not isinstance(v, str):
         return format_number(v) if isinstance(v, float) else str(v)
     if isinstance(v, (list, tuple)):
         head = ", ".join(_value(x) for x in v[:8])
@@ -444,12 +449,12 @@ def _study_sentence(s: dict, rows: Sequence[dict]) -> str:
     elif notok:
         out.append("The numerical uncertainty is not assessed or not small for: "
                    + ", ".join(sf.qoi_label(r["qoi"]) for r in notok) + ".")
-    flips = [r for r in rows if r["flip"] and _finite(r["flip"].get("probability"))]
+    flips = [r for r in rows if r["flip"] and finite(r["flip"].get("probability"))]
     moved = [r for r in flips if float(r["flip"]["probability"]) > 0]
     for r in moved:
         f = r["flip"]
         ci = (f" (95 % CI {_prob(f.get('ci_low'))}–{_prob(f.get('ci_high'))})"
-              if _finite(f.get("ci_low")) and _finite(f.get("ci_high")) else "")
+              if finite(f.get("ci_low")) and finite(f.get("ci_high")) else "")
         rule = _rule(f, r["qoi"])
         if "%" in rule:
             what = f"the {sf.qoi_label(r['qoi'])} changes by {rule.replace('|change|', 'more than').replace('>', '')}"
@@ -483,14 +488,16 @@ def _bottom_line_html(studies: Sequence[tuple[str, dict]]) -> str:
             spread = "—"
             if r["low"] is not None:
                 spread = f"{format_number(r['low'])} – {_q(r['high'], q)}"
-                if r["half_width_rel"] is not None and _finite(r["nominal"]) and r["nominal"]:
+                if r["half_width_rel"] is not None and finite(r["nominal"]) and r["nominal"]:
                     spread += (f" ({_pct(100 * (r['low'] / r['nominal'] - 1), digits=0)} / "
                                f"{_pct(100 * (r['high'] / r['nominal'] - 1), digits=0)})")
                 spread += f"; {r['spread_short']}"
             flip = r["flip"]
             fl = "—"
-            if flip and _finite(flip.get("probability")):
+            if flip and finite(flip.get("probability")):
                 fl = f"{_prob(flip['probability'])} ({flip.get('n_flipped', '?')}/{flip.get('n', '?')})"
+                if flip.get("n_failed"):
+                    fl += f", {flip['n_failed']} failed"
             nu = "not assessed" if r["numerical_rel"] is None else \
                 f"{_pct(100 * r['numerical_rel'], False, 2)} ({r['numerical_kind']})"
             mark = {"ok": "●", "warn": "▲", "bad": "■"}[r["level"]]
@@ -564,7 +571,7 @@ def _inputs_html(s: dict) -> str:
         u = p.get("unit", "")
         if p.get("distribution") == "normal":
             rng = f"normal, mean {format_number(p.get('mean'))}, sd {format_number(p.get('sd'))}"
-            if _finite(p.get("low")) or _finite(p.get("high")):
+            if finite(p.get("low")) or finite(p.get("high")):
                 rng += f" (range {format_number(p.get('low'))} to {format_number(p.get('high'))})"
         else:
             rng = f"{p.get('distribution', 'uniform')} [{format_number(p.get('low'))}, {format_number(p.get('high'))}]"
@@ -576,11 +583,11 @@ def _inputs_html(s: dict) -> str:
 
 
 def _nominal_html(s: dict) -> str:
-    q0, sig = sf._nominal_case(s)
+    q0, sig = sf.nominal_case(s)
     qs = [q for q in _qois(s) if q in q0]
     if not qs:
         return ""
-    rows = [[_qname(q), _q(q0[q], q, mmhg=True), _q(sig.get(q), q) if _finite(sig.get(q)) else "—"] for q in qs]
+    rows = [[_qname(q), _q(q0[q], q, mmhg=True), _q(sig.get(q), q) if finite(sig.get(q)) else "—"] for q in qs]
     nid = (s.get("nominal") or {}).get("id")
     return (f"<h3>Nominal results</h3><p>The base case{(' (' + _esc(str(nid)) + ')') if nid else ''} with every "
             "input at its nominal value.</p>" + _table(["quantity", "nominal value", "Monte Carlo 1σ"], rows))
@@ -590,7 +597,7 @@ def _elasticity_html(s: dict, figs: _Figures, sid: str) -> str:
     out = ""
     for q in _qois(s):
         e = _analysis(s, q).get("elasticity")
-        if not isinstance(e, dict) or not _finite(e.get("elasticity")):
+        if not isinstance(e, dict) or not finite(e.get("elasticity")):
             continue
         el = float(e["elasticity"])
         out += figs.draw(f"{sid}_loglog_{q}", sf.loglog_png, s, q,
@@ -600,11 +607,11 @@ def _elasticity_html(s: dict, figs: _Figures, sid: str) -> str:
                              "4 %); the dashed line is Hagen–Poiseuille through the nominal case "
                              + ("(τ ∝ r⁻³)." if q.startswith("wss") else "(ΔP ∝ r⁻⁴)."))
         ci = (f" (95 % CI {float(e['ci_low']):.3f} to {float(e['ci_high']):.3f}"
-              if _finite(e.get("ci_low")) and _finite(e.get("ci_high")) else " (no CI")
+              if finite(e.get("ci_low")) and finite(e.get("ci_high")) else " (no CI")
         ci += f"; n = {e.get('n', '?')}"
-        if _finite(e.get("reference_radius_mm")):
+        if finite(e.get("reference_radius_mm")):
             ci += f"; reference radius r₀ = {format_number(e['reference_radius_mm'])} mm"
-        if _finite(e.get("residual_rms")):
+        if finite(e.get("residual_rms")):
             ci += f"; residual RMS {float(e['residual_rms']):.2g} in ln Q"
         out += (f"<p><b>Elasticity</b> d ln {_esc(q)} / d ln r = <b>{el:.3f}</b>{ci}). A radius error of 5 % "
                 f"changes the {_esc(sf.qoi_label(q))} by about {100 * (1.05 ** el - 1):+.0f} % "
@@ -622,7 +629,7 @@ def _tornado_html(s: dict, figs: _Figures, sid: str, skip_organs: bool) -> str:
         ordered = sf.tornado_order(t)
         for r in ordered:
             qn = r.get("q_nominal")
-            sw = (100 * r["swing"] / abs(float(qn))) if _finite(qn) and float(qn) != 0 else None
+            sw = (100 * r["swing"] / abs(float(qn))) if finite(qn) and float(qn) != 0 else None
             rows.append([_qname(q), _Raw(f"<code>{_esc(str(r.get('parameter')))}</code>"),
                          f"{format_number(r.get('low'))} → {_q(r.get('q_low'), q)}",
                          f"{format_number(r.get('high'))} → {_q(r.get('q_high'), q)}",
@@ -656,14 +663,14 @@ def _sobol_html(s: dict, figs: _Figures, sid: str) -> str:
         for i, n in enumerate(so["names"]):
             def pm(k):
                 v, c = (so.get(k) or [None] * (i + 1))[i], (so.get(k + "_conf") or [None] * (i + 1))[i]
-                return f"{float(v):.3f} ± {float(c):.3f}" if _finite(v) and _finite(c) else format_number(v)
+                return f"{float(v):.3f} ± {float(c):.3f}" if finite(v) and finite(c) else format_number(v)
             rows.append([_Raw(f"<code>{_esc(str(n))}</code>"), pm("S1"), pm("ST")])
-        conf = float(so["confidence"]) if _finite(so.get("confidence")) else 0.95
+        conf = float(so["confidence"]) if finite(so.get("confidence")) else 0.95
         out += _table([f"input ({sf.qoi_label(q)})", f"S1 ± {100 * float(conf):.0f} % CI",
                        f"ST ± {100 * float(conf):.0f} % CI"], rows)
         if so.get("note"):
             out += f'<p class="note">{_esc(str(so["note"]))}</p>'
-        confs = [float(c) for k in ("S1_conf", "ST_conf") for c in (so.get(k) or []) if _finite(c)]
+        confs = [float(c) for k in ("S1_conf", "ST_conf") for c in (so.get(k) or []) if finite(c)]
         if confs and max(confs) > 0.15:
             out += ('<p class="note"><b>Not resolved:</b> the confidence intervals are wider than ±0.15, so these '
                     "indices only hint at a ranking (the tornado chart is more reliable here). Raise "
@@ -693,7 +700,7 @@ def _morris_html(s: dict) -> str:
 
 
 def _distribution_html(s: dict, figs: _Figures, sid: str) -> str:
-    q0, _ = sf._nominal_case(s)
+    q0, _ = sf.nominal_case(s)
     out = ""
     for q in _qois(s):
         a = _analysis(s, q)
@@ -702,7 +709,9 @@ def _distribution_html(s: dict, figs: _Figures, sid: str) -> str:
             continue
         thr = _threshold((a.get("flip") or {}).get("rule"))
         out += figs.draw(f"{sid}_distribution_{q}", sf.distribution_png, d, q, threshold=thr, nominal=q0.get(q),
-                         caption=f"Distribution of the {sf.qoi_label(q)} over the sampled inputs.",
+                         caption=f"Distribution of the {sf.qoi_label(q)} over the sampled inputs"
+                         + (f" ({d['n']} cases; {d['n_failed']} failed case(s) are not in it, so it may be biased "
+                            "towards the inputs that succeed)." if d.get("n_failed") else f" ({d.get('n', '?')} cases)."),
                          how="the histogram counts the cases; the shaded band holds 95 % of them; the black line "
                              "is the nominal case" + ("; the red line is the decision threshold" if thr is not None
                                                       else "") + ".")
@@ -719,10 +728,11 @@ def _flip_html(s: dict) -> str:
         if not isinstance(f, dict):
             continue
         ci = (f"{_prob(f.get('ci_low'))} – {_prob(f.get('ci_high'))}"
-              if _finite(f.get("ci_low")) and _finite(f.get("ci_high")) else "—")
+              if finite(f.get("ci_low")) and finite(f.get("ci_high")) else "—")
         nd = f.get("nominal_decision")
         rows.append([_qname(q), _rule(f, q), "—" if nd is None else ("yes" if nd else "no"),
-                     _prob(f.get("probability")), ci, f"{f.get('n_flipped', '?')} / {f.get('n', '?')}",
+                     _prob(f.get("probability")), ci, f"{f.get('n_flipped', '?')} / {f.get('n', '?')}"
+                     + (f" ({f['n_failed']} failed)" if f.get("n_failed") else ""),
                      f.get("n_beyond_noise", "—")])
     if not rows:
         return ""
@@ -763,10 +773,10 @@ def _cases_html(s: dict) -> str:
     pars = [p.get("name") for p in s.get("parameters") or []] or sorted(
         {k for c in cases for k in (c.get("params") or {})})
     qs = _qois(s)[:MAX_CASE_QOIS]
-    q0, _ = sf._nominal_case(s)
+    q0, _ = sf.nominal_case(s)
     q1 = qs[0] if qs else None
     head = ["case", "varied"] + [str(p) for p in pars] + qs
-    if q1 and _finite(q0.get(q1)) and float(q0[q1]) != 0:
+    if q1 and finite(q0.get(q1)) and float(q0[q1]) != 0:
         head.append(f"Δ {q1}")
     rows = []
     for c in cases[:MAX_CASE_ROWS]:
@@ -774,7 +784,7 @@ def _cases_html(s: dict) -> str:
         r = [c.get("id", ""), c.get("varied") or "—"] + [format_number(pr.get(p)) for p in pars]
         r += [format_number(ou.get(q)) for q in qs]
         if len(head) > len(r):
-            r.append(_pct(100 * (float(ou[q1]) / float(q0[q1]) - 1)) if _finite(ou.get(q1)) else "—")
+            r.append(_pct(100 * (float(ou[q1]) / float(q0[q1]) - 1)) if finite(ou.get(q1)) else "—")
         rows.append(r)
     note = ""
     if len(cases) > MAX_CASE_ROWS or len(_qois(s)) > MAX_CASE_QOIS:
@@ -791,7 +801,7 @@ def _numerical_html(s: dict) -> str:
            "only where it is well below that spread.</p>")
     conv = [r for r in num.get("mesh_convergence") or [] if isinstance(r, dict)]
     if conv:
-        cq = [q for q in qs if any(_finite((r.get("outputs") or {}).get(q)) for r in conv)]
+        cq = [q for q in qs if any(finite((r.get("outputs") or {}).get(q)) for r in conv)]
         rows = [[format_number(r.get("cells_per_radius")), _value(r.get("n_dofs"))]
                 + [format_number((r.get("outputs") or {}).get(q)) for q in cq] for r in conv]
         out += "<p>Mesh convergence of the nominal case:</p>" + _table(["cells per radius", "DOFs"] + cq, rows,
@@ -800,9 +810,9 @@ def _numerical_html(s: dict) -> str:
     for q in qs:
         m = (num.get("mesh_relative_change") or {}).get(q)
         c = (num.get("mc_relative_sigma") or {}).get(q)
-        if _finite(m) or _finite(c):
-            rel_rows.append([_qname(q), _pct(100 * float(m), False, 2) if _finite(m) else "—",
-                             _pct(100 * float(c), False, 2) if _finite(c) else "—"])
+        if finite(m) or finite(c):
+            rel_rows.append([_qname(q), _pct(100 * float(m), False, 2) if finite(m) else "—",
+                             _pct(100 * float(c), False, 2) if finite(c) else "—"])
     if rel_rows:
         out += _table(["quantity", "|Q_fine / Q − 1| (mesh)", "Monte Carlo σ / Q (nominal case)"], rel_rows)
     bl = [r for r in bottom_line(s) if r["numerical_rel"] is not None and r["half_width_rel"]]
@@ -813,7 +823,7 @@ def _numerical_html(s: dict) -> str:
             f"(ratio {r['numerical_rel'] / r['half_width_rel']:.2f}).</li>" for r in bl) + "</ul>"
     for q in qs:
         e = _analysis(s, q).get("elasticity")
-        if isinstance(e, dict) and _finite(e.get("residual_rms")):
+        if isinstance(e, dict) and finite(e.get("residual_rms")):
             out += (f"<p>The scatter of the {_esc(sf.qoi_label(q))} cases about the fitted log–log line (residual "
                     f"RMS {float(e['residual_rms']):.2g} in ln Q) holds the remeshing noise; the confidence "
                     "interval of the elasticity includes it.</p>")
@@ -1007,16 +1017,12 @@ def _write_pdf(text: str, path: Path) -> Path | None:
         warnings.warn(f"report.pdf not written: WeasyPrint is not usable ({exc}); report.html is complete",
                       stacklevel=3)
         return None
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
     try:
-        weasyprint.HTML(string=text, base_url=str(path.parent)).write_pdf(str(tmp))
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            weasyprint.HTML(string=text, base_url=str(path.parent)).write_pdf(str(tmp))
     except Exception as exc:  # noqa: BLE001 - the HTML is written; the PDF is a copy of it
         warnings.warn(f"report.pdf not written: WeasyPrint failed ({exc}); report.html is complete", stacklevel=3)
         return None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
@@ -1026,7 +1032,7 @@ def write_study_report(summary: Mapping, out_dir: str | os.PathLike) -> Path:
     Parameters
     ----------
     summary : dict
-        The study summary (:func:`workflows.study.run_study`, ``study.json``).
+        The study summary (:func:`workflows.study.runner.run_study`, ``study.json``).
     out_dir : path
         The study's output folder.
 
