@@ -28,7 +28,6 @@ minute in all) for a quick check. Writes ``OUT/mesh_convergence.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform

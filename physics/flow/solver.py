@@ -238,7 +238,7 @@ def solve_flow(mesh, facet_tags, problem: FlowProblem, *, progress: Callable[[st
         wss_mean_Pa=float(wss_mean),
         wss_max_Pa=wss_max,
         ffr_like=float((problem.proximal_pressure_Pa - bnd.dp_Pa) / problem.proximal_pressure_Pa),
-        reynolds_inlet=float(rho_val * geo.mean_velocity_m_s * 2.0 * geo.radius_m / mu_val),
+        reynolds_inlet=float(reynolds),
         n_dofs=int(disc.n_dofs),
         n_cells=int(disc.n_cells),
         newton_iterations=int(newton_its),

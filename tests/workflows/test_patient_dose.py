@@ -2,9 +2,17 @@
 of dose per CTDIvol, and bad input.
 
 Independent expectation for the age trend: for a fixed protocol the dose per CTDIvol
-(32 cm phantom) of trunk organs inside the scanned range falls as the patient grows
-(AAPM Report 204, size-specific dose estimates: conversion factor ≈ 2.3 at 12 cm effective
-diameter, ≈ 1.4 at 24 cm, ≈ 1.1 at 32 cm)."""
+(32 cm phantom) inside the scanned range falls exponentially with the patient's effective
+diameter D = √(AP × LAT): AAPM Report 204 (size-specific dose estimates), f = 3.704369
+exp(−0.03671937 D[cm]) for the 32 cm phantom. The test fits ln(liver dose / CTDIvol) against
+each phantom's D at the centre of its liver and requires the slope within 30 % of −0.0367
+per cm (measured −0.043 with 2e6 histories). Tolerance 30 %: AAPM 204's factors are for the
+dose at the centre of a long scan of a water-like cylinder, the liver is an organ off that
+centre, and each scan here covers only the liver, 56 mm (newborn) to 156 mm (adult) long,
+short enough for the missing scatter tails to lower the dose. Not every step is monotonic:
+the 5-year liver (1.85) gets more per CTDIvol than the 1-year one (1.77) in these phantoms,
+with a 100 vs 74 mm scan. The README's six values are printed by
+``benchmarks/liver_dose_per_ctdivol.py``."""
 
 import json
 import shutil
@@ -35,32 +43,40 @@ def _scenario(tmp: Path, age: str, protocol: Path, histories=150_000, extra="") 
     return s
 
 
-def _liver_range(age):
+def _liver_range_and_diameter(age):
+    """z range of the liver (mm) and the effective diameter √(AP × LAT) (cm) of the body (every
+    non-air label) on the slice at the liver's centre."""
     from phantoms.stylized import build_reference_phantom
 
     ph = build_reference_phantom(age, "male", 5.0)
-    lab = ph.organ("liver").label
-    k = np.nonzero(np.any(np.asarray(ph.labels.array) == lab, axis=(1, 2)))[0]
-    dz = ph.labels.spacing_mm[0]
+    arr = np.asarray(ph.labels.array)
+    k = np.nonzero(np.any(arr == ph.organ("liver").label, axis=(1, 2)))[0]
+    dz, dy, dx = ph.labels.spacing_mm
     z0 = ph.labels.origin_xyz_mm[2]
-    return float(z0 + k.min() * dz), float(z0 + k.max() * dz)
+    ys, xs = np.nonzero(arr[(k.min() + k.max()) // 2] != 0)
+    d_cm = np.sqrt((np.ptp(ys) + 1) * dy * (np.ptp(xs) + 1) * dx) / 10.0
+    return float(z0 + k.min() * dz), float(z0 + k.max() * dz), float(d_cm)
 
 
-def test_organ_dose_per_ctdivol_falls_with_age(tmp_path):
-    """A scan over each phantom's liver: liver dose per CTDIvol decreases newborn → adult."""
-    per_ctdivol = {}
+def test_organ_dose_per_ctdivol_falls_with_size(tmp_path):
+    """A scan over each phantom's liver: ln(liver dose / CTDIvol) falls with the effective
+    diameter with AAPM Report 204's slope (−0.0367 per cm) within 30 % (module docstring)."""
+    per_ctdivol, diameter = {}, {}
     for age in ("newborn", "1y", "5y", "10y", "15y", "adult"):
-        z0, z1 = _liver_range(age)
+        z0, z1, diameter[age] = _liver_range_and_diameter(age)
         scen = _scenario(tmp_path, age, _protocol(tmp_path, round(z0), round(z1)))
         assert main(["dose", str(scen), "--out", str(tmp_path / age), "--quiet"]) == 0
         res = json.loads((tmp_path / age / "results.json").read_text())
         row = {r["organ"]: r for r in res["organs"]}["liver"]
-        per_ctdivol[age] = (row["dose_per_ctdivol"], row["dose_per_ctdivol_sigma"])
-    vals = [per_ctdivol[a] for a in ("newborn", "1y", "5y", "10y", "15y", "adult")]
-    for (a, sa), (b, sb) in zip(vals, vals[1:]):
-        assert a > b - 2 * np.hypot(sa, sb), per_ctdivol
-    assert vals[0][0] > 1.5 * vals[-1][0], per_ctdivol
-    assert 0.7 < vals[-1][0] < 2.0, per_ctdivol  # adult liver in-field: about the CTDIvol
+        per_ctdivol[age] = row["dose_per_ctdivol"]
+    d = np.array(list(diameter.values()))
+    assert np.all(np.diff(d) > 0), diameter  # the phantoms grow with age
+    slope = np.polyfit(d, np.log(list(per_ctdivol.values())), 1)[0]
+    print(f"\nliver dose / CTDIvol: {per_ctdivol}; D_eff (cm): {diameter}; d ln / dD = {slope:.4f} per cm "
+          f"(AAPM 204: -0.0367)")
+    assert abs(slope / -0.03671937 - 1) < 0.30, (slope, per_ctdivol, diameter)
+    assert per_ctdivol["newborn"] > 1.5 * per_ctdivol["adult"], per_ctdivol
+    assert 0.7 < per_ctdivol["adult"] < 2.0, per_ctdivol  # adult liver in-field: about the CTDIvol
 
 
 def test_outputs_rerun_and_effective_dose(tmp_path):

@@ -146,7 +146,8 @@ def test_stenosis_agrees_with_refined_mesh(tmp_path):
 def test_stenosis_agrees_with_much_finer_mesh(tmp_path):
     coarse = _stenosis_dp(tmp_path, 0.5, cells_per_radius=4.0)["pressure_drop_Pa"]
     fine = _stenosis_dp(tmp_path, 0.5, cells_per_radius=7.0)["pressure_drop_Pa"]
-    print(f"\n[50 % stenosis, low Re] dP {coarse:.5f} Pa (4 cells/radius) vs {fine:.5f} Pa (7): {coarse / fine - 1:+.2%}")
+    print(f"\n[50 % stenosis, low Re] dP {coarse:.5f} Pa (4 cells/radius) vs {fine:.5f} Pa (7): "
+          f"{coarse / fine - 1:+.2%}")
     assert coarse == pytest.approx(fine, rel=0.05)
 
 
