@@ -359,7 +359,7 @@ def _blur_correction(mesh, binary: np.ndarray, intensity: np.ndarray, level: flo
     Blurring a bright tube of radius R by a Gaussian of width sigma moves its half-maximum
     contour inwards (exactly: ``_disk_radius_from_half_max``), by about sigma^2 / (2 R) (the curvature term of the blurred edge; for a
     surface, sigma^2 * H with mean curvature H, and H = 1/(2R) on a tube). With sigma = 0.25 mm
-    and R = 2 mm that is 1.5 % of the radius, or 6 % of a Poiseuille pressure drop.
+    and R = 2 mm that is 0.8 % of the radius, or 3.2 % of a Poiseuille pressure drop (ΔP ∝ r⁻⁴).
 
     sigma is measured from the image: a blurred step of height dI has its steepest slope
     dI / (sigma sqrt(2 pi)) at the half-maximum, so sigma follows from the median gradient
