@@ -24,10 +24,15 @@ half maximum. Otsu is therefore used only to split bright from dark; the level i
                 eroded core has fewer than 10 voxels),
     level_hu  = (tissue_hu + lumen_hu) / 2.
 
-If ``lumen_hu - tissue_hu`` is below ``MIN_CNR = 3`` robust noise standard deviations
-(1.4826 x median absolute deviation of the voxels 2-5 voxels around the component) the
+If ``lumen_hu - tissue_hu`` is below ``MIN_CNR = 3`` robust noise standard deviations the
 "vessel" is taken to be noise and no vessel is reported (a CTA lumen is typically 10-20
-noise standard deviations above soft tissue).
+noise standard deviations above soft tissue). The noise is measured where the image is
+homogeneous (:func:`robust_noise_sigma`): the residual of a 3 x 3 x 3 mean filter inside the
+lumen core, or in the shell around the candidate when it has no core. The spread of the
+surroundings' values is not noise in a real scan (air, lung, bone and contrast: 350-490 HU
+on a chest CTA). With a seed, ``lumen_hu`` is the median of the lumen core within
+``SEED_RADIUS_MM`` of the seed and ``tissue_hu`` is taken within twice that distance, so the
+levels are those of the vessel the user named, not of everything bright it touches.
 
 Calcium: calcified plaque is far brighter than iodinated blood (about 130-1000+ HU above
 it). Voxels above ``upper_hu = lumen_hu + 0.75 (lumen_hu - tissue_hu)`` are excluded from
@@ -68,12 +73,14 @@ __all__ = [
     "AIR_CUTOFF_HU",
     "CALCIUM_UPPER_FRACTION",
     "MIN_CNR",
+    "SEED_RADIUS_MM",
     "otsu_threshold",
     "threshold",
     "region_grow",
     "largest_component",
     "fill_holes",
     "estimate_lumen_levels",
+    "robust_noise_sigma",
     "segment_lumen",
 ]
 
@@ -84,6 +91,8 @@ AIR_CUTOFF_HU = -500.0
 CALCIUM_UPPER_FRACTION = 0.75
 #: a vessel must exceed its surroundings by this many robust noise standard deviations
 MIN_CNR = 3.0
+#: with a seed, the lumen level is the median of the lumen core within this distance of it, mm
+SEED_RADIUS_MM = 10.0
 _FACE_STRUCTURE = ndimage.generate_binary_structure(3, 1)
 
 
@@ -348,6 +357,36 @@ def _pick_component(labels, n, seed, spacing_mm, notes) -> int:
     return best if sizes[best] > 0 else 0
 
 
+def _ball(shape, centre, radius_mm: float, spacing) -> np.ndarray:
+    """Voxels within ``radius_mm`` of the voxel ``centre`` (array order, mm spacing)."""
+    grids = np.ogrid[tuple(slice(0, n) for n in shape)]
+    d2 = sum(((g - c) * s) ** 2 for g, c, s in zip(grids, centre, spacing))
+    return d2 <= radius_mm ** 2
+
+
+def robust_noise_sigma(arr: np.ndarray, core: np.ndarray, fallback: np.ndarray) -> tuple[float, str]:
+    """Robust noise standard deviation and where it was measured.
+
+    Noise is measured where the image is homogeneous: the residual of a 3 x 3 x 3 mean filter
+    inside the lumen core (1.4826 x MAD, scaled by sqrt(27/26) for the residual of white
+    noise), or in ``fallback`` (the shell around the candidate) when the core is too small.
+    Not the spread of the surroundings' values: around a real vessel those hold air, lung,
+    bone and contrast, whose spread (several hundred HU) is anatomy, not noise. Correlated CT
+    noise loses part of its variance to the filter, so the value is a lower bound of the
+    pixel noise, which keeps the contrast test permissive for real vessels.
+    """
+    region, where = (core, "in the lumen core") if np.count_nonzero(core) >= 50 else (fallback, "around it")
+    if not region.any():
+        return 0.0, where
+    idx = np.argwhere(region)
+    lo = np.maximum(idx.min(0) - 1, 0)
+    hi = idx.max(0) + 2
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    sub = arr[box].astype(np.float64)
+    resid = (sub - ndimage.uniform_filter(sub, 3, mode="nearest"))[region[box]]
+    return 1.4826 * float(np.median(np.abs(resid - np.median(resid)))) * np.sqrt(27.0 / 26.0), where
+
+
 def _no_vessel(reason: str) -> SegmentationError:
     return SegmentationError(
         f"no vessel found: {reason}; pass --seed-mm (a point inside the vessel) or a lower threshold"
@@ -396,19 +435,27 @@ def _estimate(arr, spacing, seed) -> dict:
         if eroded.sum() < 10:
             break
         core = eroded
-    lumen = float(np.median(arr[core])) if core is not comp else float(np.percentile(arr[comp], 90))
-    dark = ~bright if body is None else (~bright & body)
     near = ndimage.binary_dilation(comp, _FACE_STRUCTURE, iterations=5) & ~ndimage.binary_dilation(
         comp, _FACE_STRUCTURE, iterations=2
     )
+    lumen_region = core
+    if seed is not None:
+        # a seed names the vessel: its lumen level is measured around the seed, not over
+        # everything bright that the component also holds (heart chambers, other vessels)
+        local = _ball(arr.shape, seed, SEED_RADIUS_MM, spacing)
+        if np.count_nonzero(core & local) >= 10:
+            lumen_region = core & local
+            near = near & _ball(arr.shape, seed, 2 * SEED_RADIUS_MM, spacing)
+    lumen = float(np.median(arr[lumen_region])) if core is not comp else float(np.percentile(arr[comp], 90))
+    dark = ~bright if body is None else (~bright & body)
     shell = near & dark
     tissue = float(np.median(arr[shell])) if shell.any() else float(np.median(arr[dark]))
-    around = arr[near] if near.any() else arr[dark]
-    noise = 1.4826 * float(np.median(np.abs(around - np.median(around))))  # robust sigma (MAD)
+    noise, where = robust_noise_sigma(arr, core, near if near.any() else dark)
     if not lumen > tissue or (noise > 0 and lumen - tissue < MIN_CNR * noise):
         raise _no_vessel(
             f"the brightest candidate ({lumen:.1f}) stands out from its surroundings ({tissue:.1f}) by "
-            f"less than {MIN_CNR:g} noise standard deviations ({noise:.1f}): this looks like noise"
+            f"less than {MIN_CNR:g} noise standard deviations ({noise:.1f}, measured {where}): this looks like "
+            "noise"
         )
     level = 0.5 * (lumen + tissue)
     upper = lumen + CALCIUM_UPPER_FRACTION * (lumen - tissue)
