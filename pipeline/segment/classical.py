@@ -80,11 +80,18 @@ __all__ = [
     "largest_component",
     "fill_holes",
     "estimate_lumen_levels",
+    "detect_modality",
+    "MODALITIES",
     "robust_noise_sigma",
     "segment_lumen",
 ]
 
 METHODS = ("auto", "otsu", "region-grow", "threshold")
+#: Image kinds: CT in Hounsfield units, or MR signal (arbitrary units, no HU assumptions).
+MODALITIES = ("auto", "ct", "mr")
+#: an image with any value below this is CT in HU (noise in soft tissue, fat and air go
+#: negative); magnitude MR signal never does
+CT_MINIMUM_BELOW = 0.0
 #: voxels below this (air, lung) are left out of the bright/dark Otsu split, HU
 AIR_CUTOFF_HU = -500.0
 #: upper bound = lumen + CALCIUM_UPPER_FRACTION * (lumen - tissue), HU
@@ -387,13 +394,29 @@ def robust_noise_sigma(arr: np.ndarray, core: np.ndarray, fallback: np.ndarray) 
     return 1.4826 * float(np.median(np.abs(resid - np.median(resid)))) * np.sqrt(27.0 / 26.0), where
 
 
+def detect_modality(image) -> str:
+    """``"ct"`` when the image holds negative values (HU: fat, air, soft-tissue noise), else
+    ``"mr"`` (magnitude MR signal is never negative).
+
+    A CT stored without its rescale intercept (all values >= 0) would be taken for MR: pass
+    ``modality="ct"`` (``--modality ct``) then.
+    """
+    return "ct" if float(np.min(_check_image(image))) < CT_MINIMUM_BELOW else "mr"
+
+
+def _check_modality(modality: str, arr: np.ndarray) -> str:
+    if modality not in MODALITIES:
+        raise SegmentationError(f"modality must be one of {MODALITIES}, got {modality!r}")
+    return detect_modality(arr) if modality == "auto" else modality
+
+
 def _no_vessel(reason: str) -> SegmentationError:
     return SegmentationError(
         f"no vessel found: {reason}; pass --seed-mm (a point inside the vessel) or a lower threshold"
     )
 
 
-def estimate_lumen_levels(image, *, spacing_mm, seed_index_zyx=None) -> dict:
+def estimate_lumen_levels(image, *, spacing_mm, seed_index_zyx=None, modality: str = "auto") -> dict:
     """Estimate tissue and lumen intensity and the half-maximum boundary level.
 
     See the module docstring for the rule. Parameters are as in :func:`segment_lumen`.
@@ -412,13 +435,13 @@ def estimate_lumen_levels(image, *, spacing_mm, seed_index_zyx=None) -> dict:
     arr = _check_image(image)
     spacing = _check_spacing(spacing_mm)
     seed = None if seed_index_zyx is None else _check_seed(seed_index_zyx, arr.shape)
-    return _estimate(arr, spacing, seed)
+    return _estimate(arr, spacing, seed, _check_modality(modality, arr))
 
 
-def _estimate(arr, spacing, seed) -> dict:
+def _estimate(arr, spacing, seed, modality: str = "ct") -> dict:
     notes: list[str] = []
-    body = arr > AIR_CUTOFF_HU
-    if body.sum() < 2 or float(arr[body].min()) == float(arr[body].max()):
+    body = arr > AIR_CUTOFF_HU if modality == "ct" else None  # MR: no HU, no air cut-off
+    if body is not None and (body.sum() < 2 or float(arr[body].min()) == float(arr[body].max())):
         body = None  # not an HU image with air, or only air: use every voxel
     t = otsu_threshold(arr, mask=body)
     bright = arr > t
@@ -458,8 +481,10 @@ def _estimate(arr, spacing, seed) -> dict:
             "noise"
         )
     level = 0.5 * (lumen + tissue)
-    upper = lumen + CALCIUM_UPPER_FRACTION * (lumen - tissue)
-    return dict(otsu_hu=t, tissue_hu=tissue, lumen_hu=lumen, level_hu=level, upper_hu=upper, notes=notes)
+    # calcium is far brighter than iodinated blood on CT; on MR it is dark: no upper bound there
+    upper = lumen + CALCIUM_UPPER_FRACTION * (lumen - tissue) if modality == "ct" else None
+    return dict(otsu_hu=t, tissue_hu=tissue, lumen_hu=lumen, level_hu=level, upper_hu=upper, notes=notes,
+                modality=modality)
 
 
 # -------------------------------------------------------------------- the stage
@@ -487,6 +512,8 @@ class LumenSegmentation:
         Estimated surrounding-tissue and lumen intensities (HU); None if not estimated.
     notes : list of str
         Decisions worth telling the user (e.g. the seed missed the lumen).
+    modality : str
+        ``"ct"`` (levels in HU) or ``"mr"`` (levels in the image's signal units).
     """
 
     mask: np.ndarray
@@ -500,6 +527,7 @@ class LumenSegmentation:
     tissue_hu: float | None = None
     lumen_hu: float | None = None
     notes: list[str] = field(default_factory=list)
+    modality: str = "ct"
 
     def summary(self) -> dict:
         """JSON-friendly summary (no mask), units in the key names."""
@@ -514,6 +542,7 @@ class LumenSegmentation:
             tissue_hu=None if self.tissue_hu is None else float(self.tissue_hu),
             lumen_hu=None if self.lumen_hu is None else float(self.lumen_hu),
             notes=list(self.notes),
+            modality=self.modality,
         )
 
 
@@ -525,6 +554,7 @@ def segment_lumen(
     seed_index_zyx=None,
     lower_hu: float | None = None,
     upper_hu: float | None = None,
+    modality: str = "auto",
 ) -> LumenSegmentation:
     """Segment the contrast-filled lumen of the vessel in a CTA volume.
 
@@ -543,7 +573,11 @@ def segment_lumen(
         Boundary level in HU; overrides the half-maximum estimate.
     upper_hu : float, optional
         Upper bound in HU (calcium exclusion); default ``lumen + 0.75 (lumen - tissue)``
-        for estimating methods, none for ``"threshold"``.
+        for estimating methods on CT, none for ``"threshold"`` and for MR.
+    modality : {"auto", "ct", "mr"}
+        CT (HU: air cut-off, calcium bound) or MR (signal in arbitrary units: levels measured
+        from the image alone); ``"auto"`` uses :func:`detect_modality`. For MR the ``*_hu``
+        values are in the image's signal units.
 
     Returns
     -------
@@ -558,6 +592,7 @@ def segment_lumen(
     spacing = _check_spacing(spacing_mm)
     if method not in METHODS:
         raise SegmentationError(f"method must be one of {METHODS}, got {method!r}")
+    modality = _check_modality(modality, arr)
     seed = None if seed_index_zyx is None else _check_seed(seed_index_zyx, arr.shape)
     if float(arr.min()) == float(arr.max()):
         raise SegmentationError(
@@ -578,12 +613,12 @@ def segment_lumen(
     else:
         if lower_hu is not None:
             _check_bounds(lower_hu, upper_hu)
-        est = _estimate(arr, spacing, seed)
+        est = _estimate(arr, spacing, seed, modality)
         notes += est["notes"]
         tissue, lumen = est["tissue_hu"], est["lumen_hu"]
         lo = est["level_hu"] if lower_hu is None else float(lower_hu)
         up = est["upper_hu"] if upper_hu is None else float(upper_hu)
-        if upper_hu is None and lo >= up:
+        if upper_hu is None and up is not None and lo >= up:
             notes.append(f"lower_hu={lo} is above the estimated calcium bound {up:.1f} HU: no upper bound used")
             up = None
         lo, up = _check_bounds(lo, up)
@@ -625,4 +660,5 @@ def segment_lumen(
         tissue_hu=tissue,
         lumen_hu=lumen,
         notes=notes,
+        modality=modality,
     )

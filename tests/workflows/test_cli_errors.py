@@ -100,3 +100,14 @@ histories = 1000
     assert cli.main(["dose", str(tmp_path / "s.toml"), "--out", str(out)]) == 1
     assert "digipat: error:" in capsys.readouterr().err
     assert not (out / "results.json").exists()
+
+
+def test_modality_option(capsys):
+    from workflows.flow import VesselFlowConfig, WorkflowError
+
+    assert VesselFlowConfig().modality == "auto"
+    with pytest.raises(WorkflowError, match="modality must be one of"):
+        VesselFlowConfig(modality="pet")
+    with pytest.raises(SystemExit):
+        cli.main(["flow", "x.nii.gz", "--out", "o", "--modality", "pet"])
+    assert "invalid choice" in capsys.readouterr().err

@@ -49,6 +49,10 @@ def add_flow_options(p: argparse.ArgumentParser) -> None:
                    help="a world point (mm) near the inlet opening (default: the largest opening)")
     g.add_argument("--segmentation", choices=("auto", "otsu", "region-grow"), default=d.segmentation_method,
                    help=f"lumen segmentation method (default {d.segmentation_method})")
+    g.add_argument("--modality", choices=("auto", "ct", "mr"), default=d.modality,
+                   help="ct: CT angiogram in HU; mr: MR angiogram (signal in arbitrary units, levels measured from "
+                        "the image, no calcium bound); auto: CT when the image holds negative values "
+                        f"(default {d.modality})")
     g.add_argument("--lower-hu", type=float, help="lumen threshold in HU (default: half-maximum, automatic)")
     g.add_argument("--upper-hu", type=float, help="upper HU bound excluding calcium (default: automatic)")
     g.add_argument("--smoothing-iterations", type=int, default=d.smoothing_iterations,
@@ -103,6 +107,7 @@ def config_from_args(a: argparse.Namespace) -> VesselFlowConfig:
         seed_xyz_mm=tuple(a.seed_mm) if a.seed_mm else None,
         inlet_xyz_mm=tuple(a.inlet_mm) if a.inlet_mm else None,
         segmentation_method=a.segmentation,
+        modality=a.modality,
         lower_hu=a.lower_hu,
         upper_hu=a.upper_hu,
         smoothing_iterations=a.smoothing_iterations,

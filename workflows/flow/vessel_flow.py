@@ -92,6 +92,7 @@ RESULT_FILE = "results.json"
 VALID_MODELS = ("stokes", "navier-stokes")
 VALID_SOLVERS = ("direct", "iterative")
 VALID_METHODS = ("auto", "otsu", "region-grow")
+VALID_MODALITIES = ("auto", "ct", "mr")
 #: Surface smoothing filters (``pipeline.surface.SMOOTHING_METHODS``); the first is the default.
 VALID_SMOOTHING_METHODS = ("taubin", "laplacian")
 #: Face dilation (voxels) of the segmentation within which a threshold shift may move the wall.
@@ -121,13 +122,16 @@ class VesselFlowConfig:
     ``local_offset_mm`` (mm, inside the sphere of ``local_radius_mm`` around the world point
     ``local_centre_xyz_mm``, which it requires, blended to 0 over ``local_blend_mm``).
     ``smoothing_method`` is ``"taubin"`` (non-shrinking, the default) or ``"laplacian"``
-    (shrinks the lumen).
+    (shrinks the lumen). ``modality`` is ``"ct"`` (HU), ``"mr"`` (signal in arbitrary units,
+    no HU assumptions: no air cut-off, no calcium bound) or ``"auto"`` (CT when the image holds
+    negative values).
     """
 
     flow_rate_ml_s: float = 1.0
     seed_xyz_mm: tuple[float, float, float] | None = None
     inlet_xyz_mm: tuple[float, float, float] | None = None
     segmentation_method: str = "auto"
+    modality: str = "auto"
     lower_hu: float | None = None
     upper_hu: float | None = None
     smoothing_iterations: int = 20
@@ -171,6 +175,8 @@ class VesselFlowConfig:
             raise WorkflowError(
                 f"segmentation_method must be one of {VALID_METHODS}, got {self.segmentation_method!r}"
             )
+        if self.modality not in VALID_MODALITIES:
+            raise WorkflowError(f"modality must be one of {VALID_MODALITIES}, got {self.modality!r}")
         if self.mesh_order not in (1, 2):
             raise WorkflowError(f"mesh_order must be 1 or 2, got {self.mesh_order!r}")
         if int(self.newton_max_iterations) < 1:
@@ -276,6 +282,7 @@ def _segment(image, cfg: VesselFlowConfig, out: Path, truth_path: Path | None) -
         seed_index_zyx=seed_index,
         lower_hu=cfg.lower_hu,
         upper_hu=cfg.upper_hu,
+        modality=cfg.modality,
     )
     write_image(image.with_array(seg.mask.astype(np.uint8)), out / "segmentation.nii.gz")
     record = {
@@ -283,6 +290,7 @@ def _segment(image, cfg: VesselFlowConfig, out: Path, truth_path: Path | None) -
         "lower_hu": float(seg.lower_hu),
         "upper_hu": None if seg.upper_hu is None else float(seg.upper_hu),
         "method": seg.method,
+        "modality": seg.modality,
         "lumen_volume_mm3": float(seg.volume_mm3),
         "n_candidate_components": int(seg.n_candidate_components),
     }
@@ -702,7 +710,10 @@ def run_vessel_flow(
 
     # 1. segmentation
     seg_keys = ("segmentation_method", "seed_xyz_mm", "lower_hu", "upper_hu")
-    seg_key = hash_params(image_hash, truth_hash, {k: getattr(cfg, k) for k in seg_keys})
+    seg_params = {k: getattr(cfg, k) for k in seg_keys}
+    if cfg.modality != "auto":  # (absent by default, so caches of earlier runs stay valid)
+        seg_params["modality"] = cfg.modality
+    seg_key = hash_params(image_hash, truth_hash, seg_params)
     seg_rec = cache.done("segment", seg_key, [out / "segmentation.nii.gz"])
     if seg_rec is None:
         cache.invalidate_from(["geometry", "solve"])
