@@ -20,34 +20,22 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import csv
 import time
-from pathlib import Path
 
 import numpy as np
 
 from phantoms import stylized as S
-from phantoms.tissues import AGES, SEXES
+from phantoms.tissues import AGES, SEXES, organ_masses
 
-ICRP89_CSV = Path(S.__file__).resolve().parent / "data" / "icrp89_organ_masses.csv"
 #: label name -> ICRP 89 keys summed for its reference
 KEYS = {"cortical_bone": ("bone_cortical", "bone_trabecular"), "red_marrow": ("marrow_active",),
         "yellow_marrow": ("marrow_inactive",), "heart_wall": ("heart_tissue",), "oesophagus": ("oesophagus_wall",)}
-
-
-def icrp89() -> dict[tuple[str, str], dict[str, float]]:
-    out: dict[tuple[str, str], dict[str, float]] = {}
-    with ICRP89_CSV.open(newline="") as fh:
-        for r in csv.DictReader(line for line in fh if not line.startswith("#")):
-            out.setdefault((r["age"], r["sex"]), {})[r["organ"]] = float(r["mass_g"])
-    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--voxel-mm", type=float, default=None, help="voxel size (default: the builder's per age)")
     args = ap.parse_args()
-    ref_all = icrp89()
     worst_organ, worst_body = (0.0, ""), (0.0, "")
     print(f"{'phantom':<14} {'voxel':>5} {'organs':>6}  {'worst organ':<26} {'dev %':>7}  {'body kg':>8} "
           f"{'ICRP kg':>7} {'dev %':>7} {'build s':>7}")
@@ -56,7 +44,7 @@ def main() -> None:
             t0 = time.perf_counter()
             ph = S.build_reference_phantom(age, sex, args.voxel_mm)
             dt = time.perf_counter() - t0
-            ref = ref_all[(age, sex)]
+            ref = organ_masses(age, sex)  # ICRP 89 (phantoms/data/icrp89_organ_masses.csv)
             counts = np.bincount(ph.labels.array.ravel(), minlength=max(S.LABELS) + 1)
             dens = dict((k, t.density_g_cm3) for k, t in ph.materials())
             v_cm3 = ph.voxel_mm ** 3 / 1000.0

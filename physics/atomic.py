@@ -54,7 +54,7 @@ def _default_mode() -> int:
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is fsynced and renamed onto ``path``.
 
-    The temporary name is ``.tmp-XXXXXXXX-<name>`` in the target folder (created when
+    The temporary name is ``.tmp-<random>-<name>`` in the target folder (created when
     missing), so the extension is kept. On an exception inside the ``with`` block the
     temporary file is removed and the exception propagates; ``path`` is left as it was.
 
