@@ -537,9 +537,7 @@ def _cut_and_cap(mesh, origin: np.ndarray, keep_normal: np.ndarray, name: str):
     The caps are triangulated with ear clipping (mapbox-earcut) in the plane, holes handled
     by even-odd nesting; cap triangles face ``-keep_normal`` (outwards).
     """
-    import mapbox_earcut
     import trimesh
-    from shapely.geometry import Point, Polygon
 
     # Vertices lying (nearly) on the plane make the cut produce sliver triangles, and slivers
     # make gmsh's surface classification recurse without end. Push such vertices off the
@@ -563,6 +561,18 @@ def _cut_and_cap(mesh, origin: np.ndarray, keep_normal: np.ndarray, name: str):
     loops = _boundary_loops(cut)
     if not loops:
         return cut
+    return _cap_loops(cut, loops, origin, keep_normal, f"image face {name}")
+
+
+def _cap_loops(cut, loops: list[np.ndarray], origin: np.ndarray, keep_normal, what: str):
+    """Close the planar boundary loops of ``cut`` with flat caps facing ``-keep_normal``.
+
+    Ear clipping (mapbox-earcut) in the plane; holes by even-odd nesting of the loops.
+    """
+    import mapbox_earcut
+    import trimesh
+    from shapely.geometry import Point, Polygon
+
     # 2-D frame in the plane
     n = np.asarray(keep_normal, float) / np.linalg.norm(keep_normal)
     u = np.cross(n, [1.0, 0, 0] if abs(n[0]) < 0.9 else [0, 1.0, 0])
@@ -585,7 +595,7 @@ def _cut_and_cap(mesh, origin: np.ndarray, keep_normal: np.ndarray, name: str):
         ends = np.cumsum([len(xy[r]) for r in rings]).astype(np.uint32)
         tri = np.asarray(mapbox_earcut.triangulate_float64(pts, ends), dtype=np.int64).reshape(-1, 3)
         if len(tri) == 0:
-            raise SurfaceError(f"triangulating the cap on image face {name} failed (degenerate cut polygon)")
+            raise SurfaceError(f"triangulating the cap on {what} failed (degenerate cut polygon)")
         new_faces.append(ids[tri])
     caps = np.vstack(new_faces)
     tri3 = cut.vertices[caps]
@@ -668,6 +678,7 @@ def make_tagged_surface(
     smoothing_method: str = "taubin",
     normal_displacement_mm: Volume | None = None,
     half_max_level: float | None = None,
+    clip_plan=None,
 ) -> TaggedSurface:
     """Build a watertight surface with flat, tagged caps from a lumen label map.
 
@@ -726,6 +737,11 @@ def make_tagged_surface(
         correction measures the contrast. Default ``level``. Give it when ``level`` is moved
         off the half maximum on purpose (threshold-shift studies), so the blur is still
         measured correctly.
+    clip_plan : pipeline.centreline.ClipPlan, optional
+        Cut the ends where this plan says (planes perpendicular to the centreline, see
+        :mod:`pipeline.centreline`) instead of at the image faces: the inlet clip becomes the
+        inlet cap, the outlet clips the outlets (sorted by area), and the caps of closed
+        branches are wall. ``inlet`` and ``crop_margin_mm`` are then not used.
 
     Returns
     -------
@@ -740,12 +756,17 @@ def make_tagged_surface(
     mask, intensity, normal_displacement_mm, margins = _check_surface_inputs(
         mask, intensity, level, smoothing_iterations, boundary_offset_mm, smoothing_method,
         normal_displacement_mm, half_max_level, target_edge_mm, crop_margin_mm, upsample, max_faces)
+    if clip_plan is not None:
+        mask = _crop_to_plan(mask, clip_plan)
     binary, n_components, touched = _lumen_mask(mask, intensity, level)
     report: dict[str, Any] = {"n_mask_components": n_components, "mask_voxels": int(binary.sum()),
                               "touched_faces": [f"{'kji'[a]}{'-+'[s]}" for a, s in touched]}
 
     # centreline first: its radii choose the upsampling factor
     cl_xyz, cl_r = _skeleton_centreline(binary, mask)
+    if clip_plan is not None and clip_plan.path_points_xyz_mm:  # the modelled tree sizes the mesh
+        cl_xyz = np.vstack(clip_plan.path_points_xyz_mm)
+        cl_r = np.concatenate(clip_plan.path_radius_mm)
     if upsample is None:
         upsample = _auto_upsample(cl_r, mask.spacing_mm)
     report["upsample"] = int(upsample)
@@ -768,9 +789,15 @@ def make_tagged_surface(
     report.update(decimation)
 
     # 4. cut the open ends and cap them, 5. find the openings, 6. tag them
-    planes = _cut_planes(mask, binary.shape, touched, crop_margin_mm, margins)
-    mesh, report["pieces_after_cut"] = _cut_and_cap_ends(mesh, planes)
-    caps_geo = _find_openings(mesh, planes, report["touched_faces"])
+    if clip_plan is not None:
+        mesh, caps_geo, report["clips"] = _clip_to_plan(mesh, clip_plan)
+        planes = []
+        inlet = caps_geo[0]["centre"]
+        report["pieces_after_cut"] = 1
+    else:
+        planes = _cut_planes(mask, binary.shape, touched, crop_margin_mm, margins)
+        mesh, report["pieces_after_cut"] = _cut_and_cap_ends(mesh, planes)
+        caps_geo = _find_openings(mesh, planes, report["touched_faces"])
     face_tags, caps = _tag_caps(len(mesh.faces), caps_geo, inlet)
 
     report.update(_summary(mesh, caps, intensity, level, crop_margin_mm, margins, planes, cl_r))
@@ -1190,3 +1217,159 @@ def surface_from_mesh_file(
 def read_surface_json(path: str | os.PathLike) -> dict:
     """Read a ``surface.json`` written from :meth:`TaggedSurface.to_json_dict`."""
     return json.loads(Path(path).read_text())
+
+
+# ----------------------------------------------------------------------------- centreline clipping
+def _clip_local(mesh, origin: np.ndarray, keep_normal: np.ndarray, beyond: np.ndarray, radius: float, what: str):
+    """Remove the piece of ``mesh`` beyond one clip disc (the piece at ``beyond``) and cap the cut flat.
+
+    Only the faces within a ball of ``2 * radius + 2`` mm around ``origin`` are sliced by the
+    plane, so a clip cuts its own vessel and no other that the infinite plane would cross.
+    Of the surface on the far side of the disc, the connected piece holding the centreline
+    point ``beyond`` goes; the cut it leaves is closed by an ear-clipped flat cap.
+    """
+    import trimesh
+
+    n_unit = np.asarray(keep_normal, float) / np.linalg.norm(keep_normal)
+    where = f"the {what} clip at {np.round(origin, 1).tolist()} mm (radius {radius:.1f} mm)"
+    clearance = _CUT_CLEARANCE_EDGE_FRACTION * float(np.median(mesh.edges_unique_length))
+    rho = 2.0 * float(radius) + 2.0
+    verts = mesh.vertices.copy()
+    d = (verts - origin) @ n_unit
+    in_ball = np.linalg.norm(verts - origin, axis=1) < rho
+    near = (np.abs(d) < clearance) & in_ball
+    verts[near] += ((np.where(d[near] >= 0, 1.0, -1.0) * clearance - d[near])[:, None]) * n_unit
+    faces = np.asarray(mesh.faces)
+    in_s = in_ball[faces].any(axis=1)
+    ball_part = trimesh.Trimesh(verts, faces[in_s], process=False)
+    rest = trimesh.Trimesh(verts, faces[~in_s], process=False)
+    try:
+        near_s = trimesh.intersections.slice_mesh_plane(ball_part, n_unit, origin, cap=False)
+        far_s = trimesh.intersections.slice_mesh_plane(ball_part, -n_unit, origin, cap=False)
+    except Exception as exc:  # noqa: BLE001 - trimesh raises assorted errors on degenerate input
+        raise SurfaceError(f"cutting the surface at {where} failed: {exc}") from None
+    if far_s is None or len(far_s.faces) == 0 or near_s is None or len(near_s.faces) == 0:
+        raise SurfaceError(f"{where} does not cross the vessel wall: move the clip point into the lumen")
+    others = trimesh.util.concatenate([far_s, rest])
+    others.merge_vertices(digits_vertex=6)
+    pieces = others.split(only_watertight=False)
+    dist = [float(np.min(np.linalg.norm(p.vertices - beyond, axis=1))) for p in pieces]
+    go = int(np.argmin(dist))
+    total = float(mesh.area)
+    if float(pieces[go].area) > 0.6 * total:
+        raise SurfaceError(
+            f"{where} would remove {100 * float(pieces[go].area) / total:.0f} % of the surface: the cut does "
+            "not separate the vessel beyond it (its cross-section is wider than the clip disc, or it joins "
+            "the rest again). Move the clip (--inlet-mm / --outlet-mm) to where the vessel is a plain tube")
+    kept = trimesh.util.concatenate([near_s] + [p for i, p in enumerate(pieces) if i != go])
+    kept.merge_vertices(digits_vertex=6)
+    kept.remove_unreferenced_vertices()
+    loops = _boundary_loops(kept)
+    if not loops:
+        raise SurfaceError(f"{where} cut nothing open: the plane misses the vessel")
+    far = [lp for lp in loops if np.linalg.norm(kept.vertices[lp].mean(axis=0) - origin) > rho]
+    if far:
+        c = kept.vertices[far[0]].mean(axis=0)
+        raise SurfaceError(f"{where} left an opening at {np.round(c, 1).tolist()} mm: the surface is not closed "
+                           "there; move the clip point")
+    return _cap_loops(kept, loops, origin, n_unit, what)
+
+
+def _crop_to_plan(mask: Volume, plan) -> Volume:
+    """The mask with everything outside the box around the kept centreline (and a margin) set to background.
+
+    The surface is then made of the modelled part only, which keeps it small enough to
+    decimate and mesh; the clips remove what is left beyond them.
+    """
+    pts = [np.asarray(c.origin_xyz_mm, float) for c in plan.clips]
+    pts += [np.asarray(c.beyond_xyz_mm, float) for c in plan.clips]
+    margin = 2.0 * max(float(c.radius_mm) for c in plan.clips) + 4.0
+    idx = mask.world_to_index(np.vstack(pts + ([np.vstack(plan.path_points_xyz_mm)] if plan.path_points_xyz_mm
+                                                   else [])))
+    pad = margin / np.asarray(mask.spacing_mm)
+    lo = np.maximum(np.floor(idx.min(axis=0) - pad).astype(int), 0)
+    hi = np.minimum(np.ceil(idx.max(axis=0) + pad).astype(int) + 1, mask.shape)
+    arr = np.zeros_like(np.asarray(mask.array))
+    sl = tuple(slice(a, b) for a, b in zip(lo, hi))
+    arr[sl] = np.asarray(mask.array)[sl]
+    return mask.with_array(arr)
+
+
+def _inside(mesh, p: np.ndarray) -> bool:
+    """Whether point ``p`` lies inside the closed surface (parity of a ray's crossings, Moller-Trumbore)."""
+    tri = mesh.triangles
+    d = np.array([0.5773, 0.5774, 0.5774])  # a direction unlikely to graze edges of a voxel surface
+    e1, e2 = tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]
+    h = np.cross(d, e2)
+    a = np.einsum("ij,ij->i", e1, h)
+    ok = np.abs(a) > 1e-12
+    f = np.where(ok, 1.0 / np.where(ok, a, 1.0), 0.0)
+    sv = p - tri[:, 0]
+    u = f * np.einsum("ij,ij->i", sv, h)
+    q = np.cross(sv, e1)
+    v = f * (q @ d)
+    t = f * np.einsum("ij,ij->i", e2, q)
+    hit = ok & (u >= 0) & (v >= 0) & (u + v <= 1) & (t > 0)
+    return bool(hit.sum() % 2)
+
+
+def _clip_to_plan(mesh, plan) -> tuple[Any, list[dict], list[dict]]:
+    """Step 4-5 with a centreline clip plan: clip and cap every end; returns (mesh, inlet+outlet caps, clip report).
+
+    The first cap returned is the inlet. Caps of closed branches stay wall (not returned as
+    openings) and are listed in the report.
+    """
+    skipped: set[int] = set()
+    skip_reason: dict[int, str] = {}
+    for k, c in enumerate(plan.clips):
+        if c.role == "closed" and not _inside(mesh, np.asarray(c.beyond_xyz_mm, float)):
+            skipped.add(k)  # already removed with another clip
+            continue
+        try:
+            mesh = _clip_local(mesh, np.asarray(c.origin_xyz_mm, float), np.asarray(c.keep_normal_xyz, float),
+                               np.asarray(c.beyond_xyz_mm, float), float(c.radius_mm), f"{c.role} #{k}")
+        except SurfaceError as exc:
+            if c.role != "closed":
+                raise
+            # the surface is closed without this cut (the branch keeps its own rounded or padded end)
+            skipped.add(k)
+            skip_reason[k] = str(exc)
+    mesh.merge_vertices()
+    mesh.remove_unreferenced_vertices()
+    mesh, _ = _largest_piece(mesh)
+    if mesh.volume < 0:
+        mesh.invert()
+    check_watertight(mesh, "the clipped and capped surface")
+    scale = float(np.linalg.norm(mesh.extents))
+    tol = 1e-6 * max(scale, 1.0)
+    normals = mesh.face_normals
+    centres = mesh.triangles_center
+    taken = np.zeros(len(mesh.faces), bool)
+    openings, report = [], []
+    for k, c in enumerate(plan.clips):
+        o = np.asarray(c.origin_xyz_mm, float)
+        n = np.asarray(c.keep_normal_xyz, float)
+        n = n / np.linalg.norm(n)
+        dist = np.abs((mesh.vertices - o) @ n)
+        on = ((dist[mesh.faces] < tol).all(axis=1) & (normals @ -n > 0.999) & ~taken
+              & (np.linalg.norm(centres - o, axis=1) < 3.0 * float(c.radius_mm) + 1.0))
+        groups = [] if k in skipped else _connected_face_groups(mesh, np.flatnonzero(on))
+        if not groups:
+            if c.role == "closed":
+                report.append({**c.to_json_dict(), "applied": False,
+                               "why": skip_reason.get(k, "removed with another clip")})
+                continue
+            raise SurfaceError(f"the {c.role} clip at {np.round(o, 1).tolist()} mm left no cap: the plane "
+                               "lies outside the final surface; move the clip point")
+        grp = max(groups, key=len)
+        taken[grp] = True
+        g = _cap_geometry(mesh, grp, -n)
+        g["faces"] = grp
+        g["plane"] = f"{c.role}{k}"
+        report.append({**c.to_json_dict(), "applied": True, "cap_area_mm2": g["area"],
+                       "cap_centre_xyz_mm": g["centre"].tolist()})
+        if c.role != "closed":
+            openings.append(g)
+    if len(openings) < 2 or plan.clips[0].role != "inlet":
+        raise SurfaceError(f"the clipped surface has {len(openings)} opening(s): need an inlet and an outlet")
+    return mesh, openings, report

@@ -2,10 +2,13 @@
 
 Typical use::
 
-    from physics.flow import FlowProblem, load_mesh, solve_flow
+    from physics.flow import FlowProblem, load_mesh, murray_fractions, solve_flow
     mesh, cell_tags, facet_tags = load_mesh("vessel.msh")        # mm -> m
     result = solve_flow(mesh, facet_tags, FlowProblem(flow_rate_m3_s=1e-6))
     result.pressure_drop_Pa, result.ffr_like, result.wss_mean_Pa
+
+    # a prescribed outlet split, here Murray's law from the outlet radii (mm)
+    split = FlowProblem(flow_rate_m3_s=1e-6, outlet_flow_fractions=murray_fractions({3: 1.6, 4: 1.2}))
 
 Equations and references: :mod:`physics.flow.solver`.
 """
@@ -28,6 +31,7 @@ from .problem import (
     ConvergenceError,
     FlowError,
     FlowProblem,
+    murray_fractions,
 )
 from .solver import default_petsc_options, solve_flow
 
@@ -47,6 +51,7 @@ __all__ = [
     "default_petsc_options",
     "load_mesh",
     "mesh_from_gmsh_model",
+    "murray_fractions",
     "scale_mesh",
     "solve_flow",
 ]

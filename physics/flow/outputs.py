@@ -1,11 +1,12 @@
 """Results of a steady flow solve: boundary-averaged numbers and the fields.
 
 :class:`FlowResult` holds the numbers a clinician or a workflow needs (pressure
-drop, FFR-like ratio Pd/Pa, flow split, wall shear stress, mass balance) in SI
-units, identical on every MPI rank, and keeps the finite-element fields so
-they can be written for ParaView with :meth:`FlowResult.write_fields` (ADIOS2
-VTX ``.bp`` folders, one per field). :meth:`FlowResult.boundary_pressure` samples the
-pressure at the nodes of tagged boundary facets (e.g. the wall, for a pressure map).
+drop, FFR-like ratio Pd/Pa, flow split and the split imposed if any, wall shear
+stress, mass balance) in SI units, identical on every MPI rank, and keeps the
+finite-element fields so they can be written for ParaView with
+:meth:`FlowResult.write_fields` (ADIOS2 VTX ``.bp`` folders, one per field).
+:meth:`FlowResult.boundary_pressure` samples the pressure at the nodes of tagged
+boundary facets (e.g. the wall, for a pressure map).
 """
 
 from __future__ import annotations
@@ -66,6 +67,15 @@ class FlowResult:
         Wall time of the linear/nonlinear solves (max over ranks), in s.
     model, solver : str
         Flow model and linear solver used.
+    outlet_flow_fractions_imposed : dict of int to float or None
+        With :attr:`FlowProblem.outlet_flow_fractions`: the prescribed fraction of the
+        inflow per outlet (divided by their sum), to compare with
+        ``outflow_m3_s[tag] / inflow_m3_s``; ``None`` without a prescribed split.
+    traction_free_outlet_tag : int or None
+        With a prescribed split: the one outlet left at zero traction (the largest
+        by area; ties, within 1e-9 relative: lowest tag), which sets the pressure
+        level and whose flow follows from mass conservation; the other outlets
+        carry Poiseuille profiles. ``None`` without a prescribed split.
     """
 
     pressure_inlet_Pa: float
@@ -96,6 +106,8 @@ class FlowResult:
     areas_m2: dict[int, float] = field(default_factory=dict)
     mean_inlet_velocity_m_s: float = float("nan")
     n_ranks: int = 1
+    outlet_flow_fractions_imposed: dict[int, float] | None = None
+    traction_free_outlet_tag: int | None = None
     _fields: dict = field(default_factory=dict, repr=False, compare=False)
 
     def to_dict(self) -> dict:

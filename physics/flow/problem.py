@@ -1,9 +1,15 @@
 """Validated description of a steady blood-flow problem.
 
-A :class:`FlowProblem` says *what* to solve (inflow, outlet pressures, flow
-model, blood properties, linear solver) independently of the mesh; it is
-written to and read back from JSON through :meth:`FlowProblem.to_dict` and
-:meth:`FlowProblem.from_dict`. The solver lives in :mod:`physics.flow.solver`.
+A :class:`FlowProblem` says *what* to solve (inflow, outlet pressures or a
+prescribed outlet flow split, flow model, blood properties, linear solver)
+independently of the mesh; it is written to and read back from JSON through
+:meth:`FlowProblem.to_dict` and :meth:`FlowProblem.from_dict`. The solver lives
+in :mod:`physics.flow.solver`.
+
+:func:`murray_fractions` gives the flow split of Murray's law, Q_i ∝ r_i³
+(C. D. Murray, "The physiological principle of minimum work: I. The vascular
+system and the cost of blood volume", Proc. Natl. Acad. Sci. USA 1926; 12:207),
+for :attr:`FlowProblem.outlet_flow_fractions`.
 
 Default blood properties (ρ = 1060 kg/m³, μ = 3.5 mPa·s, Newtonian) are the
 usual large-artery values, e.g. Formaggia, Quarteroni & Veneziani,
@@ -29,7 +35,12 @@ __all__ = [
     "ConvergenceError",
     "Blood",
     "FlowProblem",
+    "FRACTION_SUM_TOL",
+    "murray_fractions",
 ]
+
+#: Tolerance on the sum of :attr:`FlowProblem.outlet_flow_fractions` (which must be 1).
+FRACTION_SUM_TOL = 1e-6
 
 #: Facet tag of the vessel wall (no slip).
 WALL = 1
@@ -66,6 +77,64 @@ def _check_positive(name: str, value: Any) -> None:
 def _check_tag(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise FlowError(f"{name} must be an integer facet tag >= 1, got {value!r}")
+
+
+def _tag_key(name: str, key: Any) -> int:
+    """A facet-tag dict key as an int: an int, or a string of one (JSON keys are strings)."""
+    if isinstance(key, str):
+        try:
+            key = int(key.strip())
+        except ValueError:
+            raise FlowError(f"{name} key {key!r} is not an integer facet tag") from None
+    _check_tag(f"{name} key", key)
+    return key
+
+
+def _tag_dict(name: str, value: Any, what: str) -> dict:
+    """Check that ``value`` is a non-empty dict keyed by facet tags; return it with int keys."""
+    if not isinstance(value, dict) or len(value) == 0:
+        raise FlowError(f"{name} must be a non-empty dict {{tag: {what}}}, got {value!r}")
+    out = {}
+    for k, v in value.items():
+        tag = _tag_key(name, k)
+        if tag in out:
+            raise FlowError(f"{name} gives tag {tag} twice (keys {list(value)})")
+        out[tag] = v
+    return out
+
+
+def murray_fractions(radii_by_tag: dict[int, float]) -> dict[int, float]:
+    """Outlet flow fractions of Murray's law, Q_i / Q = r_i³ / Σ_j r_j³.
+
+    Murray (Proc. Natl. Acad. Sci. USA 1926; 12:207) showed that a vessel tree of
+    least work (viscous dissipation plus the metabolic cost of blood volume) carries
+    flows proportional to the cube of the radius. The result can be passed as
+    :attr:`FlowProblem.outlet_flow_fractions`.
+
+    Parameters
+    ----------
+    radii_by_tag : dict of int to float
+        Outlet facet tag -> outlet radius (any one length unit for all, e.g. mm;
+        only ratios matter), finite and > 0.
+
+    Returns
+    -------
+    dict of int to float
+        Outlet facet tag -> fraction of the inflow, summing to 1.
+
+    Raises
+    ------
+    FlowError
+        If ``radii_by_tag`` is empty, a key is not a facet tag or a radius is not
+        a finite number > 0.
+    """
+    radii = _tag_dict("radii_by_tag", radii_by_tag, "radius")
+    for tag, r in radii.items():
+        if not _is_real(r) or r <= 0:
+            raise FlowError(f"radii_by_tag[{tag}] must be a finite radius > 0, got {r!r}")
+    cubes = {tag: float(r) ** 3 for tag, r in radii.items()}
+    total = math.fsum(cubes.values())
+    return {tag: c / total for tag, c in cubes.items()}
 
 
 @dataclass
@@ -109,7 +178,19 @@ class FlowProblem:
         Facet tags with no-slip (default ``(1,)``).
     outlet_pressures_Pa : dict of int to float, optional
         Mean normal traction (pressure) imposed on outlets, in Pa; outlets not
-        listed get zero traction (do-nothing).
+        listed get zero traction (do-nothing). Not combined with
+        ``outlet_flow_fractions``.
+    outlet_flow_fractions : dict of int to float, optional
+        Prescribed flow split: outlet facet tag -> fraction of the inflow leaving
+        through it (each > 0, summing to 1 within 1e-6; e.g. from
+        :func:`murray_fractions`). At solve time the tags must be exactly the
+        outlets solved. Every outlet but one gets a Poiseuille outflow profile
+        rescaled to the flow fraction × Q (so those outlets must be planar); the
+        outlet with the largest area (ties, areas within 1e-9 relative: lowest
+        tag) keeps zero traction, which sets the pressure level, and its flow
+        follows from mass conservation. The solver divides the fractions by their
+        sum. Not combined with ``outlet_pressures_Pa``. ``None`` (default): every
+        outlet is a traction (pressure) outlet and the split follows from the flow.
     model : {"stokes", "navier-stokes"}
         Flow model.
     blood : Blood
@@ -133,6 +214,7 @@ class FlowProblem:
     outlet_tags: tuple[int, ...] | None = None
     wall_tags: tuple[int, ...] = (WALL,)
     outlet_pressures_Pa: dict[int, float] | None = None
+    outlet_flow_fractions: dict[int, float] | None = None
     model: str = "stokes"
     blood: Blood = field(default_factory=Blood)
     proximal_pressure_Pa: float = 13332.0
@@ -204,6 +286,9 @@ class FlowProblem:
                 clean[tag] = float(v)
             self.outlet_pressures_Pa = clean
 
+        if self.outlet_flow_fractions is not None:
+            self.outlet_flow_fractions = self._checked_fractions()
+
         if self.model not in MODELS:
             raise FlowError(f"model must be one of {MODELS}, got {self.model!r}")
         if self.solver not in SOLVERS:
@@ -232,6 +317,33 @@ class FlowProblem:
                 f"newton_max_iterations must be an integer >= 1, got {self.newton_max_iterations!r}"
             )
 
+    def _checked_fractions(self) -> dict[int, float]:
+        """Validated ``outlet_flow_fractions`` with int keys and float values."""
+        name = "outlet_flow_fractions"
+        if self.outlet_pressures_Pa is not None:
+            raise FlowError(
+                f"{name} and outlet_pressures_Pa cannot both be given: drop outlet_pressures_Pa to "
+                f"impose the flow split (the largest outlet then keeps zero traction and sets the "
+                f"pressure level), or drop {name} to impose outlet pressures"
+            )
+        fractions = _tag_dict(name, self.outlet_flow_fractions, "fraction of the inflow")
+        for tag, f in fractions.items():
+            if not _is_real(f) or f <= 0:
+                raise FlowError(f"{name}[{tag}] must be a finite fraction > 0, got {f!r}")
+            if tag == self.inlet_tag or tag in self.wall_tags:
+                raise FlowError(
+                    f"{name} has tag {tag}, which is the inlet_tag={self.inlet_tag} or in wall_tags={self.wall_tags}"
+                )
+            if self.outlet_tags is not None and tag not in self.outlet_tags:
+                raise FlowError(f"{name} has tag {tag}, which is not in outlet_tags={self.outlet_tags}")
+        clean = {tag: float(f) for tag, f in fractions.items()}
+        total = math.fsum(clean.values())
+        if abs(total - 1.0) > FRACTION_SUM_TOL:
+            raise FlowError(
+                f"{name} must sum to 1 (within {FRACTION_SUM_TOL:g}), got sum {total:.10g} for {clean}"
+            )
+        return clean
+
     def to_dict(self) -> dict:
         """Return a JSON-ready dict (tag keys as strings); inverse of :meth:`from_dict`."""
         d = asdict(self)
@@ -239,6 +351,8 @@ class FlowProblem:
         d["wall_tags"] = list(self.wall_tags)
         if self.outlet_pressures_Pa is not None:
             d["outlet_pressures_Pa"] = {str(k): v for k, v in self.outlet_pressures_Pa.items()}
+        if self.outlet_flow_fractions is not None:
+            d["outlet_flow_fractions"] = {str(k): v for k, v in self.outlet_flow_fractions.items()}
         return d
 
     @classmethod

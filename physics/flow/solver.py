@@ -13,7 +13,18 @@ Boundary conditions:
   mesh; negative values are clipped and the profile is rescaled so the
   assembled flux ∫u·n ds equals −Q exactly;
 * outlets: μ ∂u/∂n − p n = −p_out n (do-nothing when p_out = 0), which enters
-  the weak form as the Neumann term ∫ p_out n·v ds.
+  the weak form as the Neumann term ∫ p_out n·v ds;
+* outlets with a prescribed flow split (``outlet_flow_fractions``, f_i summing
+  to 1): every outlet but one gets the inlet's construction turned outward,
+  u = 2U_i (1 − (r/R_i)²) n_i rescaled to ∫u·n ds = f_i Q exactly, and must be
+  planar; the outlet with the largest area (ties, areas equal within 1e-9
+  relative: lowest tag) keeps zero traction. Without such an outlet the
+  velocity would be Dirichlet everywhere and the pressure fixed only up to a
+  constant; the largest is chosen because that is where the section, and
+  usually the flow, is largest, so its do-nothing condition disturbs the least
+  and it need not be planar. Its flow, Q − Σ f_i Q = f_free Q, follows from
+  mass conservation, which Taylor–Hood satisfies to round-off (the P1 pressure
+  test functions contain q = 1, so ∫ ∇·u dx = 0).
 
 Weak form with Taylor–Hood P2–P1 elements (Brezzi & Fortin, *Mixed and Hybrid
 Finite Element Methods*, 1991; Elman, Silvester & Wathen, *Finite Elements and
@@ -57,6 +68,9 @@ from .problem import FIRST_OUTLET, ConvergenceError, FlowError, FlowProblem
 __all__ = ["solve_flow", "default_petsc_options"]
 
 _PLANARITY_TOL = 1e-3
+#: Outlet areas within this relative difference count as equal when the traction-free outlet of a
+#: flow split is chosen (mirror-image outlets differ by round-off), so the lowest tag wins.
+_AREA_TIE_RTOL = 1e-9
 
 
 def default_petsc_options(problem: FlowProblem) -> dict:
@@ -144,6 +158,7 @@ def _present_tags(facet_tags, comm) -> list[int]:
 
 
 def _resolve_tags(problem: FlowProblem, present: list[int]) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+    """Inlet, wall and outlet tags of ``problem`` checked against the tags ``present`` in the mesh."""
     if problem.inlet_tag not in present:
         raise FlowError(f"inlet_tag={problem.inlet_tag} is not in the mesh facet tags {present}")
     missing = [t for t in problem.wall_tags if t not in present]
@@ -162,6 +177,14 @@ def _resolve_tags(problem: FlowProblem, present: list[int]) -> tuple[int, tuple[
     bad = [t for t in pressures if t not in outlets]
     if bad:
         raise FlowError(f"outlet_pressures_Pa has tags {bad} that are not outlets {list(outlets)}")
+    if problem.outlet_flow_fractions is not None:
+        missing = sorted(set(outlets) - set(problem.outlet_flow_fractions))
+        extra = sorted(set(problem.outlet_flow_fractions) - set(outlets))
+        if missing or extra:
+            raise FlowError(
+                f"outlet_flow_fractions must give exactly the outlets solved, {sorted(outlets)}: "
+                f"missing tags {missing}, extra tags {extra} (mesh facet tags {present})"
+            )
     return problem.inlet_tag, tuple(problem.wall_tags), tuple(outlets)
 
 
@@ -202,8 +225,10 @@ def solve_flow(mesh, facet_tags, problem: FlowProblem, *, progress: Callable[[st
 
     disc = _discretise(mesh, facet_tags)
     say(f"flow: {problem.model}, {disc.n_cells} cells, {disc.n_dofs} dofs, {comm.size} rank(s)")
-    geo = _inlet_geometry(mesh, disc, inlet, problem)
-    bcs = _dirichlet_bcs(mesh, facet_tags, disc, inlet, walls, geo)
+    geo, split = _inlet_and_split(mesh, disc, inlet, outlets, problem)
+    if split is not None:
+        say(f"flow: outlet flow split {split.fractions}; outlet {split.free_tag} traction-free")
+    bcs = _dirichlet_bcs(mesh, facet_tags, disc, inlet, walls, geo, split)
     forms = _stokes_forms(mesh, disc, problem, mu_val, rho_val)
     opts = default_petsc_options(problem)
     opts.update(problem.petsc_options or {})
@@ -254,6 +279,8 @@ def solve_flow(mesh, facet_tags, problem: FlowProblem, *, progress: Callable[[st
         areas_m2={t: float(a_) for t, a_ in bnd.areas_m2.items()},
         mean_inlet_velocity_m_s=float(geo.mean_velocity_m_s),
         n_ranks=comm.size,
+        outlet_flow_fractions_imposed=None if split is None else dict(split.fractions),
+        traction_free_outlet_tag=None if split is None else int(split.free_tag),
         _fields={"velocity": forms.uh, "pressure": forms.ph, "wss": wss},
     )
 
@@ -275,6 +302,18 @@ class _Discretisation:
 
 
 @dataclass
+class _Cap:
+    """A boundary cap (inlet or outlet) assembled from the mesh (SI units)."""
+
+    tag: int
+    area_m2: float
+    centre_m: np.ndarray
+    normal: np.ndarray  # outward unit normal, ∫n ds / |∫n ds|
+    radius_m: float  # sqrt(area / pi)
+    planarity: float  # |∫n ds| / area: 1 for a plane
+
+
+@dataclass
 class _Inlet:
     """Planar inlet assembled from the mesh, and the imposed flow (SI units)."""
 
@@ -284,6 +323,16 @@ class _Inlet:
     radius_m: float  # sqrt(area / pi)
     flow_rate_m3_s: float
     mean_velocity_m_s: float
+
+
+@dataclass
+class _FlowSplit:
+    """Prescribed outlet flow split: fractions, the profiled outlets' caps and flows, the free outlet."""
+
+    fractions: dict  # tag -> fraction of the inflow, divided by their sum
+    profiled: dict  # tag -> _Cap of the outlets with a Dirichlet Poiseuille profile
+    flow_rates_m3_s: dict  # tag -> imposed outward flow (m^3/s) of the profiled outlets
+    free_tag: int  # the zero-traction outlet (largest area; ties within _AREA_TIE_RTOL: lowest tag)
 
 
 @dataclass
@@ -345,59 +394,111 @@ def _discretise(mesh, facet_tags) -> _Discretisation:
     )
 
 
-def _inlet_geometry(mesh, disc: _Discretisation, inlet: int, problem: FlowProblem) -> _Inlet:
-    """Area (m²), centre (m), normal and radius (m) of the inlet, checked planar, and the flow (m³/s, m/s)."""
+def _cap_geometry(mesh, disc: _Discretisation, tags: list[int], roles: dict[int, str]) -> dict[int, _Cap]:
+    """Area (m²), centre (m), outward normal, radius sqrt(A/π) (m) and planarity of boundary caps.
+
+    All from the boundary integrals ∫ds, ∫x ds and ∫n ds of each tag (one compiled form);
+    ``roles`` names each tag ("inlet", "outlet") in error messages.
+    """
     x, n = disc.x, disc.n
-    geo = _BoundaryIntegrals(mesh, disc.ds, [disc.one, x[0], x[1], x[2], n[0], n[1], n[2]], [inlet]).values()[:, 0]
-    area = geo[0]
-    if not area > 0:
-        raise FlowError(f"inlet (tag {inlet}) has zero area")
-    centre = geo[1:4] / area
-    nsum = geo[4:7]
-    planarity = np.linalg.norm(nsum) / area
-    if planarity < 1 - _PLANARITY_TOL:
+    geo = _BoundaryIntegrals(mesh, disc.ds, [disc.one, x[0], x[1], x[2], n[0], n[1], n[2]], tags).values()
+    caps = {}
+    for j, tag in enumerate(tags):
+        area = geo[0, j]
+        if not area > 0:
+            raise FlowError(f"{roles[tag]} (tag {tag}) has zero area")
+        nsum = geo[4:7, j]
+        caps[tag] = _Cap(tag=tag, area_m2=area, centre_m=geo[1:4, j] / area, normal=nsum / np.linalg.norm(nsum),
+                         radius_m=math.sqrt(area / math.pi), planarity=np.linalg.norm(nsum) / area)
+    return caps
+
+
+def _require_planar(cap: _Cap, role: str) -> None:
+    """Raise FlowError unless |∫n ds|/A >= 1 − tolerance (a Poiseuille profile needs a planar cap)."""
+    if cap.planarity < 1 - _PLANARITY_TOL:
         raise FlowError(
-            f"inlet (tag {inlet}) is not planar: |∫n ds|/A = {planarity:.4f} (needs >= {1 - _PLANARITY_TOL}); "
-            "cut the vessel with a plane before meshing"
+            f"{role} (tag {cap.tag}) is not planar: |∫n ds|/A = {cap.planarity:.4f} (needs >= "
+            f"{1 - _PLANARITY_TOL}); cut the vessel with a plane before meshing"
         )
-    normal = nsum / np.linalg.norm(nsum)
-    radius = math.sqrt(area / math.pi)
+
+
+def _inlet_and_split(mesh, disc: _Discretisation, inlet: int, outlets: tuple[int, ...],
+                     problem: FlowProblem) -> tuple[_Inlet, _FlowSplit | None]:
+    """The planar inlet and the flow (m³/s, m/s); with ``outlet_flow_fractions``, the outlet flow split.
+
+    The fractions are divided by their sum; every outlet but the largest (ties, areas within
+    ``_AREA_TIE_RTOL``: lowest tag) is checked planar and gets the outward flow fraction × Q.
+    """
+    fractions = problem.outlet_flow_fractions
+    tags = [inlet] if fractions is None else [inlet, *outlets]
+    roles = {t: ("inlet" if t == inlet else "outlet") for t in tags}
+    caps = _cap_geometry(mesh, disc, tags, roles)
+    cap = caps[inlet]
+    _require_planar(cap, "inlet")
+    area = cap.area_m2
     if problem.flow_rate_m3_s is not None:
         Q = problem.flow_rate_m3_s
     else:
         Q = problem.mean_velocity_m_s * area
-    return _Inlet(area_m2=area, centre_m=centre, normal=normal, radius_m=radius, flow_rate_m3_s=Q,
-                  mean_velocity_m_s=Q / area)
+    geo = _Inlet(area_m2=area, centre_m=cap.centre_m, normal=cap.normal, radius_m=cap.radius_m, flow_rate_m3_s=Q,
+                 mean_velocity_m_s=Q / area)
+    if fractions is None:
+        return geo, None
+    total = math.fsum(fractions[t] for t in outlets)
+    split = {t: fractions[t] / total for t in outlets}
+    largest = max(caps[t].area_m2 for t in outlets)
+    free = min(t for t in outlets if caps[t].area_m2 >= largest * (1 - _AREA_TIE_RTOL))
+    profiled = {t: caps[t] for t in outlets if t != free}
+    for c in profiled.values():
+        _require_planar(c, "outlet")
+    return geo, _FlowSplit(fractions=split, profiled=profiled,
+                           flow_rates_m3_s={t: split[t] * Q for t in profiled}, free_tag=free)
 
 
-def _dirichlet_bcs(mesh, facet_tags, disc: _Discretisation, inlet: int, walls: tuple[int, ...],
-                   geo: _Inlet) -> list:
-    """No slip on the walls; on the inlet a Poiseuille profile (m/s) rescaled to the exact flow rate."""
+def _poiseuille_bc(mesh, disc: _Discretisation, facet_tags, tag: int, cap, flux_out: float,
+                   wall_dofs: np.ndarray, role: str):
+    """Dirichlet BC on the planar cap ``tag``: u = 2U (1 − (r/R)²) sign(flux_out) n (m/s) with U = |flux_out|/A,
+    centre, outward normal n, area A and R from ``cap`` (an _Inlet or _Cap), zero on the wall dofs of its rim,
+    rescaled so that the assembled outward flux ∫u·n ds equals ``flux_out`` (m³/s) exactly."""
     V, n = disc.V, disc.n
-    fdim = 2
-    mesh.topology.create_connectivity(fdim, 3)
-    wall_facets = np.concatenate([facet_tags.find(t) for t in walls]).astype(np.int32)
-    wall_dofs = fem.locate_dofs_topological(V, fdim, wall_facets)
-    inlet_dofs = fem.locate_dofs_topological(V, fdim, facet_tags.find(inlet))
-    centre, normal, radius, U = geo.centre_m, geo.normal, geo.radius_m, geo.mean_velocity_m_s
+    dofs = fem.locate_dofs_topological(V, 2, facet_tags.find(tag))
+    centre, normal, radius = cap.centre_m, cap.normal, cap.radius_m
+    sign = -1.0 if flux_out < 0 else 1.0
+    U = abs(flux_out) / cap.area_m2
 
     def profile(xp):
         d = xp - centre[:, None]
         axial = normal @ d
         r2 = np.maximum(np.einsum("ij,ij->j", d, d) - axial**2, 0.0)
         s = np.clip(1.0 - r2 / radius**2, 0.0, None)
-        return -normal[:, None] * (2.0 * U * s)[None, :]
+        return sign * normal[:, None] * (2.0 * U * s)[None, :]
 
-    u_in = fem.Function(V)
-    u_in.interpolate(profile)
-    u_in.x.array.reshape(-1, 3)[wall_dofs] = 0.0  # the rim belongs to the no-slip wall
-    u_in.x.scatter_forward()
-    flux = mesh.comm.allreduce(fem.assemble_scalar(fem.form(ufl.dot(u_in, n) * disc.ds(inlet))), op=MPI.SUM)
-    if not flux < 0:
-        raise FlowError(f"inlet profile has no inward flux (flux {flux!r}); is the inlet mesh degenerate?")
-    u_in.x.array[:] *= -geo.flow_rate_m3_s / flux
-    u_zero = fem.Function(V)
-    return [fem.dirichletbc(u_in, inlet_dofs), fem.dirichletbc(u_zero, wall_dofs)]
+    u_bc = fem.Function(V)
+    u_bc.interpolate(profile)
+    u_bc.x.array.reshape(-1, 3)[wall_dofs] = 0.0  # the rim belongs to the no-slip wall
+    u_bc.x.scatter_forward()
+    flux = mesh.comm.allreduce(fem.assemble_scalar(fem.form(ufl.dot(u_bc, n) * disc.ds(tag))), op=MPI.SUM)
+    if not sign * flux > 0:
+        way = "inward" if sign < 0 else "outward"
+        raise FlowError(f"{role} profile has no {way} flux (flux {flux!r}); is the {role} mesh degenerate?")
+    u_bc.x.array[:] *= flux_out / flux
+    return fem.dirichletbc(u_bc, dofs)
+
+
+def _dirichlet_bcs(mesh, facet_tags, disc: _Discretisation, inlet: int, walls: tuple[int, ...],
+                   geo: _Inlet, split: _FlowSplit | None) -> list:
+    """No slip on the walls; on the inlet, and on the profiled outlets of a flow split, Poiseuille
+    profiles (m/s) rescaled to the exact flow rates."""
+    fdim = 2
+    mesh.topology.create_connectivity(fdim, 3)
+    wall_facets = np.concatenate([facet_tags.find(t) for t in walls]).astype(np.int32)
+    wall_dofs = fem.locate_dofs_topological(disc.V, fdim, wall_facets)
+    bcs = [_poiseuille_bc(mesh, disc, facet_tags, inlet, geo, -geo.flow_rate_m3_s, wall_dofs, "inlet")]
+    if split is not None:
+        for t, cap in split.profiled.items():
+            bcs.append(_poiseuille_bc(mesh, disc, facet_tags, t, cap, split.flow_rates_m3_s[t], wall_dofs,
+                                      f"outlet (tag {t})"))
+    return [*bcs, fem.dirichletbc(fem.Function(disc.V), wall_dofs)]
 
 
 def _stokes_forms(mesh, disc: _Discretisation, problem: FlowProblem, mu_val: float, rho_val: float) -> _Forms:

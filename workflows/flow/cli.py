@@ -46,7 +46,23 @@ def add_flow_options(p: argparse.ArgumentParser) -> None:
                    help="a world point (mm) inside the vessel to segment (default: the largest "
                         "bright component crossing the image)")
     g.add_argument("--inlet-mm", type=float, nargs=3, metavar=("X", "Y", "Z"),
-                   help="a world point (mm) near the inlet opening (default: the largest opening)")
+                   help="the inlet: with centreline clipping the world point (mm) on the vessel where it is cut "
+                        "(everything upstream goes); with image-face crops the opening nearest it "
+                        "(default: the widest end / the largest opening)")
+    g.add_argument("--outlet-mm", type=float, nargs=3, action="append", metavar=("X", "Y", "Z"),
+                   help="an outlet: the world point (mm) on a branch where it is cut (repeatable; default: every "
+                        "other vessel end wider than --min-branch-radius-mm)")
+    g.add_argument("--min-branch-radius-mm", type=float,
+                   help="branches thinner than this are closed (wall), not outlets (default: the larger of two "
+                        "voxels and a quarter of the inlet radius)")
+    g.add_argument("--clip", choices=("auto", "faces", "centreline"), default=d.clip,
+                   help="where the ends are cut: perpendicular to the centreline, at the image faces, or auto "
+                        "(centreline when the lumen reaches fewer than two image faces or outlets are named; "
+                        f"default {d.clip})")
+    g.add_argument("--outlet-flow-fractions", nargs="+", metavar="F",
+                   help="split the inflow between the outlets: 'murray' (Q ~ r^3 of each outlet cap) or one "
+                        "fraction per outlet (outlet1 = largest first, summing to 1); default: zero-traction "
+                        "outlets (the flow divides by itself)")
     g.add_argument("--segmentation", choices=("auto", "otsu", "region-grow"), default=d.segmentation_method,
                    help=f"lumen segmentation method (default {d.segmentation_method})")
     g.add_argument("--modality", choices=("auto", "ct", "mr"), default=d.modality,
@@ -132,7 +148,22 @@ def config_from_args(a: argparse.Namespace) -> VesselFlowConfig:
         petsc_options=petsc_options(a.petsc_option),
         n_procs=a.n_procs,
         write_fields=not a.no_fields,
+        clip=a.clip,
+        outlets_xyz_mm=tuple(tuple(p) for p in a.outlet_mm) if a.outlet_mm else None,
+        min_branch_radius_mm=a.min_branch_radius_mm,
+        outlet_flow_split=_flow_split(a.outlet_flow_fractions),
     )
+
+
+def _flow_split(values):
+    if not values:
+        return "traction"
+    if len(values) == 1 and values[0].lower() in ("murray", "traction"):
+        return values[0].lower()
+    try:
+        return tuple(float(v) for v in values)
+    except ValueError:
+        raise ValueError(f"--outlet-flow-fractions takes 'murray' or numbers, got {' '.join(values)}") from None
 
 
 def print_flow_results(results: dict, out: Path, a: argparse.Namespace) -> None:

@@ -93,6 +93,8 @@ VALID_MODELS = ("stokes", "navier-stokes")
 VALID_SOLVERS = ("direct", "iterative")
 VALID_METHODS = ("auto", "otsu", "region-grow")
 VALID_MODALITIES = ("auto", "ct", "mr")
+#: Where the model's ends are cut: at image faces, perpendicular to the centreline, or chosen.
+VALID_CLIPS = ("auto", "faces", "centreline")
 #: Surface smoothing filters (``pipeline.surface.SMOOTHING_METHODS``); the first is the default.
 VALID_SMOOTHING_METHODS = ("taubin", "laplacian")
 #: Face dilation (voxels) of the segmentation within which a threshold shift may move the wall.
@@ -157,6 +159,10 @@ class VesselFlowConfig:
     local_radius_mm: float = 3.0
     local_blend_mm: float = 1.0
     smoothing_method: str = "taubin"
+    clip: str = "auto"
+    outlets_xyz_mm: tuple[tuple[float, float, float], ...] | None = None
+    min_branch_radius_mm: float | None = None
+    outlet_flow_split: str | tuple[float, ...] = "traction"
 
     def __post_init__(self) -> None:
         def positive(name):
@@ -200,6 +206,41 @@ class VesselFlowConfig:
                     raise WorkflowError(f"{name} must be three numbers (x y z in mm), got {v!r}")
                 setattr(self, name, tuple(float(a) for a in arr))
         self._check_perturbations()
+        self._check_model_ends()
+
+    def _check_model_ends(self) -> None:
+        if self.clip not in VALID_CLIPS:
+            raise WorkflowError(f"clip must be one of {VALID_CLIPS}, got {self.clip!r}")
+        if self.outlets_xyz_mm is not None:
+            pts = []
+            for v in self.outlets_xyz_mm:
+                arr = np.asarray(v, dtype=float).ravel() if not isinstance(v, str) else np.zeros(0)
+                if arr.shape != (3,) or not np.all(np.isfinite(arr)):
+                    raise WorkflowError(f"each outlet point must be three numbers (x y z in mm), got {v!r}")
+                pts.append(tuple(float(a) for a in arr))
+            if not pts:
+                raise WorkflowError("outlets_xyz_mm is empty: give at least one outlet point or None")
+            self.outlets_xyz_mm = tuple(pts)
+            if self.clip == "faces":
+                raise WorkflowError("outlet points need centreline clipping: drop clip='faces' (--clip faces)")
+        r = self.min_branch_radius_mm
+        if r is not None and not (isinstance(r, (int, float)) and np.isfinite(r) and r > 0):
+            raise WorkflowError(f"min_branch_radius_mm must be a positive radius in mm or None, got {r!r}")
+        split = self.outlet_flow_split
+        if isinstance(split, str):
+            if split not in ("traction", "murray"):
+                raise WorkflowError(
+                    f"outlet_flow_split must be 'traction', 'murray' or a list of fractions, got {split!r}")
+        else:
+            try:
+                fr = tuple(float(f) for f in split)
+            except (TypeError, ValueError):
+                raise WorkflowError(f"outlet flow fractions must be numbers, got {split!r}") from None
+            if not fr or not all(np.isfinite(f) and f > 0 for f in fr) or abs(sum(fr) - 1) > 1e-6:
+                raise WorkflowError(
+                    f"outlet flow fractions must be positive and sum to 1 (one per outlet, outlet1 first), "
+                    f"got {list(fr)} (sum {sum(fr):.6g})")
+            self.outlet_flow_split = fr
 
     def _check_perturbations(self) -> None:
         def number(name, *, lo=None, strict=False, what="a finite number"):
@@ -551,7 +592,33 @@ def _threshold_shift(image, binary, level_hu, upper_hu, shift_hu, fail) -> tuple
     return new, rep
 
 
-def build_surface(image, mask, level_hu: float, upper_hu: float | None, cfg: VesselFlowConfig):
+def clip_plan(mask, cfg: VesselFlowConfig):
+    """The centreline tree of the mask and where the model is clipped, or (tree, None) for image-face crops.
+
+    ``cfg.clip = "auto"`` clips along the centreline when the lumen reaches fewer than two
+    image faces or when outlets are named; otherwise it cuts at the image faces as for a
+    cropped tube (``clip="centreline"`` forces centreline clipping there too).
+    """
+    from pipeline.centreline import CentrelineError, centreline_tree, plan_clips
+
+    if cfg.clip == "faces":
+        return None, None
+    try:
+        tree = centreline_tree(mask)
+        if cfg.clip == "auto" and not cfg.outlets_xyz_mm:
+            binary = np.asarray(mask.array) > 0
+            touched = [(ax, side) for ax in range(3) for side in (0, -1) if np.take(binary, side, axis=ax).any()]
+            if len(touched) >= 2:
+                return tree, None  # every vessel end leaves the image: crop at the faces as before
+        plan = plan_clips(tree, mask, inlet_xyz=cfg.inlet_xyz_mm, outlets_xyz=cfg.outlets_xyz_mm,
+                          min_branch_radius_mm=cfg.min_branch_radius_mm)
+    except CentrelineError as exc:
+        raise WorkflowError(str(exc)) from None
+    return tree, plan
+
+
+def build_surface(image, mask, level_hu: float, upper_hu: float | None, cfg: VesselFlowConfig, *,
+                  plan=None, clip_plan_needed: bool = True):
     """Stage 2: the perturbed segmentation's tagged surface, exactly as the workflow builds it.
 
     Parameters
@@ -562,6 +629,11 @@ def build_surface(image, mask, level_hu: float, upper_hu: float | None, cfg: Ves
         The segmentation's iso-level and calcium bound, HU.
     cfg : VesselFlowConfig
         Surface and perturbation parameters.
+    plan : pipeline.centreline.ClipPlan, optional
+        Where to clip the ends (from :func:`clip_plan` of the unperturbed mask, so every
+        perturbed case is cut at the same planes). Default: made here when needed.
+    clip_plan_needed : bool
+        False when the caller has decided on image-face crops (``plan`` is then None).
 
     Returns
     -------
@@ -571,6 +643,8 @@ def build_surface(image, mask, level_hu: float, upper_hu: float | None, cfg: Ves
 
     si = perturb_segmentation(image, mask, level_hu, upper_hu, cfg)
     inlet = cfg.inlet_xyz_mm if cfg.inlet_xyz_mm is not None else "largest"
+    if plan is None and clip_plan_needed:
+        _, plan = clip_plan(mask, cfg)
     surf = make_tagged_surface(
         si.mask,
         intensity=si.intensity,
@@ -582,6 +656,7 @@ def build_surface(image, mask, level_hu: float, upper_hu: float | None, cfg: Ves
         normal_displacement_mm=si.displacement,
         half_max_level=si.half_max_level,
         crop_margin_mm=si.crop_margin_mm,
+        clip_plan=plan,
     )
     return surf, si
 
@@ -591,11 +666,15 @@ def _geometry(image, seg_record: dict, cfg: VesselFlowConfig, out: Path) -> dict
     from pipeline.volume_mesh import mesh_volume
 
     mask = read_image(out / "segmentation.nii.gz")
-    surf, si = build_surface(image, mask, seg_record["level_hu"], seg_record.get("upper_hu"), cfg)
+    tree, plan = clip_plan(mask, cfg)
+    surf, si = build_surface(image, mask, seg_record["level_hu"], seg_record.get("upper_hu"), cfg, plan=plan,
+                             clip_plan_needed=False)
     if si.reports:
         write_image(si.perturbed_mask, out / "segmentation_perturbed.nii.gz")
     surf.write(out / "surface.stl")
+    surf.write(out / "surface.vtp")
     write_json_atomic(out / "surface.json", surf.to_json_dict())
+    centerline = _centerline_outputs(image, mask, surf, tree, plan, out)
     reports = list(si.reports)
     if cfg.smoothing_method != VALID_SMOOTHING_METHODS[0]:
         r = surf.report
@@ -606,13 +685,64 @@ def _geometry(image, seg_record: dict, cfg: VesselFlowConfig, out: Path) -> dict
                         "volume_change_percent": r["smoothing_volume_change_percent"]})
     vm = mesh_volume(surf, out / "mesh", cells_per_radius=cfg.cells_per_radius, order=cfg.mesh_order)
     return {
+        "centerline": centerline,
         "surface": {k: v for k, v in surf.to_json_dict().items() if k != "centreline"},
         "mesh": {"stats": vm.stats, "boundaries": vm.boundaries, "msh": str(vm.msh_path)},
         "perturbation": reports,
     }
 
 
-def _flow_problem_dict(cfg: VesselFlowConfig, outlet_tags: list[int]) -> dict:
+def _centerline_outputs(image, mask, surf, tree, plan, out: Path) -> dict:
+    """Write ``centerline.vtp`` and ``check.png``; return the centreline summary for results.json."""
+    from pipeline.centreline import write_centreline_vtp
+    from workflows.flow.figures import check_figure
+
+    caps = [{"name": c.name, "centre_xyz_mm": c.centre_xyz_mm, "normal_xyz": c.normal_xyz,
+             "radius_mm": c.radius_mm} for c in surf.caps]
+    lines = []
+    summary: dict[str, Any] = {"clipping": "image faces" if plan is None else "centreline"}
+    if tree is not None:
+        paths = plan.paths if plan is not None else tree.polylines()
+        write_centreline_vtp(out / "centerline.vtp", tree, paths)
+        lines = [tree.points_xyz_mm[p] for p in paths]
+        if plan is not None:
+            summary.update(plan.summary)
+            summary["inlet_radius_mm"] = next(c.radius_mm for c in surf.caps if c.name == "inlet")
+            summary["outlet_radii_mm"] = {c.name: c.radius_mm for c in surf.caps if c.name != "inlet"}
+            summary["clip_centreline_radius_mm"] = {"inlet": plan.summary["inlet_radius_mm"],
+                                                    "outlets": plan.summary["outlet_radii_mm"]}
+            summary["closed_branch_caps"] = [c for c in surf.report.get("clips", []) if c["role"] == "closed"]
+        else:
+            summary.update({"tree_points": int(len(tree.radius_mm)), "tree_ends": len(tree.ends()),
+                            "branch_points": len(tree.junctions()),
+                            "length_mm": float(sum(np.sum(np.linalg.norm(np.diff(x, axis=0), axis=1))
+                                                   for x in lines))})
+    try:
+        check_figure(image, mask, out / "check.png", centrelines=lines, caps=caps,
+                     title="vessel model check: lumen, centreline, caps")
+    except ValueError as exc:  # a picture must not stop the run
+        summary["check_png_error"] = str(exc)
+    return summary
+
+
+def _outlet_fractions(cfg: VesselFlowConfig, surface: dict) -> dict[str, float] | None:
+    """Outlet name -> fraction of the inflow (Murray's law or given), or None for zero-traction outlets."""
+    outlets = [c for c in surface["caps"] if c["name"] != "inlet"]
+    split = cfg.outlet_flow_split
+    if split == "traction" or len(outlets) < 2:
+        return None
+    if split == "murray":  # Q ~ r^3 (Murray 1926), r from the cap area
+        w = np.array([c["radius_mm"] ** 3 for c in outlets])
+        return {c["name"]: float(x) for c, x in zip(outlets, w / w.sum())}
+    if len(split) != len(outlets):
+        raise WorkflowError(
+            f"{len(split)} outlet flow fractions given for {len(outlets)} outlets "
+            f"({', '.join(c['name'] for c in outlets)}, largest first): give one per outlet")
+    return {c["name"]: float(f) for c, f in zip(outlets, split)}
+
+
+def _flow_problem_dict(cfg: VesselFlowConfig, outlet_tags: list[int], fractions: dict[int, float] | None = None
+                       ) -> dict:
     return {
         "flow_rate_m3_s": cfg.flow_rate_m3_s,
         "inlet_tag": 2,
@@ -624,6 +754,7 @@ def _flow_problem_dict(cfg: VesselFlowConfig, outlet_tags: list[int]) -> dict:
         "solver": cfg.solver,
         "newton_max_iterations": int(cfg.newton_max_iterations),
         **({"petsc_options": dict(cfg.petsc_options)} if cfg.petsc_options else {}),
+        **({"outlet_flow_fractions": {str(t): f for t, f in fractions.items()}} if fractions else {}),
     }
 
 
@@ -730,6 +861,9 @@ def run_vessel_flow(
     if cfg.boundary_offset_mm:  # (absent when 0, so caches of earlier runs stay valid)
         geo_params["boundary_offset_mm"] = float(cfg.boundary_offset_mm)
     geo_params.update(cfg.perturbation_params())  # likewise: only the active perturbations
+    for k, default in (("clip", "auto"), ("outlets_xyz_mm", None), ("min_branch_radius_mm", None)):
+        if getattr(cfg, k) != default:  # likewise
+            geo_params[k] = getattr(cfg, k)
     geo_key = hash_params(seg_key, geo_params)
     msh = out / "mesh" / "mesh.msh"
     geo_artifacts = [msh, out / "surface.stl"]
@@ -750,7 +884,10 @@ def run_vessel_flow(
                          if name.startswith("outlet") and isinstance(t, int))
 
     # 4. flow
-    problem = _flow_problem_dict(cfg, outlet_tags)
+    fractions = _outlet_fractions(cfg, geo_rec["surface"])
+    tag_of = {k: int(v) for k, v in geo_rec["mesh"]["boundaries"].items() if isinstance(v, int)}
+    problem = _flow_problem_dict(cfg, outlet_tags, None if fractions is None else
+                                 {tag_of[name]: f for name, f in fractions.items()})
     solve_key = hash_params(geo_key, problem, cfg.write_fields)
     solve_artifacts = [out / "flow.json"] + ([out / "fields" / "wall_pressure.npz"] if cfg.write_fields else [])
     flow = cache.done("solve", solve_key, solve_artifacts)
@@ -804,6 +941,9 @@ def _assemble_results(cfg, image_path, image_hash, seg_rec, geo_rec, flow, timin
         "timings_s": timings,
         "provenance": provenance(image=str(image_path), image_sha256=image_hash),
     }
+    res["outlets"] = _outlet_table(geo_rec, flow, tag_to_name)
+    if "centerline" in geo_rec:
+        res["centerline"] = geo_rec["centerline"]
     truth = seg_rec.get("metrics_vs_truth")
     if truth:  # the headline segmentation numbers, when a truth mask was given
         res["segmentation_dice"] = truth["dice"]
@@ -811,6 +951,25 @@ def _assemble_results(cfg, image_path, image_hash, seg_rec, geo_rec, flow, timin
     if extra:
         res["patient"] = extra
     return res
+
+
+def _outlet_table(geo_rec: dict, flow: dict, tag_to_name: dict) -> list[dict]:
+    """One row per outlet: cap geometry (mm), flow (m^3/s and fraction), mean pressure and drop (Pa)."""
+    caps = {c["name"]: c for c in geo_rec["surface"]["caps"]}
+    inflow = float(flow["inflow_m3_s"])
+    rows = []
+    for t, q in flow["outflow_m3_s"].items():
+        name = tag_to_name.get(int(t), f"tag{t}")
+        cap = caps.get(name, {})
+        rows.append({
+            "name": name, "tag": int(t),
+            "radius_mm": cap.get("radius_mm"), "area_mm2": cap.get("area_mm2"),
+            "centre_xyz_mm": cap.get("centre_xyz_mm"),
+            "flow_m3_s": float(q), "flow_fraction": float(q) / inflow,
+            "mean_pressure_Pa": float(flow["pressure_outlets_Pa"][t]),
+            "pressure_drop_Pa": float(flow.get("pressure_drops_Pa", {}).get(t, float("nan"))),
+        })
+    return rows
 
 
 def summary_text(r: dict) -> str:
