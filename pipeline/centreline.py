@@ -46,6 +46,8 @@ __all__ = ["CentrelineError", "CentrelineTree", "Clip", "ClipPlan", "centreline_
 SPUR_RATIO = 1.5
 #: The radius is "steady" where it changes by less than this fraction over one radius of arc.
 STEADY_RADIUS_TOLERANCE = 0.2
+#: The clip normal is fitted to the centreline over this many radii of arc.
+TANGENT_WINDOW_RADII = 1.5
 #: Default smallest kept branch: this many of the finest voxel sizes (radius, mm) ...
 MIN_BRANCH_RADIUS_VOXELS = 2.0
 #: ... or this fraction of the inlet radius, whichever is larger.
@@ -202,7 +204,6 @@ def centreline_tree(mask: Volume, *, spur_ratio: float = SPUR_RATIO) -> Centreli
     g.add_weighted_edges_from(((int(a), int(b), float(x)) for (a, b), x in zip(edges, w)), weight="w")
     big = max(nx.connected_components(g), key=len)
     g = g.subgraph(big).copy()
-    n_cycles = g.number_of_edges() - g.number_of_nodes() + 1
     t = nx.minimum_spanning_tree(g, weight="w")
     cut_edges = [(a, b) for a, b in g.edges() if not t.has_edge(a, b)]
     # a broken loop is a vessel touching another, not the voxel triangles of thinning
@@ -218,7 +219,6 @@ def centreline_tree(mask: Volume, *, spur_ratio: float = SPUR_RATIO) -> Centreli
         pos = idx[keep, axis]
         on = pos <= 2 if side == 0 else pos >= binary.shape[axis] - 3
         face[on] = 2 * axis + side
-    del n_cycles
     loop_ends = sorted({int(remap[n]) for e in cut_edges for n in e if remap[n] >= 0 and t.degree(n) == 1})
     return CentrelineTree(points_xyz_mm=xyz[keep], radius_mm=radius[keep].astype(float), index_zyx=idx[keep],
                           edges=tree_edges, face_of_point=face, loop_cuts=int(loop_cuts), pruned_spurs=pruned,
@@ -316,11 +316,19 @@ def _path_arclength(xyz: np.ndarray) -> np.ndarray:
     return np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(xyz, axis=0), axis=1))])
 
 
-def _tangent(tree: CentrelineTree, path: np.ndarray, i: int, half_mm: float) -> np.ndarray:
-    """Unit direction of ``path`` at position i (principal axis of the points within half_mm), along the path."""
+def _tangent(tree: CentrelineTree, path: np.ndarray, i: int, radius_mm: float, sp_min: float,
+             side: int = 0) -> np.ndarray:
+    """Unit direction of ``path`` at position i, pointing along the path.
+
+    The principal axis of the path's points within ``TANGENT_WINDOW_RADII`` radii (at least
+    three voxels, five on one side) of arc: on both sides of i (``side=0``), or only ahead (+1) or behind (-1),
+    so that a window next to a junction stays on its own branch.
+    """
     xyz = tree.points_xyz_mm[path]
     s = _path_arclength(xyz)
-    sel = np.abs(s - s[i]) <= half_mm
+    half_mm = max(TANGENT_WINDOW_RADII * float(radius_mm), (3.0 if side == 0 else 5.0) * sp_min)
+    ds = s - s[i]
+    sel = (np.abs(ds) <= half_mm) & (ds * side >= 0)
     if sel.sum() < 3:
         lo, hi = max(i - 2, 0), min(i + 3, len(path))
         sel = np.zeros(len(path), bool)
@@ -414,7 +422,7 @@ def plan_clips(tree: CentrelineTree, mask: Volume, *, inlet_xyz=None, outlets_xy
             out.append(parent[out[-1]])
         return np.asarray(out, dtype=np.int64)
 
-    inlet_dir = _inlet_direction(tree, p_in, kept_graph, max(r_in, 2 * sp_min))
+    inlet_dir = _inlet_direction(tree, p_in, kept_graph, r_in, sp_min)
     clips = [Clip("inlet", tree.points_xyz_mm[p_in], inlet_dir, r_in, tree.points_xyz_mm[in_beyond], p_in,
                   inlet_face)]
     if min_branch_radius_mm is None:
@@ -436,7 +444,7 @@ def plan_clips(tree: CentrelineTree, mask: Volume, *, inlet_xyz=None, outlets_xy
         for o in outlet_pts:
             path = to_root(o)  # outlet -> inlet
             beyond = [n for n in kept_graph.neighbors(o) if n not in set(path.tolist())]
-            d = _tangent(tree, path, 0, max(tree.radius_mm[o], 2 * sp_min))
+            d = _tangent(tree, path, 0, tree.radius_mm[o], sp_min, side=1)
             outlet_clips.append(Clip("outlet", tree.points_xyz_mm[o], d, float(tree.radius_mm[o]),
                                      tree.points_xyz_mm[beyond[0]] if beyond else tree.points_xyz_mm[o] - d, o))
         keep_leaf_paths = [to_root(o) for o in outlet_pts]
@@ -448,7 +456,7 @@ def plan_clips(tree: CentrelineTree, mask: Volume, *, inlet_xyz=None, outlets_xy
             r_leaf = float(np.median(tree.radius_mm[path[max(i - 2, 0):i + 3]]))
             if r_leaf < min_branch_radius_mm:
                 continue
-            d = _tangent(tree, path, i, max(r_leaf, 2 * sp_min))
+            d = _tangent(tree, path, i, r_leaf, sp_min)
             outlet_clips.append(Clip("outlet", tree.points_xyz_mm[path[i]], d, r_leaf,
                                      tree.points_xyz_mm[path[max(i - 1, 0)]], int(path[i]),
                                      int(tree.face_of_point[leaf])))
@@ -476,13 +484,14 @@ def plan_clips(tree: CentrelineTree, mask: Volume, *, inlet_xyz=None, outlets_xy
         done.add((junction, child))
         branch = path[:j + 1][::-1]  # junction -> leaf
         s = _path_arclength(tree.points_xyz_mm[branch])
-        want = tree.radius_mm[junction] + max(float(np.median(tree.radius_mm[branch])), 1.5 * sp_min)
+        # past the parent's wall by a branch diameter, so the clip disc stays clear of the parent
+        want = tree.radius_mm[junction] + 2.0 * max(float(np.median(tree.radius_mm[branch])), sp_min)
         k = int(np.searchsorted(s, want))
         if k >= len(branch) - 1:
             if tree.face_of_point[leaf] < 0:
                 continue  # a short stub closed by its own rounded end: nothing to cut
             k = len(branch) - 2
-        d = _tangent(tree, branch[::-1], len(branch) - 1 - k, max(tree.radius_mm[branch[k]], 2 * sp_min))
+        d = _tangent(tree, branch[::-1], len(branch) - 1 - k, tree.radius_mm[branch[k]], sp_min, side=-1)
         closed.append(Clip("closed", tree.points_xyz_mm[branch[k]], d, float(tree.radius_mm[branch[k]]),
                            tree.points_xyz_mm[branch[k + 1]], int(branch[k]), int(tree.face_of_point[leaf])))
     clips += outlet_clips + closed
@@ -537,13 +546,13 @@ def _kept_side(g, p_in: int, tree: CentrelineTree, outlets_xyz, widest: int):
     return kept | {p_in}, beyond
 
 
-def _inlet_direction(tree: CentrelineTree, p_in: int, kept_graph, half_mm: float) -> np.ndarray:
+def _inlet_direction(tree: CentrelineTree, p_in: int, kept_graph, radius_mm: float, sp_min: float) -> np.ndarray:
     """Unit direction from the inlet point into the kept tree (along its longest path)."""
     import networkx as nx
 
     paths = nx.single_source_dijkstra_path(kept_graph, p_in, weight="w")
     far = max(paths, key=lambda n: len(paths[n]))
-    return _tangent(tree, np.asarray(paths[far], dtype=np.int64), 0, half_mm)
+    return _tangent(tree, np.asarray(paths[far], dtype=np.int64), 0, radius_mm, sp_min, side=1)
 
 
 def _plan_summary(tree: CentrelineTree, clips: list[Clip], paths: list[np.ndarray], min_r: float,

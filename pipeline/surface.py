@@ -1017,13 +1017,21 @@ def _cut_and_cap_ends(mesh, planes):
     """Step 4b: cut the surface at every plane and close each cut flat; returns (watertight mesh, piece count)."""
     for origin, keep_normal, name in planes:
         mesh = _cut_and_cap(mesh, origin, keep_normal, name)
+    return _closed_largest_piece(mesh, "the capped surface")
+
+
+def _closed_largest_piece(mesh, what: str):
+    """Merge duplicate vertices, keep the largest piece, orient it outwards and check it is watertight.
+
+    Returns (mesh, number of pieces before the largest was kept).
+    """
     mesh.merge_vertices()
     mesh.remove_unreferenced_vertices()
-    mesh, n_pieces_cut = _largest_piece(mesh)
+    mesh, n_pieces = _largest_piece(mesh)
     if mesh.volume < 0:
         mesh.invert()
-    check_watertight(mesh, "the capped surface")
-    return mesh, int(n_pieces_cut)
+    check_watertight(mesh, what)
+    return mesh, int(n_pieces)
 
 
 def _find_openings(mesh, planes, touched_names: list[str]) -> list[dict]:
@@ -1223,7 +1231,7 @@ def read_surface_json(path: str | os.PathLike) -> dict:
 def _clip_local(mesh, origin: np.ndarray, keep_normal: np.ndarray, beyond: np.ndarray, radius: float, what: str):
     """Remove the piece of ``mesh`` beyond one clip disc (the piece at ``beyond``) and cap the cut flat.
 
-    Only the faces within a ball of ``2 * radius + 2`` mm around ``origin`` are sliced by the
+    Only the faces within a ball of twice the radius plus three edge lengths around ``origin`` are sliced by the
     plane, so a clip cuts its own vessel and no other that the infinite plane would cross.
     Of the surface on the far side of the disc, the connected piece holding the centreline
     point ``beyond`` goes; the cut it leaves is closed by an ear-clipped flat cap.
@@ -1232,8 +1240,9 @@ def _clip_local(mesh, origin: np.ndarray, keep_normal: np.ndarray, beyond: np.nd
 
     n_unit = np.asarray(keep_normal, float) / np.linalg.norm(keep_normal)
     where = f"the {what} clip at {np.round(origin, 1).tolist()} mm (radius {radius:.1f} mm)"
-    clearance = _CUT_CLEARANCE_EDGE_FRACTION * float(np.median(mesh.edges_unique_length))
-    rho = 2.0 * float(radius) + 2.0
+    edge = float(np.median(mesh.edges_unique_length))
+    clearance = _CUT_CLEARANCE_EDGE_FRACTION * edge
+    rho = 2.0 * float(radius) + 3.0 * edge
     verts = mesh.vertices.copy()
     d = (verts - origin) @ n_unit
     in_ball = np.linalg.norm(verts - origin, axis=1) < rho
@@ -1334,12 +1343,7 @@ def _clip_to_plan(mesh, plan) -> tuple[Any, list[dict], list[dict]]:
             # the surface is closed without this cut (the branch keeps its own rounded or padded end)
             skipped.add(k)
             skip_reason[k] = str(exc)
-    mesh.merge_vertices()
-    mesh.remove_unreferenced_vertices()
-    mesh, _ = _largest_piece(mesh)
-    if mesh.volume < 0:
-        mesh.invert()
-    check_watertight(mesh, "the clipped and capped surface")
+    mesh, _ = _closed_largest_piece(mesh, "the clipped and capped surface")
     scale = float(np.linalg.norm(mesh.extents))
     tol = 1e-6 * max(scale, 1.0)
     normals = mesh.face_normals

@@ -42,3 +42,30 @@ def require_shared(*parts: str) -> Path:
 def shared_reference():
     """:func:`require_shared`: call it with the path parts below ``shared/reference``."""
     return require_shared
+
+
+def run_test_module_under_mpi(tmp_path: Path, script_template: str, test_file: str, *args: str,
+                              n: int = 2) -> dict:
+    """Run ``script_template`` (formatted with ``test_file``) under ``mpiexec -n n``; return its JSON output.
+
+    The script gets the output path as ``sys.argv[1]`` (then ``args``) and writes JSON there on rank 0.
+    """
+    import json
+    import subprocess
+    import sys
+
+    script = tmp_path / "run_under_mpi.py"
+    script.write_text(script_template.format(test_file=str(Path(test_file).resolve())))
+    out = tmp_path / "out.json"
+    mpiexec = Path(sys.executable).parent / "mpiexec"
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([str(mpiexec), "-n", str(n), sys.executable, str(script), str(out), *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+@pytest.fixture
+def run_under_mpi(tmp_path):
+    """``run_under_mpi(script_template, test_file, *args, n=2)``: see :func:`run_test_module_under_mpi`."""
+    return lambda template, test_file, *args, n=2: run_test_module_under_mpi(tmp_path, template, test_file, *args, n=n)

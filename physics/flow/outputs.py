@@ -11,10 +11,8 @@ boundary facets (e.g. the wall, for a pressure map).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
 
 import dolfinx_solver  # noqa: F401  (orders MPI ahead of the dolfinx bindings)
 import numpy as np

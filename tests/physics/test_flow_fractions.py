@@ -20,10 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -324,17 +320,8 @@ if MPI.COMM_WORLD.rank == 0:
 
 
 @pytest.mark.mpi
-def test_serial_and_two_ranks_agree(tmp_path, split10):
-    repo = Path(__file__).resolve().parents[2]
-    script = tmp_path / "run_split.py"
-    script.write_text(_MPI_SCRIPT.format(test_file=str(Path(__file__).resolve())))
-    out = tmp_path / "out.json"
-    mpiexec = Path(sys.executable).parent / "mpiexec"
-    env = {**os.environ, "PYTHONPATH": str(repo) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.run([str(mpiexec), "-n", "2", sys.executable, str(script), str(out)],
-                          cwd=repo, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    d = json.loads(out.read_text())
+def test_serial_and_two_ranks_agree(run_under_mpi, split10):
+    d = run_under_mpi(_MPI_SCRIPT, __file__)
     assert d["size"] == 2 and d["n_dofs"] == split10.n_dofs
     assert d["traction_free_outlet_tag"] == split10.traction_free_outlet_tag == 3
     for t in (3, 4):
