@@ -1025,9 +1025,15 @@ def _closed_largest_piece(mesh, what: str):
 
     Returns (mesh, number of pieces before the largest was kept).
     """
+    import trimesh
+
     mesh.merge_vertices()
     mesh.remove_unreferenced_vertices()
     mesh, n_pieces = _largest_piece(mesh)
+    if mesh.is_watertight and not mesh.is_winding_consistent:
+        # an ear-clipped cap whose loop ran against the wall's (a cut through a non-convex
+        # section): on a closed manifold the winding is made consistent by traversal
+        trimesh.repair.fix_winding(mesh)
     if mesh.volume < 0:
         mesh.invert()
     check_watertight(mesh, what)
@@ -1228,13 +1234,45 @@ def read_surface_json(path: str | os.PathLike) -> dict:
 
 
 # ----------------------------------------------------------------------------- centreline clipping
-def _clip_local(mesh, origin: np.ndarray, keep_normal: np.ndarray, beyond: np.ndarray, radius: float, what: str):
+#: Shifts (in radii, along the clip normal) tried when a clip plane cuts more than one loop.
+_CLIP_SHIFTS_RADII = (0.0, 0.15, -0.15, 0.3, -0.3)
+
+
+def _clip_local(mesh, origin: np.ndarray, keep_normal: np.ndarray, beyond: np.ndarray, radius: float, what: str,
+                guards=()):
+    """:func:`_clip_once` at the plan's plane, or slightly moved along the normal when that cuts several loops.
+
+    A plane through a wall fold or a small tunnel of the lumen cuts a second, tiny loop that
+    cannot make a flat cap with the first; a shift of a fraction of the radius avoids it.
+    Returns (mesh, origin of the plane used).
+    """
+    n_unit = np.asarray(keep_normal, float) / np.linalg.norm(keep_normal)
+    first = None
+    for k, shift in enumerate(_CLIP_SHIFTS_RADII):
+        o = np.asarray(origin, float) + shift * float(radius) * n_unit
+        try:
+            capped, n_loops = _clip_once(mesh, o, n_unit, beyond, radius, what, guards)
+        except SurfaceError:
+            if k == 0:
+                raise
+            continue
+        if n_loops == 1:
+            return capped, o
+        if first is None:
+            first = (capped, o)
+    return first
+
+
+def _clip_once(mesh, origin: np.ndarray, keep_normal: np.ndarray, beyond: np.ndarray, radius: float, what: str,
+               guards=()):
     """Remove the piece of ``mesh`` beyond one clip disc (the piece at ``beyond``) and cap the cut flat.
 
     Only the faces within a ball of twice the radius plus three edge lengths around ``origin`` are sliced by the
     plane, so a clip cuts its own vessel and no other that the infinite plane would cross.
     Of the surface on the far side of the disc, the connected piece holding the centreline
-    point ``beyond`` goes; the cut it leaves is closed by an ear-clipped flat cap.
+    point ``beyond`` goes; the cut it leaves is closed by an ear-clipped flat cap. Every point
+    of ``guards`` (inside the vessels the other clips keep) must still be inside afterwards.
+    Returns (mesh, number of loops capped).
     """
     import trimesh
 
@@ -1264,12 +1302,6 @@ def _clip_local(mesh, origin: np.ndarray, keep_normal: np.ndarray, beyond: np.nd
     pieces = others.split(only_watertight=False)
     dist = [float(np.min(np.linalg.norm(p.vertices - beyond, axis=1))) for p in pieces]
     go = int(np.argmin(dist))
-    total = float(mesh.area)
-    if float(pieces[go].area) > 0.6 * total:
-        raise SurfaceError(
-            f"{where} would remove {100 * float(pieces[go].area) / total:.0f} % of the surface: the cut does "
-            "not separate the vessel beyond it (its cross-section is wider than the clip disc, or it joins "
-            "the rest again). Move the clip (--inlet-mm / --outlet-mm) to where the vessel is a plain tube")
     kept = trimesh.util.concatenate([near_s] + [p for i, p in enumerate(pieces) if i != go])
     kept.merge_vertices(digits_vertex=6)
     kept.remove_unreferenced_vertices()
@@ -1281,7 +1313,14 @@ def _clip_local(mesh, origin: np.ndarray, keep_normal: np.ndarray, beyond: np.nd
         c = kept.vertices[far[0]].mean(axis=0)
         raise SurfaceError(f"{where} left an opening at {np.round(c, 1).tolist()} mm: the surface is not closed "
                            "there; move the clip point")
-    return _cap_loops(kept, loops, origin, n_unit, what)
+    capped = _cap_loops(kept, loops, origin, n_unit, what)
+    lost = [g for g in guards if not _inside(capped, g)]
+    if lost:
+        raise SurfaceError(
+            f"{where} would also remove the modelled vessel at {np.round(lost[0], 1).tolist()} mm: the part "
+            "beyond the cut joins the rest again (a touching vessel or chamber, or a cross-section wider than "
+            "the clip disc). Move the clip (--inlet-mm / --outlet-mm) to where the vessel is a plain tube")
+    return capped, len(loops)
 
 
 def _crop_to_plan(mask: Volume, plan) -> Volume:
@@ -1330,13 +1369,17 @@ def _clip_to_plan(mesh, plan) -> tuple[Any, list[dict], list[dict]]:
     """
     skipped: set[int] = set()
     skip_reason: dict[int, str] = {}
+    used_origin = {k: np.asarray(c.origin_xyz_mm, float) for k, c in enumerate(plan.clips)}
     for k, c in enumerate(plan.clips):
         if c.role == "closed" and not _inside(mesh, np.asarray(c.beyond_xyz_mm, float)):
             skipped.add(k)  # already removed with another clip
             continue
         try:
-            mesh = _clip_local(mesh, np.asarray(c.origin_xyz_mm, float), np.asarray(c.keep_normal_xyz, float),
-                               np.asarray(c.beyond_xyz_mm, float), float(c.radius_mm), f"{c.role} #{k}")
+            guards = [np.asarray(o.origin_xyz_mm, float) + 0.5 * float(o.radius_mm) * np.asarray(o.keep_normal_xyz)
+                      for j, o in enumerate(plan.clips) if j != k and o.role != "closed"]
+            mesh, used_origin[k] = _clip_local(mesh, np.asarray(c.origin_xyz_mm, float),
+                                               np.asarray(c.keep_normal_xyz, float), np.asarray(c.beyond_xyz_mm, float),
+                                               float(c.radius_mm), f"{c.role} #{k}", guards)
         except SurfaceError as exc:
             if c.role != "closed":
                 raise
@@ -1351,7 +1394,7 @@ def _clip_to_plan(mesh, plan) -> tuple[Any, list[dict], list[dict]]:
     taken = np.zeros(len(mesh.faces), bool)
     openings, report = [], []
     for k, c in enumerate(plan.clips):
-        o = np.asarray(c.origin_xyz_mm, float)
+        o = used_origin[k]
         n = np.asarray(c.keep_normal_xyz, float)
         n = n / np.linalg.norm(n)
         dist = np.abs((mesh.vertices - o) @ n)
@@ -1371,7 +1414,8 @@ def _clip_to_plan(mesh, plan) -> tuple[Any, list[dict], list[dict]]:
         g["faces"] = grp
         g["plane"] = f"{c.role}{k}"
         report.append({**c.to_json_dict(), "applied": True, "cap_area_mm2": g["area"],
-                       "cap_centre_xyz_mm": g["centre"].tolist()})
+                       "cap_centre_xyz_mm": g["centre"].tolist(),
+                       "plane_shift_mm": float((o - np.asarray(c.origin_xyz_mm, float)) @ n)})
         if c.role != "closed":
             openings.append(g)
     if len(openings) < 2 or plan.clips[0].role != "inlet":

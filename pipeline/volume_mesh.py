@@ -103,6 +103,12 @@ def _three(v: np.ndarray) -> dict:
             "max": float(np.max(v))}
 
 
+#: When gmsh reports a self-intersecting re-meshed wall, retry this many times with elements
+#: this factor finer (cells per radius up, largest size down).
+_PLC_RETRIES = 2
+_PLC_REFINE = 1.5
+
+
 def mesh_volume(
     surface: TaggedSurface,
     out_dir: str | os.PathLike,
@@ -143,7 +149,8 @@ def mesh_volume(
     ------
     MeshingError
         Bad parameters, or gmsh failed (usually a self-intersecting or non-manifold
-        surface, or a size too coarse for a narrow vessel).
+        surface, or a size too coarse for a narrow vessel). A re-meshed wall that crosses
+        itself is first retried with 1.5x and 2.25x finer elements (``stats["meshing_refinements"]``).
     """
     if not isinstance(surface, TaggedSurface):
         raise MeshingError(f"surface must be a pipeline.surface.TaggedSurface, got {type(surface).__name__}")
@@ -175,8 +182,21 @@ def mesh_volume(
 
     out = Path(out_dir)
     with atomic_files(out, last="mesh_info.json") as tmp_dir:
-        stats, name_of_tag = _run_gmsh(surface, tmp_dir / "mesh.msh", cells_per_radius, float(min_size_mm),
-                                       float(max_size_mm), int(order), bool(optimize), bool(verbose))
+        requested = float(cells_per_radius)
+        for refinement in range(_PLC_RETRIES + 1):
+            try:
+                stats, name_of_tag = _run_gmsh(surface, tmp_dir / "mesh.msh", cells_per_radius, float(min_size_mm),
+                                               float(max_size_mm), int(order), bool(optimize), bool(verbose))
+                break
+            except MeshingError as exc:
+                # gmsh's re-meshed wall crosses itself where two walls come closer than an element
+                # (a deep notch at a branch): finer elements resolve the notch
+                if "intersect" not in str(exc) or refinement == _PLC_RETRIES:
+                    raise
+                cells_per_radius *= _PLC_REFINE
+                max_size_mm /= _PLC_REFINE
+        stats["meshing_refinements"] = refinement
+        stats["cells_per_radius_requested"] = requested
         _export_meshio(tmp_dir, stats, name_of_tag)
         boundaries: dict[str, Any] = {"wall": WALL}
         for c in surface.caps:

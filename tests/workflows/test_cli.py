@@ -1,5 +1,6 @@
 """The `digipat` command line: help, exit codes, and bad input that leaves no results file."""
 
+import json
 import os
 import subprocess
 import sys
@@ -65,7 +66,7 @@ def test_image_without_vessel(tmp_path):
     _assert_failed_cleanly(p, out, "vessel")
 
 
-def test_vessel_reaching_one_crop_plane(tmp_path):
+def test_vessel_ending_inside_the_image(tmp_path):
     from phantoms.vessels import make_angiogram
 
     ang = make_angiogram("straight", shape_zyx=(48, 40, 40), spacing_mm=(0.5, 0.5, 0.5), radius_mm=2.0, seed=3)
@@ -76,10 +77,18 @@ def test_vessel_reaching_one_crop_plane(tmp_path):
     # automatic detection refuses a bright structure that does not cross the image ...
     p = _run("flow", tmp_path / "stump.nii.gz", "--out", out)
     _assert_failed_cleanly(p, out, "two faces")
-    # ... and with a seed inside it, the surface stage finds a single opening
+    # ... and with a seed inside it, the model is clipped along its centreline: one end at
+    # the open face, the other short of the rounded end, each cap a section of the 2 mm tube
     seed = ang.centrelines_xyz_mm[0][10]
     p = _run("flow", tmp_path / "stump.nii.gz", "--out", out, "--seed-mm", *seed)
-    _assert_failed_cleanly(p, out, "crop plane")
+    assert p.returncode == 0, p.stderr + p.stdout
+    r = json.loads((out / "results.json").read_text())
+    assert r["centerline"]["clipping"] == "centreline"
+    assert [c["name"] for c in r["surface"]["caps"]] == ["inlet", "outlet1"]
+    for c in r["surface"]["caps"]:
+        assert c["radius_mm"] == pytest.approx(2.0, rel=0.1)
+    assert r["mass_balance_rel_error"] < 1e-6
+    assert (out / "centerline.vtp").exists() and (out / "check.png").exists()
 
 
 def test_stale_results_removed_on_failure(tmp_path):

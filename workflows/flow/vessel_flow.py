@@ -86,6 +86,7 @@ from workflows.common import (
 )
 
 __all__ = ["VesselFlowConfig", "WorkflowError", "SurfaceInputs", "perturb_segmentation", "build_surface",
+           "clip_plan",
            "run_vessel_flow", "RESULT_FILE"]
 
 RESULT_FILE = "results.json"
@@ -593,28 +594,44 @@ def _threshold_shift(image, binary, level_hu, upper_hu, shift_hu, fail) -> tuple
 
 
 def clip_plan(mask, cfg: VesselFlowConfig):
-    """The centreline tree of the mask and where the model is clipped, or (tree, None) for image-face crops.
+    """The modelled part of the mask, its centreline tree and where the model is clipped.
 
-    ``cfg.clip = "auto"`` clips along the centreline when the lumen reaches fewer than two
-    image faces or when outlets are named; otherwise it cuts at the image faces as for a
-    cropped tube (``clip="centreline"`` forces centreline clipping there too).
+    Returns ``(mask, tree, plan, report)``; ``plan`` is None for image-face crops (then the
+    mask is returned unchanged). ``cfg.clip = "auto"`` clips along the centreline when the
+    lumen reaches fewer than two image faces or when outlets are named; otherwise it cuts at
+    the image faces as for a cropped tube (``clip="centreline"`` forces centreline clipping).
+
+    With centreline clipping the centrelines are the minimal paths through the lumen from
+    the inlet to the named outlets (cost 1/radius, as VMTK's), or the tree's paths from the
+    widest end; the mask is then reduced to a tube of 1.5 radii around them (dropping
+    chambers, touching vessels and side branches beyond a short stub) and the tree and the
+    clips are found again on that.
     """
-    from pipeline.centreline import CentrelineError, centreline_tree, plan_clips
+    from pipeline.centreline import (CentrelineError, centreline_tree, minimal_paths, plan_clips, plan_from_paths,
+                                     tube_region)
 
     if cfg.clip == "faces":
-        return None, None
+        return mask, None, None, None
     try:
-        tree = centreline_tree(mask)
         if cfg.clip == "auto" and not cfg.outlets_xyz_mm:
             binary = np.asarray(mask.array) > 0
             touched = [(ax, side) for ax in range(3) for side in (0, -1) if np.take(binary, side, axis=ax).any()]
-            if len(touched) >= 2:
-                return tree, None  # every vessel end leaves the image: crop at the faces as before
+            if len(touched) >= 2:  # a cropped vessel leaving the image: crop at the faces as before
+                return mask, centreline_tree(mask), None, None
+        if cfg.inlet_xyz_mm is not None and cfg.outlets_xyz_mm:  # named ends: VMTK's recipe
+            paths = minimal_paths(mask, cfg.inlet_xyz_mm, cfg.outlets_xyz_mm)
+            region, report = tube_region(mask, paths)
+            return region, None, plan_from_paths(region, paths), report
+        tree = centreline_tree(mask)
         plan = plan_clips(tree, mask, inlet_xyz=cfg.inlet_xyz_mm, outlets_xyz=cfg.outlets_xyz_mm,
+                          min_branch_radius_mm=cfg.min_branch_radius_mm)
+        region, report = tube_region(mask, plan.path_points_xyz_mm)
+        tree = centreline_tree(region)
+        plan = plan_clips(tree, region, inlet_xyz=cfg.inlet_xyz_mm, outlets_xyz=cfg.outlets_xyz_mm,
                           min_branch_radius_mm=cfg.min_branch_radius_mm)
     except CentrelineError as exc:
         raise WorkflowError(str(exc)) from None
-    return tree, plan
+    return region, tree, plan, report
 
 
 def build_surface(image, mask, level_hu: float, upper_hu: float | None, cfg: VesselFlowConfig, *,
@@ -631,7 +648,8 @@ def build_surface(image, mask, level_hu: float, upper_hu: float | None, cfg: Ves
         Surface and perturbation parameters.
     plan : pipeline.centreline.ClipPlan, optional
         Where to clip the ends (from :func:`clip_plan` of the unperturbed mask, so every
-        perturbed case is cut at the same planes). Default: made here when needed.
+        perturbed case is cut at the same planes; ``mask`` is then its modelled region).
+        Default: made here when needed.
     clip_plan_needed : bool
         False when the caller has decided on image-face crops (``plan`` is then None).
 
@@ -641,10 +659,10 @@ def build_surface(image, mask, level_hu: float, upper_hu: float | None, cfg: Ves
     """
     from pipeline.surface import make_tagged_surface
 
+    if plan is None and clip_plan_needed:
+        mask, _, plan, _ = clip_plan(mask, cfg)
     si = perturb_segmentation(image, mask, level_hu, upper_hu, cfg)
     inlet = cfg.inlet_xyz_mm if cfg.inlet_xyz_mm is not None else "largest"
-    if plan is None and clip_plan_needed:
-        _, plan = clip_plan(mask, cfg)
     surf = make_tagged_surface(
         si.mask,
         intensity=si.intensity,
@@ -666,7 +684,9 @@ def _geometry(image, seg_record: dict, cfg: VesselFlowConfig, out: Path) -> dict
     from pipeline.volume_mesh import mesh_volume
 
     mask = read_image(out / "segmentation.nii.gz")
-    tree, plan = clip_plan(mask, cfg)
+    mask, tree, plan, region = clip_plan(mask, cfg)
+    if plan is not None:
+        write_image(mask, out / "segmentation_model.nii.gz")
     surf, si = build_surface(image, mask, seg_record["level_hu"], seg_record.get("upper_hu"), cfg, plan=plan,
                              clip_plan_needed=False)
     if si.reports:
@@ -675,6 +695,8 @@ def _geometry(image, seg_record: dict, cfg: VesselFlowConfig, out: Path) -> dict
     surf.write(out / "surface.vtp")
     write_json_atomic(out / "surface.json", surf.to_json_dict())
     centerline = _centerline_outputs(image, mask, surf, tree, plan, out)
+    if region is not None:
+        centerline["model_region"] = region
     reports = list(si.reports)
     if cfg.smoothing_method != VALID_SMOOTHING_METHODS[0]:
         r = surf.report
@@ -699,24 +721,25 @@ def _centerline_outputs(image, mask, surf, tree, plan, out: Path) -> dict:
 
     caps = [{"name": c.name, "centre_xyz_mm": c.centre_xyz_mm, "normal_xyz": c.normal_xyz,
              "radius_mm": c.radius_mm} for c in surf.caps]
-    lines = []
     summary: dict[str, Any] = {"clipping": "image faces" if plan is None else "centreline"}
-    if tree is not None:
-        paths = plan.paths if plan is not None else tree.polylines()
-        write_centreline_vtp(out / "centerline.vtp", tree, paths)
-        lines = [tree.points_xyz_mm[p] for p in paths]
-        if plan is not None:
-            summary.update(plan.summary)
-            summary["inlet_radius_mm"] = next(c.radius_mm for c in surf.caps if c.name == "inlet")
-            summary["outlet_radii_mm"] = {c.name: c.radius_mm for c in surf.caps if c.name != "inlet"}
-            summary["clip_centreline_radius_mm"] = {"inlet": plan.summary["inlet_radius_mm"],
-                                                    "outlets": plan.summary["outlet_radii_mm"]}
-            summary["closed_branch_caps"] = [c for c in surf.report.get("clips", []) if c["role"] == "closed"]
-        else:
-            summary.update({"tree_points": int(len(tree.radius_mm)), "tree_ends": len(tree.ends()),
-                            "branch_points": len(tree.junctions()),
-                            "length_mm": float(sum(np.sum(np.linalg.norm(np.diff(x, axis=0), axis=1))
-                                                   for x in lines))})
+    if plan is not None:
+        lines, radii = plan.path_points_xyz_mm, plan.path_radius_mm
+        summary.update(plan.summary)
+        summary["inlet_radius_mm"] = next(c.radius_mm for c in surf.caps if c.name == "inlet")
+        summary["outlet_radii_mm"] = {c.name: c.radius_mm for c in surf.caps if c.name != "inlet"}
+        summary["clip_centreline_radius_mm"] = {"inlet": plan.summary["inlet_radius_mm"],
+                                                "outlets": plan.summary["outlet_radii_mm"]}
+        summary["closed_branch_caps"] = [c for c in surf.report.get("clips", []) if c["role"] == "closed"]
+    elif tree is not None:
+        ids = tree.polylines()
+        lines, radii = [tree.points_xyz_mm[p] for p in ids], [tree.radius_mm[p] for p in ids]
+        summary.update({"tree_points": int(len(tree.radius_mm)), "tree_ends": len(tree.ends()),
+                        "branch_points": len(tree.junctions()),
+                        "length_mm": float(sum(np.sum(np.linalg.norm(np.diff(x, axis=0), axis=1)) for x in lines))})
+    else:
+        lines, radii = [], []
+    if lines:
+        write_centreline_vtp(out / "centerline.vtp", lines, radii)
     try:
         check_figure(image, mask, out / "check.png", centrelines=lines, caps=caps,
                      title="vessel model check: lumen, centreline, caps")
