@@ -40,7 +40,7 @@ import numpy as np
 from pipeline.image import Volume
 
 __all__ = ["CentrelineError", "CentrelineTree", "Clip", "ClipPlan", "centreline_tree", "plan_clips",
-           "minimal_paths", "tube_region", "plan_from_paths", "write_centreline_vtp"]
+           "minimal_paths", "tube_region", "plan_from_paths", "modelled_voxels", "write_centreline_vtp"]
 
 #: A terminal branch shorter than this many radii of its junction is a spur of the wall.
 SPUR_RATIO = 1.5
@@ -775,3 +775,30 @@ def _paths_summary(paths: list[np.ndarray], clips: list[Clip], sp_min: float) ->
     return {"length_mm": length, "branch_points": int(branch_points), "n_outlets": len(outs),
             "n_closed_branches": 0, "inlet_radius_mm": float(clips[0].radius_mm),
             "outlet_radii_mm": [float(c.radius_mm) for c in outs], "centreline": "minimal paths (cost 1/radius)"}
+
+
+def modelled_voxels(binary: np.ndarray, mask: Volume, plan: ClipPlan) -> np.ndarray:
+    """The voxels of ``binary`` (on the grid of ``mask``) that the clipped model covers.
+
+    Voxels beyond each clip disc (within twice its radius plus two voxels of the clip's
+    centre) are removed; of the rest, the parts holding the plan's centreline are kept. Apply
+    it to a peer's mask too, to compare the two over the modelled part only.
+    """
+    from scipy import ndimage
+
+    out = np.asarray(binary, bool).copy()
+    h = float(max(mask.spacing_mm))
+    for c in plan.clips:
+        n = np.asarray(c.keep_normal_xyz, float)
+        n = n / np.linalg.norm(n)
+        o = np.asarray(c.origin_xyz_mm, float)
+        rho = 2.0 * float(c.radius_mm) + 2.0 * h
+        idx = np.argwhere(out)
+        xyz = mask.index_to_world(idx.astype(float))
+        beyond = ((xyz - o) @ n < 0) & (np.linalg.norm(xyz - o, axis=1) < rho)
+        out[tuple(idx[beyond].T)] = False
+    lab, _ = ndimage.label(out, structure=np.ones((3, 3, 3), bool))
+    pidx = np.clip(np.rint(mask.world_to_index(np.vstack(plan.path_points_xyz_mm))).astype(int), 0,
+                   np.asarray(out.shape) - 1)
+    hit = np.unique(lab[tuple(pidx.T)])
+    return np.isin(lab, hit[hit > 0])

@@ -47,6 +47,7 @@ __all__ = [
     "hausdorff",
     "assd",
     "segmentation_report",
+    "mesh_to_mesh_distances",
 ]
 
 _FACE_STRUCTURE = ndimage.generate_binary_structure(3, 1)
@@ -211,3 +212,29 @@ def segmentation_report(pred, truth, *, spacing_mm) -> dict:
         volume_error_percent=100.0 * (v_pred - v_truth) / v_truth if v_truth else float("nan"),
         **c,
     )
+
+
+def mesh_to_mesh_distances(points_mm, vertices_mm, faces, *, samples_per_mm2: float = 20.0) -> np.ndarray:
+    """Distance (mm) from each point to a triangle surface, to within about its sampling step.
+
+    The surface is sampled densely (its vertices, face centres and ``samples_per_mm2`` uniform
+    random points per mm², fixed seed) and each point takes the distance to the nearest
+    sample; with 20 samples per mm² the step is about 0.2 mm, so distances are overestimated by
+    at most about 0.1 mm. Used to compare a lumen surface with a peer's (e.g. VMTK's).
+    """
+    from scipy.spatial import cKDTree
+
+    v = np.asarray(vertices_mm, float)
+    f = np.asarray(faces, np.int64)
+    tri = v[f]
+    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+    rng = np.random.default_rng(0)
+    n = int(np.ceil(samples_per_mm2 * area.sum()))
+    pick = rng.choice(len(f), size=n, p=area / area.sum())
+    u, w = rng.random(n), rng.random(n)
+    flip = u + w > 1
+    u[flip], w[flip] = 1 - u[flip], 1 - w[flip]
+    samples = tri[pick, 0] + u[:, None] * (tri[pick, 1] - tri[pick, 0]) + w[:, None] * (tri[pick, 2] - tri[pick, 0])
+    cloud = np.vstack([v, tri.mean(axis=1), samples])
+    d, _ = cKDTree(cloud).query(np.asarray(points_mm, float))
+    return d

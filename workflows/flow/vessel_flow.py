@@ -86,7 +86,7 @@ from workflows.common import (
 )
 
 __all__ = ["VesselFlowConfig", "WorkflowError", "SurfaceInputs", "perturb_segmentation", "build_surface",
-           "clip_plan",
+           "clip_plan", "even_contrast",
            "run_vessel_flow", "RESULT_FILE"]
 
 RESULT_FILE = "results.json"
@@ -335,6 +335,8 @@ def _segment(image, cfg: VesselFlowConfig, out: Path, truth_path: Path | None) -
         "modality": seg.modality,
         "lumen_volume_mm3": float(seg.volume_mm3),
         "n_candidate_components": int(seg.n_candidate_components),
+        "lumen_hu": None if seg.lumen_hu is None else float(seg.lumen_hu),
+        "tissue_hu": None if seg.tissue_hu is None else float(seg.tissue_hu),
     }
     if truth_path is not None:
         from pipeline.image import read_image
@@ -685,8 +687,10 @@ def _geometry(image, seg_record: dict, cfg: VesselFlowConfig, out: Path) -> dict
 
     mask = read_image(out / "segmentation.nii.gz")
     mask, tree, plan, region = clip_plan(mask, cfg)
+    contrast = None
     if plan is not None:
         write_image(mask, out / "segmentation_model.nii.gz")
+        image, contrast = even_contrast(image, mask, seg_record)
     surf, si = build_surface(image, mask, seg_record["level_hu"], seg_record.get("upper_hu"), cfg, plan=plan,
                              clip_plan_needed=False)
     if si.reports:
@@ -697,6 +701,8 @@ def _geometry(image, seg_record: dict, cfg: VesselFlowConfig, out: Path) -> dict
     centerline = _centerline_outputs(image, mask, surf, tree, plan, out)
     if region is not None:
         centerline["model_region"] = region
+    if contrast is not None:
+        centerline["contrast_evening"] = contrast
     reports = list(si.reports)
     if cfg.smoothing_method != VALID_SMOOTHING_METHODS[0]:
         r = surf.report
@@ -712,6 +718,18 @@ def _geometry(image, seg_record: dict, cfg: VesselFlowConfig, out: Path) -> dict
         "mesh": {"stats": vm.stats, "boundaries": vm.boundaries, "msh": str(vm.msh_path)},
         "perturbation": reports,
     }
+
+
+def even_contrast(image, mask, seg_record: dict):
+    """The image with an even lumen contrast over the modelled vessels (real scans), and the report."""
+    from pipeline.segment.classical import even_lumen_contrast
+
+    tissue = seg_record.get("tissue_hu")
+    if tissue is None:  # (a caller-given threshold: no tissue level measured)
+        return image, {"applied": False, "why_not": "no tissue level measured (threshold given)"}
+    arr, rep = even_lumen_contrast(image.array, np.asarray(mask.array) > 0, spacing_mm=image.spacing_mm,
+                                   level=float(seg_record["level_hu"]), tissue=float(tissue))
+    return (image.with_array(arr) if rep["applied"] else image), rep
 
 
 def _centerline_outputs(image, mask, surf, tree, plan, out: Path) -> dict:
