@@ -28,7 +28,8 @@ import numpy as np
 
 from physics.atomic import atomic_files
 
-__all__ = ["Volume", "ImageError", "read_image", "write_image", "to_sitk", "from_sitk", "SUPPORTED_SUFFIXES"]
+__all__ = ["Volume", "ImageError", "read_image", "write_image", "dicom_modality", "to_sitk", "from_sitk",
+           "SUPPORTED_SUFFIXES"]
 
 SUPPORTED_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 
@@ -235,3 +236,32 @@ def write_image(vol: Volume, path: str | os.PathLike) -> Path:
     with atomic_files(p.parent, last=p.name) as tmp:
         sitk.WriteImage(to_sitk(vol), str(tmp / p.name), True)
     return p
+
+
+def dicom_modality(path: str | os.PathLike) -> str | None:
+    """The DICOM Modality tag (0008,0060) of an image file or series folder, as ``"ct"`` / ``"mr"``.
+
+    ``None`` when the path is not DICOM, has no Modality tag, or holds another modality
+    (the caller then falls back to the value range, see
+    :func:`pipeline.segment.classical.detect_modality`).
+    """
+    import SimpleITK as sitk
+
+    p = Path(path)
+    try:
+        if p.is_dir():
+            ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(p))
+            if not ids:
+                return None
+            first = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(p), ids[0])[0]
+        else:
+            first = str(p)
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(first)
+        reader.ReadImageInformation()
+        if not reader.HasMetaDataKey("0008|0060"):
+            return None
+        value = reader.GetMetaData("0008|0060").strip().upper()
+    except RuntimeError:
+        return None
+    return {"CT": "ct", "MR": "mr"}.get(value)

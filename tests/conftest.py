@@ -69,3 +69,30 @@ def run_test_module_under_mpi(tmp_path: Path, script_template: str, test_file: s
 def run_under_mpi(tmp_path):
     """``run_under_mpi(script_template, test_file, *args, n=2)``: see :func:`run_test_module_under_mpi`."""
     return lambda template, test_file, *args, n=2: run_test_module_under_mpi(tmp_path, template, test_file, *args, n=n)
+
+
+def _write_dicom_series(folder, vol, modality: str = "CT"):
+    """Write a Volume as a DICOM series (one file per slice) with SimpleITK."""
+    import SimpleITK as sitk
+
+    from pipeline.image import to_sitk
+
+    img = to_sitk(vol)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    series_uid = "1.2.826.0.1.3680043.2.1125.1.1"
+    for k in range(img.GetDepth()):
+        sl = img[:, :, k]
+        sl.SetMetaData("0020|000e", series_uid)
+        sl.SetMetaData("0020|0032", "\\".join(str(v) for v in img.TransformIndexToPhysicalPoint((0, 0, k))))
+        sl.SetMetaData("0020|0013", str(k + 1))
+        sl.SetMetaData("0020|0037", "1\\0\\0\\0\\1\\0")
+        sl.SetMetaData("0008|0060", modality)
+        writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
+        writer.Execute(sl)
+
+
+@pytest.fixture
+def write_dicom_series():
+    """``write_dicom_series(folder, volume, modality="CT")``: a Volume as a DICOM series, one file per slice."""
+    return _write_dicom_series

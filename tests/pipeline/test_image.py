@@ -44,32 +44,36 @@ def test_round_trip(tmp_path, suffix):
     assert not list(tmp_path.glob(".tmp-*")), "temporary file left behind"
 
 
-def test_dicom_series_round_trip(tmp_path):
+def test_dicom_series_round_trip(tmp_path, write_dicom_series):
     """Write a 3-D volume as a DICOM series with SimpleITK and read the folder back."""
-    import SimpleITK as sitk
-
     arr = (np.arange(4 * 8 * 9).reshape(4, 8, 9) % 300 - 100).astype(np.int16)
     vol = Volume(arr, spacing_mm=(2.0, 0.8, 0.8), origin_xyz_mm=(1.0, 2.0, 3.0))
-    from pipeline.image import to_sitk
-
-    img = to_sitk(vol)
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    series_uid = "1.2.826.0.1.3680043.2.1125.1.1"
-    for k in range(img.GetDepth()):
-        sl = img[:, :, k]
-        sl.SetMetaData("0020|000e", series_uid)
-        sl.SetMetaData("0020|0032", "\\".join(str(v) for v in img.TransformIndexToPhysicalPoint((0, 0, k))))
-        sl.SetMetaData("0020|0013", str(k + 1))
-        sl.SetMetaData("0020|0037", "1\\0\\0\\0\\1\\0")
-        sl.SetMetaData("0008|0060", "CT")
-        writer.SetFileName(str(tmp_path / f"slice{k:03d}.dcm"))
-        writer.Execute(sl)
+    write_dicom_series(tmp_path, vol)
     back = read_image(tmp_path)
     assert back.shape == (4, 8, 9)
     np.testing.assert_array_equal(back.array, arr)
     np.testing.assert_allclose(back.spacing_mm, (2.0, 0.8, 0.8), rtol=1e-5)
     np.testing.assert_allclose(back.origin_xyz_mm, (1.0, 2.0, 3.0), atol=1e-4)
+
+
+def test_dicom_modality_tag(tmp_path, write_dicom_series):
+    from pipeline.image import dicom_modality, write_image
+
+    vol = Volume((np.arange(3 * 5 * 6).reshape(3, 5, 6) % 50).astype(np.int16))
+    for tag, expected in (("CT", "ct"), ("MR", "mr"), ("PT", None)):
+        folder = tmp_path / tag
+        folder.mkdir()
+        write_dicom_series(folder, vol, tag)
+        assert dicom_modality(folder) == expected
+        assert dicom_modality(next(folder.glob("*.dcm"))) == expected
+    write_image(vol, tmp_path / "v.nii.gz")
+    assert dicom_modality(tmp_path / "v.nii.gz") is None  # not DICOM: the value range decides
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.data import get_testdata_file
+
+    assert dicom_modality(get_testdata_file("CT_small.dcm")) == "ct"
+    assert dicom_modality(get_testdata_file("MR_small.dcm")) == "mr"
+    del pydicom
 
 
 def test_real_ct_slice_is_rejected_as_2d():

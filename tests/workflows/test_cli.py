@@ -145,3 +145,18 @@ def test_bad_petsc_option(tmp_path):
     p = _run("flow", tmp_path / "x.nii.gz", "--out", tmp_path / "o", "--petsc-option", "novalue")
     assert p.returncode == 1
     assert "KEY=VALUE" in p.stderr
+
+
+def test_dicom_modality_tag_chooses_the_intensity_model(tmp_path, write_dicom_series):
+    """A DICOM series tagged MR is segmented as MR (no HU rules) although its values go negative."""
+    from phantoms.vessels import make_angiogram
+
+    ang = make_angiogram("straight", shape_zyx=(40, 32, 32), spacing_mm=(0.5, 0.5, 0.5), radius_mm=2.0, seed=3)
+    assert ang.image.array.min() < 0  # the value range alone would say CT
+    series = tmp_path / "series"
+    series.mkdir()
+    write_dicom_series(series, ang.image.with_array(np.rint(ang.image.array).astype(np.int16)), "MR")
+    out = tmp_path / "out"
+    p = _run("flow", series, "--out", out, "--model", "stokes", "--no-fields", "--quiet")
+    assert p.returncode == 0, p.stderr
+    assert json.loads((out / "results.json").read_text())["segmentation"]["modality"] == "mr"

@@ -67,7 +67,8 @@ def add_flow_options(p: argparse.ArgumentParser) -> None:
                    help=f"lumen segmentation method (default {d.segmentation_method})")
     g.add_argument("--modality", choices=("auto", "ct", "mr"), default=d.modality,
                    help="ct: CT angiogram in HU; mr: MR angiogram (signal in arbitrary units, levels measured from "
-                        "the image, no calcium bound); auto: CT when the image holds negative values "
+                        "the image, no calcium bound); auto: the DICOM Modality tag, else CT when the image holds "
+                        "negative values "
                         f"(default {d.modality})")
     g.add_argument("--lower-hu", type=float, help="lumen threshold in HU (default: half-maximum, automatic)")
     g.add_argument("--upper-hu", type=float, help="upper HU bound excluding calcium (default: automatic)")

@@ -303,7 +303,7 @@ class VesselFlowConfig:
 
 
 # ----------------------------------------------------------------------------- stages
-def _segment(image, cfg: VesselFlowConfig, out: Path, truth_path: Path | None) -> dict:
+def _segment(image, cfg: VesselFlowConfig, out: Path, truth_path: Path | None, modality: str) -> dict:
     from pipeline.image import write_image
     from pipeline.segment.classical import segment_lumen
 
@@ -324,7 +324,7 @@ def _segment(image, cfg: VesselFlowConfig, out: Path, truth_path: Path | None) -
         seed_index_zyx=seed_index,
         lower_hu=cfg.lower_hu,
         upper_hu=cfg.upper_hu,
-        modality=cfg.modality,
+        modality=modality,
     )
     write_image(image.with_array(seg.mask.astype(np.uint8)), out / "segmentation.nii.gz")
     record = {
@@ -854,7 +854,7 @@ def run_vessel_flow(
     dict
         The content of ``results.json``.
     """
-    from pipeline.image import read_image
+    from pipeline.image import dicom_modality, read_image
 
     cfg = config or VesselFlowConfig()
     image = read_image(image_path)  # fails early, before the output folder is touched
@@ -889,8 +889,10 @@ def run_vessel_flow(
     seg_rec = cache.done("segment", seg_key, [out / "segmentation.nii.gz"])
     if seg_rec is None:
         cache.invalidate_from(["geometry", "solve"])
+        # --modality auto: the DICOM Modality tag when there is one, else the value range
+        modality = cfg.modality if cfg.modality != "auto" else (dicom_modality(image_path) or "auto")
         seg_rec = prog.stage("segment lumen", lambda: timed("segment", lambda: _segment(
-            image, cfg, out, Path(truth_path) if truth_path else None)))
+            image, cfg, out, Path(truth_path) if truth_path else None, modality)))
         cache.record("segment", seg_key, seg_rec)
     else:
         prog.stage("segment lumen", lambda: None, skipped=True)
