@@ -24,7 +24,15 @@ Voronoi diagram of the surface:
    tip of an end inside the image or at least one radius and a voxel inside an image face.
    A branch whose radius is below ``min_branch_radius_mm`` is cut off next to its junction
    and closed (its cap is wall). Each clip plane is perpendicular to the local centreline
-   (principal direction of the points within one radius of the clip point).
+   (principal direction of the points within 1.5 radii, at least three voxels, of the clip
+   point; on the branch side only at a closed branch).
+
+When the inlet and the outlets are named, VMTK's own recipe is followed instead: the
+centrelines are minimal paths through the lumen with step cost 1 / radius
+(:func:`minimal_paths`), and the clips sit at the named points (:func:`plan_from_paths`).
+Either way the lumen is first reduced to the vessels along the paths (:func:`tube_region`:
+a watershed of the distance map separates what only touches them, such as the heart or a
+neighbouring vessel); :func:`model_region` does all of it on the lumen's bounding box.
 
 Everything is in world ``(x, y, z)`` mm (LPS, see :mod:`pipeline.image`).
 """
@@ -40,7 +48,8 @@ import numpy as np
 from pipeline.image import Volume
 
 __all__ = ["CentrelineError", "CentrelineTree", "Clip", "ClipPlan", "centreline_tree", "plan_clips",
-           "minimal_paths", "tube_region", "plan_from_paths", "modelled_voxels", "write_centreline_vtp"]
+           "minimal_paths", "tube_region", "plan_from_paths", "model_region", "modelled_voxels",
+           "write_centreline_vtp"]
 
 #: A terminal branch shorter than this many radii of its junction is a spur of the wall.
 SPUR_RATIO = 1.5
@@ -68,8 +77,6 @@ class CentrelineTree:
         Skeleton voxel centres, world mm.
     radius_mm : ndarray, shape (N,)
         Radius of the maximum inscribed sphere at each point (distance to the wall), mm.
-    index_zyx : ndarray, shape (N, 3)
-        Voxel index of each point.
     edges : ndarray, shape (E, 2)
         The tree's edges (point ids).
     face_of_point : ndarray, shape (N,)
@@ -86,7 +93,6 @@ class CentrelineTree:
 
     points_xyz_mm: np.ndarray
     radius_mm: np.ndarray
-    index_zyx: np.ndarray
     edges: np.ndarray
     face_of_point: np.ndarray
     loop_cuts: int = 0
@@ -220,7 +226,7 @@ def centreline_tree(mask: Volume, *, spur_ratio: float = SPUR_RATIO) -> Centreli
         on = pos <= 2 if side == 0 else pos >= binary.shape[axis] - 3
         face[on] = 2 * axis + side
     loop_ends = sorted({int(remap[n]) for e in cut_edges for n in e if remap[n] >= 0 and t.degree(n) == 1})
-    return CentrelineTree(points_xyz_mm=xyz[keep], radius_mm=radius[keep].astype(float), index_zyx=idx[keep],
+    return CentrelineTree(points_xyz_mm=xyz[keep], radius_mm=radius[keep].astype(float),
                           edges=tree_edges, face_of_point=face, loop_cuts=int(loop_cuts), pruned_spurs=pruned,
                           loop_ends=np.asarray(loop_ends, dtype=np.int64))
 
@@ -231,7 +237,7 @@ def _thin(padded: np.ndarray, binary: np.ndarray) -> np.ndarray:
     scikit-image 0.26's 3-D ``skeletonize`` deletes a straight cylinder whose cross-section is
     an even number of voxels wide. When the thinning keeps fewer points than a quarter of the
     mask's longest extent, it is repeated on the mask united with a one-voxel shift of itself
-    (which changes the width's parity) along x, then y, then both.
+    (which changes the width's parity) along x, then y, then both, then z.
     """
     from skimage.morphology import skeletonize
 
@@ -284,6 +290,8 @@ class Clip:
     ``role`` is ``"inlet"``, ``"outlet"`` or ``"closed"`` (a dropped branch: its cap is wall).
     ``keep_normal_xyz`` points from the plane into the kept part of the vessel;
     ``beyond_xyz_mm`` is a centreline point on the removed side (it marks which piece goes).
+    ``point`` is the id of the clip point in the tree (or paths) it was planned on, and
+    ``face`` the image face (``2 * axis + side``) its end reaches, or -1.
     """
 
     role: str
@@ -305,7 +313,6 @@ class ClipPlan:
     """Where the model is cut, and the kept centreline (paths from the inlet to each outlet)."""
 
     clips: list[Clip]
-    kept_points: np.ndarray  # point ids of the kept tree
     paths: list[np.ndarray]  # from the inlet clip point to each outlet clip point
     summary: dict
     path_points_xyz_mm: list[np.ndarray] = field(default_factory=list)  # the paths' points, world mm
@@ -342,12 +349,12 @@ def _tangent(tree: CentrelineTree, path: np.ndarray, i: int, radius_mm: float, s
     return d if d @ along >= 0 else -d
 
 
-def _steady_position(tree: CentrelineTree, path: np.ndarray, start_mm: float, face_plane=None,
-                     spacing_min: float = 1.0) -> int:
+def _steady_position(tree: CentrelineTree, path: np.ndarray, at_face: bool, spacing_min: float) -> int:
     """Index along ``path`` (which starts at an end) where an end is clipped.
 
-    Past ``start_mm`` of arc length (the rounded tip), and where the radius changes by less
-    than STEADY_RADIUS_TOLERANCE over one radius of arc on either side. At most halfway.
+    Past the rounded tip (one radius and a voxel of arc; at an image face, one radius and 1.5
+    voxels inside it) and where the radius changes by less than STEADY_RADIUS_TOLERANCE
+    over one radius of arc on either side. At most halfway.
     """
     xyz = tree.points_xyz_mm[path]
     r = tree.radius_mm[path]
@@ -356,7 +363,7 @@ def _steady_position(tree: CentrelineTree, path: np.ndarray, start_mm: float, fa
     for i in range(len(path)):
         if s[i] > 0.5 * s[-1]:
             break
-        need = max(start_mm, r[i] + spacing_min) if face_plane is None else r[i] + 1.5 * spacing_min
+        need = r[i] + (1.5 if at_face else 1.0) * spacing_min
         if s[i] < need:
             continue
         win = np.abs(s - s[i]) <= max(r[i], 2 * spacing_min)
@@ -402,7 +409,7 @@ def plan_clips(tree: CentrelineTree, mask: Volume, *, inlet_xyz=None, outlets_xy
         p_in = int(path[i])
         kept = set(nx.node_connected_component(_without(g, path[:i]), p_in))
         inlet_face = int(tree.face_of_point[path[0]])
-        in_beyond = path[max(i - 1, 0)] if i > 0 else path[0]
+        in_beyond = path[max(i - 1, 0)]
     else:
         p_in, dist = tree.nearest(inlet_xyz)
         if dist > tree.radius_mm[p_in] + r_tol + 5.0:
@@ -452,7 +459,7 @@ def plan_clips(tree: CentrelineTree, mask: Volume, *, inlet_xyz=None, outlets_xy
         outlet_clips, keep_leaf_paths = [], []
         for leaf in leaves:
             path = to_root(leaf)
-            i = _steady_position(tree, path, 0.0, tree.face_of_point[leaf] >= 0 or None, sp_min)
+            i = _steady_position(tree, path, bool(tree.face_of_point[leaf] >= 0), sp_min)
             r_leaf = float(np.median(tree.radius_mm[path[max(i - 2, 0):i + 3]]))
             if r_leaf < min_branch_radius_mm:
                 continue
@@ -497,7 +504,7 @@ def plan_clips(tree: CentrelineTree, mask: Volume, *, inlet_xyz=None, outlets_xy
     clips += outlet_clips + closed
     paths = [p[::-1] for p in keep_leaf_paths]
     summary = _plan_summary(tree, clips, paths, min_branch_radius_mm, len(leaves))
-    return ClipPlan(clips=clips, kept_points=np.asarray(sorted(kept), dtype=np.int64), paths=paths,
+    return ClipPlan(clips=clips, paths=paths,
                     summary=summary, path_points_xyz_mm=[tree.points_xyz_mm[p] for p in paths],
                     path_radius_mm=[tree.radius_mm[p] for p in paths])
 
@@ -521,7 +528,7 @@ def _end_clip_position(tree: CentrelineTree, end: int, sp_min: float) -> tuple[n
         if g.degree(cur) != 2:
             break
     path = np.asarray(path, dtype=np.int64)
-    i = _steady_position(tree, path, 0.0, tree.face_of_point[end] >= 0 or None, sp_min)
+    i = _steady_position(tree, path, bool(tree.face_of_point[end] >= 0), sp_min)
     r = float(np.median(tree.radius_mm[path[max(i - 2, 0):i + 3]]))
     return path, i, r
 
@@ -648,11 +655,12 @@ def minimal_paths(mask: Volume, start_xyz, ends_xyz) -> list[np.ndarray]:
         if np.any(k < 0) or np.any(k >= binary.shape):
             raise CentrelineError(f"the {what} point {tuple(round(float(v), 1) for v in p)} mm is outside the image")
         if not binary[tuple(k)]:  # the nearest lumen voxel within 3 voxels
-            near = np.argwhere(binary[tuple(slice(max(a - 3, 0), a + 4) for a in k)])
+            lo = np.maximum(k - 3, 0)
+            near = np.argwhere(binary[tuple(slice(a, b + 4) for a, b in zip(lo, k))]) + lo
             if len(near) == 0:
                 raise CentrelineError(f"the {what} point {tuple(round(float(v), 1) for v in p)} mm is not in the "
                                       "lumen: give a point inside the vessel")
-            k = near[np.argmin(np.linalg.norm(near - 3, axis=1))] + np.maximum(k - 3, 0)
+            k = near[np.argmin(np.linalg.norm((near - k) * spacing, axis=1))]
         return int(ids[tuple(k)])
 
     start = node(start_xyz, "inlet")
@@ -735,7 +743,7 @@ def plan_from_paths(mask: Volume, paths: list[np.ndarray]) -> ClipPlan:
     radii = [edt[tuple(np.clip(np.rint(mask.world_to_index(p)).astype(int), 0, shape - 1).T)] for p in paths]
     pts = np.vstack(paths)
     # a stand-in tree holding the paths' points, so the tangent and clip helpers apply unchanged
-    tree = CentrelineTree(points_xyz_mm=pts, radius_mm=np.concatenate(radii), index_zyx=np.zeros((len(pts), 3), int),
+    tree = CentrelineTree(points_xyz_mm=pts, radius_mm=np.concatenate(radii),
                           edges=np.zeros((0, 2), np.int64), face_of_point=-np.ones(len(pts), np.int64))
     offsets = np.concatenate([[0], np.cumsum([len(p) for p in paths])])
 
@@ -751,7 +759,7 @@ def plan_from_paths(mask: Volume, paths: list[np.ndarray]) -> ClipPlan:
 
     clips = [end_clip(0, True, "inlet")] + [end_clip(k, False, "outlet") for k in range(len(paths))]
     summary = _paths_summary(paths, clips, sp_min)
-    return ClipPlan(clips=clips, kept_points=np.arange(len(pts)), paths=[np.arange(offsets[k], offsets[k + 1])
+    return ClipPlan(clips=clips, paths=[np.arange(offsets[k], offsets[k + 1])
                                                                          for k in range(len(paths))],
                     summary=summary, path_points_xyz_mm=list(paths), path_radius_mm=radii)
 
@@ -802,3 +810,41 @@ def modelled_voxels(binary: np.ndarray, mask: Volume, plan: ClipPlan) -> np.ndar
                    np.asarray(out.shape) - 1)
     hit = np.unique(lab[tuple(pidx.T)])
     return np.isin(lab, hit[hit > 0])
+
+
+#: Background margin (voxels) kept around the lumen's bounding box while modelling.
+_BOX_MARGIN_VOXELS = 6
+
+
+def model_region(mask: Volume, *, inlet_xyz=None, outlets_xyz=None,
+                 min_branch_radius_mm: float | None = None) -> tuple[Volume, ClipPlan, dict]:
+    """The modelled part of a lumen mask and where it is clipped (centreline clipping).
+
+    With an inlet and outlets named, the centrelines are the minimal paths between them
+    (:func:`minimal_paths`, VMTK's recipe) and the clips sit at the named points
+    (:func:`plan_from_paths`); ``min_branch_radius_mm`` is then not used. Otherwise the
+    skeleton tree gives the paths (:func:`plan_clips`: inlet at the widest end or the named
+    point, outlets at the other ends). Either way the mask is reduced to the vessels along
+    the paths (:func:`tube_region`), and the tree plan is made again on that. The work is
+    done on the lumen's bounding box (plus a margin), so a whole-body CT costs what its
+    vessel costs.
+
+    Returns (region on the grid of ``mask``, plan, report of the region).
+    """
+    lo, hi = mask.mask_box(_BOX_MARGIN_VOXELS)
+    sub = mask.crop(lo, hi)
+    if inlet_xyz is not None and outlets_xyz:
+        paths = minimal_paths(sub, inlet_xyz, outlets_xyz)
+        region, report = tube_region(sub, paths)
+        plan = plan_from_paths(region, paths)
+    else:
+        tree = centreline_tree(sub)
+        plan = plan_clips(tree, sub, inlet_xyz=inlet_xyz, outlets_xyz=outlets_xyz,
+                          min_branch_radius_mm=min_branch_radius_mm)
+        region, report = tube_region(sub, plan.path_points_xyz_mm)
+        tree = centreline_tree(region)
+        plan = plan_clips(tree, region, inlet_xyz=inlet_xyz, outlets_xyz=outlets_xyz,
+                          min_branch_radius_mm=min_branch_radius_mm)
+    full = np.zeros_like(np.asarray(mask.array))
+    full[tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))] = np.asarray(region.array)
+    return mask.with_array(full), plan, report

@@ -123,6 +123,25 @@ class Volume:
             raise ImageError(f"array shape {array.shape} differs from the grid {self.array.shape}")
         return Volume(array, self.spacing_mm, self.origin_xyz_mm, self.direction_xyz.copy())
 
+    def crop(self, lo, hi) -> "Volume":
+        """The sub-volume of array indices ``lo`` to ``hi`` (exclusive, z y x; clipped to the grid), in place in the world."""
+        lo = np.maximum(np.asarray(lo, dtype=int), 0)
+        hi = np.minimum(np.asarray(hi, dtype=int), self.shape)
+        if np.any(hi <= lo):
+            raise ImageError(f"crop {lo.tolist()}..{hi.tolist()} is empty on the grid {self.shape}")
+        sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+        return Volume(self.array[sl], self.spacing_mm, tuple(self.index_to_world(lo.astype(float))),
+                      self.direction_xyz.copy())
+
+    def mask_box(self, margin_voxels: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Index bounds (lo, hi exclusive) of the non-zero voxels plus a margin, clipped to the grid."""
+        idx = np.argwhere(np.asarray(self.array) != 0)
+        if len(idx) == 0:
+            raise ImageError("the volume has no non-zero voxel to bound")
+        lo = np.maximum(idx.min(axis=0) - int(margin_voxels), 0)
+        hi = np.minimum(idx.max(axis=0) + 1 + int(margin_voxels), self.shape)
+        return lo, hi
+
 
 # --------------------------------------------------------------------- SimpleITK
 def to_sitk(vol: Volume):
@@ -167,6 +186,14 @@ def _suffix(path: Path) -> str:
     return path.suffix.lower()
 
 
+def _series_files(folder: Path) -> tuple[str, ...]:
+    """The files of the DICOM series in ``folder`` with the most slices (empty when there is none)."""
+    import SimpleITK as sitk
+
+    ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    return max((sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), s) for s in ids), key=len, default=())
+
+
 def read_image(path: str | os.PathLike, *, allow_singleton_axes: bool = False) -> Volume:
     """Read a 3-D image: NIfTI, NRRD, MHA/MHD, or a DICOM series (folder or one of its files).
 
@@ -191,15 +218,10 @@ def read_image(path: str | os.PathLike, *, allow_singleton_axes: bool = False) -
         raise ImageError(f"image not found: {p} (check the path; DICOM series are given as a folder)")
     try:
         if p.is_dir():
-            reader = sitk.ImageSeriesReader()
-            ids = reader.GetGDCMSeriesIDs(str(p))
-            if not ids:
+            files = _series_files(p)
+            if not files:
                 raise ImageError(f"no DICOM series found in folder {p}")
-            if len(ids) > 1:
-                # take the series with most slices, say so in the error if ambiguous sizes tie
-                files = max((reader.GetGDCMSeriesFileNames(str(p), s) for s in ids), key=len)
-            else:
-                files = reader.GetGDCMSeriesFileNames(str(p), ids[0])
+            reader = sitk.ImageSeriesReader()
             reader.SetFileNames(files)
             img = reader.Execute()
         else:
@@ -249,11 +271,11 @@ def dicom_modality(path: str | os.PathLike) -> str | None:
 
     p = Path(path)
     try:
-        if p.is_dir():
-            ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(p))
-            if not ids:
+        if p.is_dir():  # the series read_image reads
+            files = _series_files(p)
+            if not files:
                 return None
-            first = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(p), ids[0])[0]
+            first = files[0]
         else:
             first = str(p)
         reader = sitk.ImageFileReader()

@@ -790,10 +790,9 @@ def make_tagged_surface(
 
     # 4. cut the open ends and cap them, 5. find the openings, 6. tag them
     if clip_plan is not None:
-        mesh, caps_geo, report["clips"] = _clip_to_plan(mesh, clip_plan)
+        mesh, caps_geo, report["clips"], report["pieces_after_cut"] = _clip_to_plan(mesh, clip_plan)
         planes = []
         inlet = caps_geo[0]["centre"]
-        report["pieces_after_cut"] = 1
     else:
         planes = _cut_planes(mask, binary.shape, touched, crop_margin_mm, margins)
         mesh, report["pieces_after_cut"] = _cut_and_cap_ends(mesh, planes)
@@ -1361,8 +1360,10 @@ def _inside(mesh, p: np.ndarray) -> bool:
     return bool(hit.sum() % 2)
 
 
-def _clip_to_plan(mesh, plan) -> tuple[Any, list[dict], list[dict]]:
-    """Step 4-5 with a centreline clip plan: clip and cap every end; returns (mesh, inlet+outlet caps, clip report).
+def _clip_to_plan(mesh, plan) -> tuple[Any, list[dict], list[dict], int]:
+    """Step 4-5 with a centreline clip plan: clip and cap every end.
+
+    Returns (mesh, inlet + outlet caps, clip report, number of pieces before the largest was kept).
 
     The first cap returned is the inlet. Caps of closed branches stay wall (not returned as
     openings) and are listed in the report.
@@ -1386,7 +1387,7 @@ def _clip_to_plan(mesh, plan) -> tuple[Any, list[dict], list[dict]]:
             # the surface is closed without this cut (the branch keeps its own rounded or padded end)
             skipped.add(k)
             skip_reason[k] = str(exc)
-    mesh, _ = _closed_largest_piece(mesh, "the clipped and capped surface")
+    mesh, n_pieces = _closed_largest_piece(mesh, "the clipped and capped surface")
     scale = float(np.linalg.norm(mesh.extents))
     tol = 1e-6 * max(scale, 1.0)
     normals = mesh.face_normals
@@ -1420,4 +1421,4 @@ def _clip_to_plan(mesh, plan) -> tuple[Any, list[dict], list[dict]]:
             openings.append(g)
     if len(openings) < 2 or plan.clips[0].role != "inlet":
         raise SurfaceError(f"the clipped surface has {len(openings)} opening(s): need an inlet and an outlet")
-    return mesh, openings, report
+    return mesh, openings, report, n_pieces

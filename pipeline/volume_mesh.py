@@ -54,6 +54,10 @@ class MeshingError(ValueError):
     """Invalid meshing parameters or a gmsh failure (the message names the likely cause)."""
 
 
+class _SelfIntersection(MeshingError):
+    """gmsh found the re-meshed wall crossing itself (its own "PLC Error: ... intersect" message)."""
+
+
 @dataclass
 class VolumeMesh:
     """Paths and statistics of a tagged tetrahedral mesh.
@@ -188,10 +192,10 @@ def mesh_volume(
                 stats, name_of_tag = _run_gmsh(surface, tmp_dir / "mesh.msh", cells_per_radius, float(min_size_mm),
                                                float(max_size_mm), int(order), bool(optimize), bool(verbose))
                 break
-            except MeshingError as exc:
+            except _SelfIntersection:
                 # gmsh's re-meshed wall crosses itself where two walls come closer than an element
                 # (a deep notch at a branch): finer elements resolve the notch
-                if "intersect" not in str(exc) or refinement == _PLC_RETRIES:
+                if refinement == _PLC_RETRIES:
                     raise
                 cells_per_radius *= _PLC_REFINE
                 max_size_mm /= _PLC_REFINE
@@ -373,7 +377,8 @@ def _generate(gmsh, optimize: bool, order: int) -> None:
     except MeshingError:
         raise
     except Exception as exc:
-        raise MeshingError(
+        kind = _SelfIntersection if "intersect" in str(exc).lower() else MeshingError
+        raise kind(
             f"gmsh volume meshing failed ({exc}). Likely cause: a self-intersecting or "
             "non-manifold surface, or an element size too coarse for a narrow vessel; try "
             "a larger cells_per_radius, a smaller max_size_mm, or more surface smoothing"

@@ -23,7 +23,7 @@ MODULES = dict(_modules())
 def _imports(name, f):
     """(imported module, imported names) for every import statement of a module, local ones too."""
     is_pkg = f.name == "__init__.py"
-    for node in ast.walk(ast.parse(f.read_text())):
+    for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             for a in node.names:
                 yield a.name, []
@@ -94,14 +94,14 @@ def test_no_private_names_across_modules():
 def test_files_are_written_through_the_atomic_writer():
     """No hand-made temporary-file-and-rename outside physics/atomic.py."""
     pattern = re.compile(r"os\.replace\(|tempfile\.mkstemp|\.tmp-")
-    hits = [f"{n}" for n, f in MODULES.items() if n != "physics.atomic" and pattern.search(f.read_text())]
+    hits = [f"{n}" for n, f in MODULES.items() if n != "physics.atomic" and pattern.search(f.read_text(encoding="utf-8"))]
     assert hits == []
 
 
 def test_tests_name_no_absolute_paths():
     hits = []
     for f in (ROOT / "tests").rglob("*.py"):
-        for i, line in enumerate(f.read_text().splitlines(), 1):
+        for i, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
             if re.search(r"[\"'](/work|/home|/root|/tmp)/", line):
                 hits.append(f"{f.relative_to(ROOT)}:{i}")
     assert hits == []

@@ -54,15 +54,15 @@ def add_flow_options(p: argparse.ArgumentParser) -> None:
                         "other vessel end wider than --min-branch-radius-mm)")
     g.add_argument("--min-branch-radius-mm", type=float,
                    help="branches thinner than this are closed (wall), not outlets (default: the larger of two "
-                        "voxels and a quarter of the inlet radius)")
+                        "voxels and a quarter of the inlet radius; not used when the inlet and outlets are named)")
     g.add_argument("--clip", choices=("auto", "faces", "centreline"), default=d.clip,
                    help="where the ends are cut: perpendicular to the centreline, at the image faces, or auto "
                         "(centreline when the lumen reaches fewer than two image faces or outlets are named; "
                         f"default {d.clip})")
     g.add_argument("--outlet-flow-fractions", nargs="+", metavar="F",
-                   help="split the inflow between the outlets: 'murray' (Q ~ r^3 of each outlet cap) or one "
-                        "fraction per outlet (outlet1 = largest first, summing to 1); default: zero-traction "
-                        "outlets (the flow divides by itself)")
+                   help="split the inflow between the outlets: 'murray' (Q ~ r^3 of each outlet cap), one "
+                        "fraction per outlet (outlet1 = largest first, summing to 1), or 'traction' (the default: "
+                        "zero-traction outlets, the flow divides by itself)")
     g.add_argument("--segmentation", choices=("auto", "otsu", "region-grow"), default=d.segmentation_method,
                    help=f"lumen segmentation method (default {d.segmentation_method})")
     g.add_argument("--modality", choices=("auto", "ct", "mr"), default=d.modality,

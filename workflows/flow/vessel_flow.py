@@ -7,12 +7,17 @@ on them):
 stage                 artifacts
 ====================  ==========================================================
 1 segment             ``segmentation.nii.gz`` (lumen mask, same grid as the image)
-2 surface             ``surface.stl`` and ``surface.json`` (caps: inlet/outlets)
+2 surface             ``surface.stl``, ``surface.vtp`` (with face tags) and ``surface.json``
+                      (caps: inlet/outlets); with centreline clipping also
+                      ``segmentation_model.nii.gz`` (the modelled part of the lumen);
+                      ``centerline.vtp`` (centrelines with their radii) and
+                      ``check.png`` (three slices: lumen contour, centrelines, caps)
 3 volume mesh         ``mesh/mesh.msh`` (+ ``mesh.xdmf``, ``facets.xdmf``, ``mesh.vtu``,
                       ``mesh_info.json``)
 4 flow solve          ``flow.json`` and ``fields/`` (velocity, pressure, WSS for ParaView;
                       ``wall_pressure.npz``: wall node ``xyz_mm`` and ``pressure_Pa``)
-5 results             ``results.json`` (schema below) and ``summary.txt``
+5 results             ``results.json`` (keys in the README: pressures, flows, the per-outlet
+                      ``outlets`` table, the ``centerline`` summary, ...) and ``summary.txt``
 ====================  ==========================================================
 
 Each finished stage leaves ``stages/<name>.json`` with a hash of its inputs; a rerun with
@@ -111,9 +116,15 @@ class VesselFlowConfig:
     """Every parameter of the vessel workflow (units in the names; SI for the physics).
 
     ``flow_rate_ml_s`` is the inflow (1 ml/s = 1e-6 m³/s; a resting coronary artery carries
-    about 1–2 ml/s). ``seed_xyz_mm`` picks the vessel (world point inside the lumen) and
-    ``inlet_xyz_mm`` the inlet cap (nearest opening); by default the largest bright
-    component crossing the image and its largest opening are used. ``boundary_offset_mm``
+    about 1–2 ml/s). ``seed_xyz_mm`` picks the vessel (world point inside the lumen); by
+    default the largest bright component crossing the image is used. ``clip`` says where the
+    ends are cut: ``"faces"`` (image-face crops: ``inlet_xyz_mm`` picks the nearest opening,
+    default the largest), ``"centreline"`` (perpendicular to the centreline: ``inlet_xyz_mm``
+    and ``outlets_xyz_mm`` are the cut points, default the widest end and the other ends,
+    branches thinner than ``min_branch_radius_mm`` closed) or ``"auto"`` (centreline when the
+    lumen reaches fewer than two image faces or outlets are named). ``outlet_flow_split`` is
+    ``"traction"`` (zero-traction outlets), ``"murray"`` (Q ~ r^3 of the caps) or one fraction
+    per outlet (outlet1, the largest, first). ``boundary_offset_mm``
     moves the reconstructed wall outwards (> 0) or inwards along its normals, for
     geometric sensitivity studies.
 
@@ -126,8 +137,8 @@ class VesselFlowConfig:
     ``local_centre_xyz_mm``, which it requires, blended to 0 over ``local_blend_mm``).
     ``smoothing_method`` is ``"taubin"`` (non-shrinking, the default) or ``"laplacian"``
     (shrinks the lumen). ``modality`` is ``"ct"`` (HU), ``"mr"`` (signal in arbitrary units,
-    no HU assumptions: no air cut-off, no calcium bound) or ``"auto"`` (CT when the image holds
-    negative values).
+    no HU assumptions: no air cut-off, no calcium bound) or ``"auto"`` (the DICOM Modality
+    tag, else CT when the image holds negative values).
     """
 
     flow_rate_ml_s: float = 1.0
@@ -596,64 +607,53 @@ def _threshold_shift(image, binary, level_hu, upper_hu, shift_hu, fail) -> tuple
 
 
 def clip_plan(mask, cfg: VesselFlowConfig):
-    """The modelled part of the mask, its centreline tree and where the model is clipped.
+    """The modelled part of the mask and where the model is clipped: ``(mask, plan, report)``.
 
-    Returns ``(mask, tree, plan, report)``; ``plan`` is None for image-face crops (then the
-    mask is returned unchanged). ``cfg.clip = "auto"`` clips along the centreline when the
-    lumen reaches fewer than two image faces or when outlets are named; otherwise it cuts at
-    the image faces as for a cropped tube (``clip="centreline"`` forces centreline clipping).
-
-    With centreline clipping the centrelines are the minimal paths through the lumen from
-    the inlet to the named outlets (cost 1/radius, as VMTK's), or the tree's paths from the
-    widest end; the mask is then reduced to a tube of 1.5 radii around them (dropping
-    chambers, touching vessels and side branches beyond a short stub) and the tree and the
-    clips are found again on that.
+    ``plan`` is None for image-face crops (the mask is then returned unchanged, report None).
+    ``cfg.clip = "auto"`` clips along the centreline when the lumen reaches fewer than two
+    image faces or when outlets are named; otherwise it cuts at the image faces as for a
+    cropped tube (``clip="centreline"`` forces centreline clipping). The centreline modelling
+    itself is :func:`pipeline.centreline.model_region`.
     """
-    from pipeline.centreline import (CentrelineError, centreline_tree, minimal_paths, plan_clips, plan_from_paths,
-                                     tube_region)
+    from pipeline.centreline import CentrelineError, model_region
 
     if cfg.clip == "faces":
-        return mask, None, None, None
+        return mask, None, None
+    if cfg.clip == "auto" and not cfg.outlets_xyz_mm and len(_touched_faces(mask)) >= 2:
+        return mask, None, None  # a cropped vessel leaving the image: crop at the faces as before
     try:
-        if cfg.clip == "auto" and not cfg.outlets_xyz_mm:
-            binary = np.asarray(mask.array) > 0
-            touched = [(ax, side) for ax in range(3) for side in (0, -1) if np.take(binary, side, axis=ax).any()]
-            if len(touched) >= 2:  # a cropped vessel leaving the image: crop at the faces as before
-                return mask, centreline_tree(mask), None, None
-        if cfg.inlet_xyz_mm is not None and cfg.outlets_xyz_mm:  # named ends: VMTK's recipe
-            paths = minimal_paths(mask, cfg.inlet_xyz_mm, cfg.outlets_xyz_mm)
-            region, report = tube_region(mask, paths)
-            return region, None, plan_from_paths(region, paths), report
-        tree = centreline_tree(mask)
-        plan = plan_clips(tree, mask, inlet_xyz=cfg.inlet_xyz_mm, outlets_xyz=cfg.outlets_xyz_mm,
-                          min_branch_radius_mm=cfg.min_branch_radius_mm)
-        region, report = tube_region(mask, plan.path_points_xyz_mm)
-        tree = centreline_tree(region)
-        plan = plan_clips(tree, region, inlet_xyz=cfg.inlet_xyz_mm, outlets_xyz=cfg.outlets_xyz_mm,
-                          min_branch_radius_mm=cfg.min_branch_radius_mm)
+        return model_region(mask, inlet_xyz=cfg.inlet_xyz_mm, outlets_xyz=cfg.outlets_xyz_mm,
+                            min_branch_radius_mm=cfg.min_branch_radius_mm)
     except CentrelineError as exc:
         raise WorkflowError(str(exc)) from None
-    return region, tree, plan, report
+
+
+def _touched_faces(mask) -> list[tuple[int, int]]:
+    """The image faces (array axis, 0 = low / -1 = high) that the mask reaches."""
+    binary = np.asarray(mask.array) > 0
+    return [(ax, side) for ax in range(3) for side in (0, -1) if np.take(binary, side, axis=ax).any()]
 
 
 def build_surface(image, mask, level_hu: float, upper_hu: float | None, cfg: VesselFlowConfig, *,
-                  plan=None, clip_plan_needed: bool = True):
+                  plan="auto", tissue_hu: float | None = None):
     """Stage 2: the perturbed segmentation's tagged surface, exactly as the workflow builds it.
 
     Parameters
     ----------
     image, mask : pipeline.image.Volume
-        CT angiogram (HU) and its lumen segmentation (same grid).
+        The angiogram (CT in HU or MR signal) and its lumen segmentation (same grid).
     level_hu, upper_hu : float, float or None
-        The segmentation's iso-level and calcium bound, HU.
+        The segmentation's iso-level and calcium bound (image units).
     cfg : VesselFlowConfig
         Surface and perturbation parameters.
-    plan : pipeline.centreline.ClipPlan, optional
-        Where to clip the ends (from :func:`clip_plan` of the unperturbed mask, so every
-        perturbed case is cut at the same planes; ``mask`` is then its modelled region).
-        Default: made here when needed.
-    clip_plan_needed : bool
-        False when the caller has decided on image-face crops (``plan`` is then None).
+    plan : "auto", None or pipeline.centreline.ClipPlan
+        Where to clip the ends: ``"auto"`` decides here (:func:`clip_plan`); ``None`` cuts at
+        the image faces; a plan (from :func:`clip_plan` of the unperturbed mask, so every
+        perturbed case is cut at the same planes) clips along the centreline, ``mask`` being
+        then its modelled region.
+    tissue_hu : float, optional
+        The segmentation's tissue level: with centreline clipping the lumen contrast is then
+        evened out first (:func:`even_contrast`, reported as ``surface.report["contrast_evening"]``).
 
     Returns
     -------
@@ -661,8 +661,11 @@ def build_surface(image, mask, level_hu: float, upper_hu: float | None, cfg: Ves
     """
     from pipeline.surface import make_tagged_surface
 
-    if plan is None and clip_plan_needed:
-        mask, _, plan, _ = clip_plan(mask, cfg)
+    if isinstance(plan, str):
+        mask, plan, _ = clip_plan(mask, cfg)
+    contrast = None
+    if plan is not None:
+        image, contrast = even_contrast(image, mask, level_hu, tissue_hu)
     si = perturb_segmentation(image, mask, level_hu, upper_hu, cfg)
     inlet = cfg.inlet_xyz_mm if cfg.inlet_xyz_mm is not None else "largest"
     surf = make_tagged_surface(
@@ -678,7 +681,29 @@ def build_surface(image, mask, level_hu: float, upper_hu: float | None, cfg: Ves
         crop_margin_mm=si.crop_margin_mm,
         clip_plan=plan,
     )
+    if contrast is not None:
+        surf.report["contrast_evening"] = contrast
     return surf, si
+
+
+def even_contrast(image, mask, level_hu: float, tissue_hu: float | None):
+    """The image with an even lumen contrast around the mask's lumen, and the report.
+
+    Works on the mask's bounding box (plus a margin) and returns the image on its own grid.
+    """
+    from pipeline.segment.classical import even_lumen_contrast
+
+    if tissue_hu is None:  # (a caller-given threshold: no tissue level measured)
+        return image, {"applied": False, "why_not": "no tissue level measured (threshold given)"}
+    lo, hi = mask.mask_box(8)
+    sub, sub_mask = image.crop(lo, hi), mask.crop(lo, hi)
+    arr, rep = even_lumen_contrast(sub.array, np.asarray(sub_mask.array) > 0, spacing_mm=image.spacing_mm,
+                                   level=float(level_hu), tissue=float(tissue_hu))
+    if not rep["applied"]:
+        return image, rep
+    full = np.asarray(image.array, dtype=np.float32).copy()
+    full[tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))] = arr
+    return image.with_array(full), rep
 
 
 def _geometry(image, seg_record: dict, cfg: VesselFlowConfig, out: Path) -> dict:
@@ -686,23 +711,19 @@ def _geometry(image, seg_record: dict, cfg: VesselFlowConfig, out: Path) -> dict
     from pipeline.volume_mesh import mesh_volume
 
     mask = read_image(out / "segmentation.nii.gz")
-    mask, tree, plan, region = clip_plan(mask, cfg)
-    contrast = None
+    mask, plan, region = clip_plan(mask, cfg)
     if plan is not None:
         write_image(mask, out / "segmentation_model.nii.gz")
-        image, contrast = even_contrast(image, mask, seg_record)
     surf, si = build_surface(image, mask, seg_record["level_hu"], seg_record.get("upper_hu"), cfg, plan=plan,
-                             clip_plan_needed=False)
+                             tissue_hu=seg_record.get("tissue_hu"))
     if si.reports:
         write_image(si.perturbed_mask, out / "segmentation_perturbed.nii.gz")
     surf.write(out / "surface.stl")
     surf.write(out / "surface.vtp")
-    write_json_atomic(out / "surface.json", surf.to_json_dict())
-    centerline = _centerline_outputs(image, mask, surf, tree, plan, out)
     if region is not None:
-        centerline["model_region"] = region
-    if contrast is not None:
-        centerline["contrast_evening"] = contrast
+        surf.report["model_region"] = region
+    write_json_atomic(out / "surface.json", surf.to_json_dict())
+    centerline = _centerline_outputs(image, mask, surf, plan, out)
     reports = list(si.reports)
     if cfg.smoothing_method != VALID_SMOOTHING_METHODS[0]:
         r = surf.report
@@ -720,26 +741,19 @@ def _geometry(image, seg_record: dict, cfg: VesselFlowConfig, out: Path) -> dict
     }
 
 
-def even_contrast(image, mask, seg_record: dict):
-    """The image with an even lumen contrast over the modelled vessels (real scans), and the report."""
-    from pipeline.segment.classical import even_lumen_contrast
+def _centerline_outputs(image, mask, surf, plan, out: Path) -> dict:
+    """Write ``centerline.vtp`` (when there is a centreline) and ``check.png``; return the summary for results.json.
 
-    tissue = seg_record.get("tissue_hu")
-    if tissue is None:  # (a caller-given threshold: no tissue level measured)
-        return image, {"applied": False, "why_not": "no tissue level measured (threshold given)"}
-    arr, rep = even_lumen_contrast(image.array, np.asarray(mask.array) > 0, spacing_mm=image.spacing_mm,
-                                   level=float(seg_record["level_hu"]), tissue=float(tissue))
-    return (image.with_array(arr) if rep["applied"] else image), rep
-
-
-def _centerline_outputs(image, mask, surf, tree, plan, out: Path) -> dict:
-    """Write ``centerline.vtp`` and ``check.png``; return the centreline summary for results.json."""
-    from pipeline.centreline import write_centreline_vtp
+    With image-face crops the centreline is the skeleton tree of the mask, drawn for the eye
+    only: if it cannot be made, the run goes on without it.
+    """
+    from pipeline.centreline import CentrelineError, centreline_tree, write_centreline_vtp
     from workflows.flow.figures import check_figure
 
     caps = [{"name": c.name, "centre_xyz_mm": c.centre_xyz_mm, "normal_xyz": c.normal_xyz,
              "radius_mm": c.radius_mm} for c in surf.caps]
     summary: dict[str, Any] = {"clipping": "image faces" if plan is None else "centreline"}
+    lines, radii = [], []
     if plan is not None:
         lines, radii = plan.path_points_xyz_mm, plan.path_radius_mm
         summary.update(plan.summary)
@@ -748,14 +762,18 @@ def _centerline_outputs(image, mask, surf, tree, plan, out: Path) -> dict:
         summary["clip_centreline_radius_mm"] = {"inlet": plan.summary["inlet_radius_mm"],
                                                 "outlets": plan.summary["outlet_radii_mm"]}
         summary["closed_branch_caps"] = [c for c in surf.report.get("clips", []) if c["role"] == "closed"]
-    elif tree is not None:
-        ids = tree.polylines()
-        lines, radii = [tree.points_xyz_mm[p] for p in ids], [tree.radius_mm[p] for p in ids]
-        summary.update({"tree_points": int(len(tree.radius_mm)), "tree_ends": len(tree.ends()),
-                        "branch_points": len(tree.junctions()),
-                        "length_mm": float(sum(np.sum(np.linalg.norm(np.diff(x, axis=0), axis=1)) for x in lines))})
     else:
-        lines, radii = [], []
+        try:
+            tree = centreline_tree(mask)
+        except CentrelineError as exc:
+            summary["centerline_error"] = str(exc)
+        else:
+            ids = tree.polylines()
+            lines, radii = [tree.points_xyz_mm[p] for p in ids], [tree.radius_mm[p] for p in ids]
+            summary.update({"tree_points": int(len(tree.radius_mm)), "tree_ends": len(tree.ends()),
+                            "branch_points": len(tree.junctions()),
+                            "length_mm": float(sum(np.sum(np.linalg.norm(np.diff(x, axis=0), axis=1))
+                                                   for x in lines))})
     if lines:
         write_centreline_vtp(out / "centerline.vtp", lines, radii)
     try:
@@ -768,17 +786,21 @@ def _centerline_outputs(image, mask, surf, tree, plan, out: Path) -> dict:
 
 def _outlet_fractions(cfg: VesselFlowConfig, surface: dict) -> dict[str, float] | None:
     """Outlet name -> fraction of the inflow (Murray's law or given), or None for zero-traction outlets."""
+    from physics.flow import murray_fractions
+
     outlets = [c for c in surface["caps"] if c["name"] != "inlet"]
     split = cfg.outlet_flow_split
-    if split == "traction" or len(outlets) < 2:
+    if split == "traction":
         return None
-    if split == "murray":  # Q ~ r^3 (Murray 1926), r from the cap area
-        w = np.array([c["radius_mm"] ** 3 for c in outlets])
-        return {c["name"]: float(x) for c, x in zip(outlets, w / w.sum())}
-    if len(split) != len(outlets):
+    if not isinstance(split, str) and len(split) != len(outlets):
         raise WorkflowError(
-            f"{len(split)} outlet flow fractions given for {len(outlets)} outlets "
+            f"{len(split)} outlet flow fractions given for {len(outlets)} outlet(s) "
             f"({', '.join(c['name'] for c in outlets)}, largest first): give one per outlet")
+    if len(outlets) < 2:
+        return None  # one outlet carries all the flow whatever the split
+    if split == "murray":  # Q ~ r^3, r from the cap area
+        fr = murray_fractions({k: c["radius_mm"] for k, c in enumerate(outlets)})
+        return {c["name"]: float(fr[k]) for k, c in enumerate(outlets)}
     return {c["name"]: float(f) for c, f in zip(outlets, split)}
 
 
@@ -837,7 +859,7 @@ def run_vessel_flow(
     Parameters
     ----------
     image_path : path
-        3-D CT angiogram (NIfTI, NRRD, MHA or a DICOM series folder), HU values.
+        3-D angiogram (NIfTI, NRRD, MHA or a DICOM series folder): CT in HU, or MR.
     out_dir : path
         Output folder (created). Finished stages found there are reused.
     config : VesselFlowConfig
@@ -883,14 +905,16 @@ def run_vessel_flow(
     # 1. segmentation
     seg_keys = ("segmentation_method", "seed_xyz_mm", "lower_hu", "upper_hu")
     seg_params = {k: getattr(cfg, k) for k in seg_keys}
-    if cfg.modality != "auto":  # (absent by default, so caches of earlier runs stay valid)
-        seg_params["modality"] = cfg.modality
+    # --modality auto: the DICOM Modality tag when there is one, else the value range
+    modality = cfg.modality if cfg.modality != "auto" else (dicom_modality(image_path) or "auto")
+    if modality != "auto":  # (absent otherwise, so caches of earlier runs stay valid)
+        seg_params["modality"] = modality
     seg_key = hash_params(image_hash, truth_hash, seg_params)
     seg_rec = cache.done("segment", seg_key, [out / "segmentation.nii.gz"])
+    if seg_rec is not None and "tissue_hu" not in seg_rec:
+        seg_rec = None  # written before the levels were recorded: the contrast evening needs them
     if seg_rec is None:
         cache.invalidate_from(["geometry", "solve"])
-        # --modality auto: the DICOM Modality tag when there is one, else the value range
-        modality = cfg.modality if cfg.modality != "auto" else (dicom_modality(image_path) or "auto")
         seg_rec = prog.stage("segment lumen", lambda: timed("segment", lambda: _segment(
             image, cfg, out, Path(truth_path) if truth_path else None, modality)))
         cache.record("segment", seg_key, seg_rec)
