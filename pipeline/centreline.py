@@ -171,9 +171,10 @@ def centreline_tree(mask: Volume, *, spur_ratio: float = SPUR_RATIO) -> Centreli
     import networkx as nx
     from scipy import ndimage
 
-    binary = np.asarray(mask.array) > 0
-    if not binary.any():
+    if not np.any(np.asarray(mask.array)):
         raise CentrelineError("the mask is empty: there is no lumen to take a centreline of")
+    mask = mask.crop(*mask.mask_box(1))  # (the faces the lumen touches stay faces of the crop)
+    binary = np.asarray(mask.array) > 0
     lab, n = ndimage.label(binary, structure=np.ones((3, 3, 3), bool))
     if n > 1:
         binary = lab == (1 + int(np.argmax(np.bincount(lab.ravel())[1:])))

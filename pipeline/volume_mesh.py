@@ -55,7 +55,7 @@ class MeshingError(ValueError):
 
 
 class _SelfIntersection(MeshingError):
-    """gmsh found the re-meshed wall crossing itself (its own "PLC Error: ... intersect" message)."""
+    """gmsh found the re-meshed wall crossing itself ("PLC Error: ... intersect", "overlapping facets")."""
 
 
 @dataclass
@@ -377,7 +377,8 @@ def _generate(gmsh, optimize: bool, order: int) -> None:
     except MeshingError:
         raise
     except Exception as exc:
-        kind = _SelfIntersection if "intersect" in str(exc).lower() else MeshingError
+        text = str(exc).lower()
+        kind = _SelfIntersection if ("intersect" in text or "overlapping facets" in text) else MeshingError
         raise kind(
             f"gmsh volume meshing failed ({exc}). Likely cause: a self-intersecting or "
             "non-manifold surface, or an element size too coarse for a narrow vessel; try "

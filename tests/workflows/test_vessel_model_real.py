@@ -185,3 +185,22 @@ def test_pulmonary_landmark_diameters(pulmonary):
         peer = 10.0 * float(lm["diameter"])  # cm
         print(f"\n[pulmonary CTA] {lm['name']}: ours {ours:.1f} mm, TotalSegmentator {peer:.1f} mm")
         assert ours == pytest.approx(peer, abs=2.0)
+
+
+def test_outlet_flow_split_from_the_caps():
+    """Murray's law from the cap radii (hand-computed), given fractions in outlet order, and the errors."""
+    from workflows.flow.vessel_flow import WorkflowError, outlet_fractions
+
+    caps = {"caps": [{"name": "inlet", "radius_mm": 5.0}, {"name": "outlet1", "radius_mm": 2.0},
+                     {"name": "outlet2", "radius_mm": 1.0}]}
+    murray = outlet_fractions(VesselFlowConfig(outlet_flow_split="murray"), caps)
+    assert murray == pytest.approx({"outlet1": 8 / 9, "outlet2": 1 / 9})
+    given = outlet_fractions(VesselFlowConfig(outlet_flow_split=(0.25, 0.75)), caps)
+    assert given == {"outlet1": 0.25, "outlet2": 0.75}
+    assert outlet_fractions(VesselFlowConfig(), caps) is None  # zero-traction outlets
+    with pytest.raises(WorkflowError, match="3 outlet flow fractions given for 2"):
+        outlet_fractions(VesselFlowConfig(outlet_flow_split=(0.2, 0.3, 0.5)), caps)
+    one = {"caps": caps["caps"][:2]}
+    assert outlet_fractions(VesselFlowConfig(outlet_flow_split="murray"), one) is None
+    with pytest.raises(WorkflowError, match="2 outlet flow fractions given for 1"):
+        outlet_fractions(VesselFlowConfig(outlet_flow_split=(0.4, 0.6)), one)

@@ -91,7 +91,7 @@ from workflows.common import (
 )
 
 __all__ = ["VesselFlowConfig", "WorkflowError", "SurfaceInputs", "perturb_segmentation", "build_surface",
-           "clip_plan", "even_contrast",
+           "clip_plan", "even_contrast", "outlet_fractions",
            "run_vessel_flow", "RESULT_FILE"]
 
 RESULT_FILE = "results.json"
@@ -784,7 +784,7 @@ def _centerline_outputs(image, mask, surf, plan, out: Path) -> dict:
     return summary
 
 
-def _outlet_fractions(cfg: VesselFlowConfig, surface: dict) -> dict[str, float] | None:
+def outlet_fractions(cfg: VesselFlowConfig, surface: dict) -> dict[str, float] | None:
     """Outlet name -> fraction of the inflow (Murray's law or given), or None for zero-traction outlets."""
     from physics.flow import murray_fractions
 
@@ -799,8 +799,8 @@ def _outlet_fractions(cfg: VesselFlowConfig, surface: dict) -> dict[str, float] 
     if len(outlets) < 2:
         return None  # one outlet carries all the flow whatever the split
     if split == "murray":  # Q ~ r^3, r from the cap area
-        fr = murray_fractions({k: c["radius_mm"] for k, c in enumerate(outlets)})
-        return {c["name"]: float(fr[k]) for k, c in enumerate(outlets)}
+        fr = murray_fractions({k + 1: c["radius_mm"] for k, c in enumerate(outlets)})
+        return {c["name"]: float(fr[k + 1]) for k, c in enumerate(outlets)}
     return {c["name"]: float(f) for c, f in zip(outlets, split)}
 
 
@@ -951,7 +951,7 @@ def run_vessel_flow(
                          if name.startswith("outlet") and isinstance(t, int))
 
     # 4. flow
-    fractions = _outlet_fractions(cfg, geo_rec["surface"])
+    fractions = outlet_fractions(cfg, geo_rec["surface"])
     tag_of = {k: int(v) for k, v in geo_rec["mesh"]["boundaries"].items() if isinstance(v, int)}
     problem = _flow_problem_dict(cfg, outlet_tags, None if fractions is None else
                                  {tag_of[name]: f for name, f in fractions.items()})
