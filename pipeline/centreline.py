@@ -613,6 +613,65 @@ def write_centreline_vtp(path, lines: list[np.ndarray], radii: list[np.ndarray])
     return write_text(path, text)
 
 
+class _LumenGraph:
+    """The lumen's voxels as a graph of 26-neighbours, step cost = length / distance to the wall (mm)."""
+
+    def __init__(self, mask: Volume):
+        from scipy import ndimage
+        from scipy.sparse import coo_matrix
+
+        self.mask = mask
+        self.binary = np.asarray(mask.array) > 0
+        self.spacing = np.asarray(mask.spacing_mm, float)
+        self.edt = ndimage.distance_transform_edt(self.binary, sampling=self.spacing)
+        idx = np.argwhere(self.binary)
+        ids = -np.ones(self.binary.shape, np.int64)
+        ids[tuple(idx.T)] = np.arange(len(idx))
+        r = np.maximum(self.edt[tuple(idx.T)], 0.5 * self.spacing.min())
+        rows, cols, w = [], [], []
+        for off in [(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1) if (a, b, c) > (0, 0, 0)]:
+            q = idx + off
+            ok = np.all((q >= 0) & (q < self.binary.shape), axis=1)
+            j = np.full(len(idx), -1)
+            j[ok] = ids[tuple(q[ok].T)]
+            sel = np.flatnonzero(j >= 0)
+            step = float(np.linalg.norm(np.asarray(off) * self.spacing))
+            rows.append(sel)
+            cols.append(j[sel])
+            w.append(step * 0.5 * (1.0 / r[sel] + 1.0 / r[j[sel]]))
+        rows, cols, w = np.concatenate(rows), np.concatenate(cols), np.concatenate(w)
+        self.graph = coo_matrix((w, (rows, cols)), shape=(len(idx), len(idx))).tocsr()
+        self.idx, self.ids, self.radius = idx, ids, r
+        self.xyz = mask.index_to_world(idx.astype(float))
+
+    def node(self, p, what: str) -> int:
+        """The lumen voxel at a world point (or the nearest within 3 voxels)."""
+        k = np.rint(self.mask.world_to_index(np.asarray(p, float))).astype(int)
+        if np.any(k < 0) or np.any(k >= self.binary.shape):
+            raise CentrelineError(f"the {what} point {tuple(round(float(v), 1) for v in p)} mm is outside the image")
+        if not self.binary[tuple(k)]:
+            lo = np.maximum(k - 3, 0)
+            near = np.argwhere(self.binary[tuple(slice(a, b + 4) for a, b in zip(lo, k))]) + lo
+            if len(near) == 0:
+                raise CentrelineError(f"the {what} point {tuple(round(float(v), 1) for v in p)} mm is not in the "
+                                      "lumen: give a point inside the vessel")
+            k = near[np.argmin(np.linalg.norm((near - k) * self.spacing, axis=1))]
+        return int(self.ids[tuple(k)])
+
+    def tree_from(self, start: int):
+        """Costs and predecessors of the cheapest paths from ``start`` to every lumen voxel."""
+        from scipy.sparse.csgraph import dijkstra
+
+        return dijkstra(self.graph, directed=False, indices=start, return_predecessors=True)
+
+    @staticmethod
+    def chain(pred: np.ndarray, start: int, end: int) -> list[int]:
+        out = [end]
+        while out[-1] != start:
+            out.append(int(pred[out[-1]]))
+        return out[::-1]
+
+
 def minimal_paths(mask: Volume, start_xyz, ends_xyz) -> list[np.ndarray]:
     """Centrelines from one point to others as minimal paths through the lumen (world mm, one array per end).
 
@@ -626,56 +685,16 @@ def minimal_paths(mask: Volume, start_xyz, ends_xyz) -> list[np.ndarray]:
     CentrelineError
         A point outside the lumen, or an end that no path reaches.
     """
-    from scipy import ndimage
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import dijkstra
-
-    binary = np.asarray(mask.array) > 0
-    spacing = np.asarray(mask.spacing_mm, float)
-    edt = ndimage.distance_transform_edt(binary, sampling=spacing)
-    idx = np.argwhere(binary)
-    ids = -np.ones(binary.shape, np.int64)
-    ids[tuple(idx.T)] = np.arange(len(idx))
-    rows, cols, w = [], [], []
-    r = np.maximum(edt[tuple(idx.T)], 0.5 * spacing.min())
-    for off in [(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1) if (a, b, c) > (0, 0, 0)]:
-        q = idx + off
-        ok = np.all((q >= 0) & (q < binary.shape), axis=1)
-        j = np.full(len(idx), -1)
-        j[ok] = ids[tuple(q[ok].T)]
-        sel = np.flatnonzero(j >= 0)
-        step = float(np.linalg.norm(np.asarray(off) * spacing))
-        rows.append(sel)
-        cols.append(j[sel])
-        w.append(step * 0.5 * (1.0 / r[sel] + 1.0 / r[j[sel]]))
-    rows, cols, w = np.concatenate(rows), np.concatenate(cols), np.concatenate(w)
-    graph = coo_matrix((w, (rows, cols)), shape=(len(idx), len(idx))).tocsr()
-
-    def node(p, what):
-        k = np.rint(mask.world_to_index(np.asarray(p, float))).astype(int)
-        if np.any(k < 0) or np.any(k >= binary.shape):
-            raise CentrelineError(f"the {what} point {tuple(round(float(v), 1) for v in p)} mm is outside the image")
-        if not binary[tuple(k)]:  # the nearest lumen voxel within 3 voxels
-            lo = np.maximum(k - 3, 0)
-            near = np.argwhere(binary[tuple(slice(a, b + 4) for a, b in zip(lo, k))]) + lo
-            if len(near) == 0:
-                raise CentrelineError(f"the {what} point {tuple(round(float(v), 1) for v in p)} mm is not in the "
-                                      "lumen: give a point inside the vessel")
-            k = near[np.argmin(np.linalg.norm((near - k) * spacing, axis=1))]
-        return int(ids[tuple(k)])
-
-    start = node(start_xyz, "inlet")
-    _, pred = dijkstra(graph, directed=False, indices=start, return_predecessors=True)
+    lg = _LumenGraph(mask)
+    start = lg.node(start_xyz, "inlet")
+    _, pred = lg.tree_from(start)
     paths = []
     for p in ends_xyz:
-        n = node(p, "outlet")
+        n = lg.node(p, "outlet")
         if pred[n] < 0 and n != start:
             raise CentrelineError(f"no path through the lumen joins the inlet to the outlet point "
                                   f"{tuple(round(float(v), 1) for v in p)} mm: they are in different pieces")
-        chain = [n]
-        while chain[-1] != start:
-            chain.append(int(pred[chain[-1]]))
-        paths.append(mask.index_to_world(idx[chain[::-1]].astype(float)))
+        paths.append(lg.xyz[lg.chain(pred, start, n)])
     return paths
 
 

@@ -204,3 +204,14 @@ def test_outlet_flow_split_from_the_caps():
     assert outlet_fractions(VesselFlowConfig(outlet_flow_split="murray"), one) is None
     with pytest.raises(WorkflowError, match="2 outlet flow fractions given for 1"):
         outlet_fractions(VesselFlowConfig(outlet_flow_split=(0.4, 0.6)), one)
+
+
+def test_plain_run_on_a_fused_cta_says_what_to_give(shared_reference, tmp_path):
+    """Without named ends, the pulmonary CTA's lumen (heart, aorta and lung vessels in one piece) is
+    no cropped tube: the run stops with a message that names the options to give, and no results."""
+    from workflows.flow.vessel_flow import WorkflowError, run_vessel_flow
+
+    ct = shared_reference("real", "pulmonary_cta") / "ct_cropped.nii.gz"
+    with pytest.raises(WorkflowError, match="--inlet-mm X Y Z and --outlet-mm"):
+        run_vessel_flow(ct, tmp_path / "run", VesselFlowConfig(flow_rate_ml_s=80.0, model="stokes"), quiet=True)
+    assert not (tmp_path / "run" / "results.json").exists()

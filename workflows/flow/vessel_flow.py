@@ -708,21 +708,31 @@ def even_contrast(image, mask, level_hu: float, tissue_hu: float | None):
 
 def _geometry(image, seg_record: dict, cfg: VesselFlowConfig, out: Path) -> dict:
     from pipeline.image import read_image, write_image
-    from pipeline.volume_mesh import mesh_volume
+    from pipeline.surface import SurfaceError
+    from pipeline.volume_mesh import MeshingError, mesh_volume
 
     mask = read_image(out / "segmentation.nii.gz")
     mask, plan, region = clip_plan(mask, cfg)
     if plan is not None:
         write_image(mask, out / "segmentation_model.nii.gz")
-    surf, si = build_surface(image, mask, seg_record["level_hu"], seg_record.get("upper_hu"), cfg, plan=plan,
-                             tissue_hu=seg_record.get("tissue_hu"))
-    if si.reports:
-        write_image(si.perturbed_mask, out / "segmentation_perturbed.nii.gz")
-    surf.write(out / "surface.stl")
-    surf.write(out / "surface.vtp")
-    if region is not None:
-        surf.report["model_region"] = region
-    write_json_atomic(out / "surface.json", surf.to_json_dict())
+    try:
+        surf, si = build_surface(image, mask, seg_record["level_hu"], seg_record.get("upper_hu"), cfg, plan=plan,
+                                 tissue_hu=seg_record.get("tissue_hu"))
+        if si.reports:
+            write_image(si.perturbed_mask, out / "segmentation_perturbed.nii.gz")
+        if region is not None:
+            surf.report["model_region"] = region
+        surf.write(out / "surface.stl")
+        surf.write(out / "surface.vtp")
+        write_json_atomic(out / "surface.json", surf.to_json_dict())
+        vm = mesh_volume(surf, out / "mesh", cells_per_radius=cfg.cells_per_radius, order=cfg.mesh_order)
+    except (SurfaceError, MeshingError) as exc:
+        if plan is not None or cfg.clip != "auto":
+            raise
+        raise WorkflowError(
+            f"{exc}. The lumen reaches the image faces but is not a cropped tube (it branches, touches "
+            "other vessels or runs into the heart): name where to cut the vessel with --inlet-mm X Y Z and "
+            "--outlet-mm X Y Z (repeatable), see the README's 'Your own patient'") from None
     centerline = _centerline_outputs(image, mask, surf, plan, out)
     reports = list(si.reports)
     if cfg.smoothing_method != VALID_SMOOTHING_METHODS[0]:
@@ -732,7 +742,6 @@ def _geometry(image, seg_record: dict, cfg: VesselFlowConfig, out: Path) -> dict
                         "volume_before_mm3": r["volume_before_smoothing_mm3"],
                         "volume_after_mm3": r["volume_after_smoothing_mm3"],
                         "volume_change_percent": r["smoothing_volume_change_percent"]})
-    vm = mesh_volume(surf, out / "mesh", cells_per_radius=cfg.cells_per_radius, order=cfg.mesh_order)
     return {
         "centerline": centerline,
         "surface": {k: v for k, v in surf.to_json_dict().items() if k != "centreline"},
