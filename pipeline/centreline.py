@@ -49,7 +49,7 @@ from pipeline.image import Volume
 
 __all__ = ["CentrelineError", "CentrelineTree", "Clip", "ClipPlan", "centreline_tree", "plan_clips",
            "minimal_paths", "tube_region", "plan_from_paths", "model_region", "modelled_voxels",
-           "write_centreline_vtp"]
+           "write_centreline_vtp", "track_vessel_ends", "main_vessel_seed"]
 
 #: A terminal branch shorter than this many radii of its junction is a spur of the wall.
 SPUR_RATIO = 1.5
@@ -837,7 +837,8 @@ _BOX_MARGIN_VOXELS = 6
 
 
 def model_region(mask: Volume, *, inlet_xyz=None, outlets_xyz=None,
-                 min_branch_radius_mm: float | None = None) -> tuple[Volume, ClipPlan, dict]:
+                 min_branch_radius_mm: float | None = None, track: bool = False,
+                 seed_xyz=None) -> tuple[Volume, ClipPlan, dict]:
     """The modelled part of a lumen mask and where it is clipped (centreline clipping).
 
     With an inlet and outlets named, the centrelines are the minimal paths between them
@@ -845,14 +846,19 @@ def model_region(mask: Volume, *, inlet_xyz=None, outlets_xyz=None,
     (:func:`plan_from_paths`); ``min_branch_radius_mm`` is then not used. Otherwise the
     skeleton tree gives the paths (:func:`plan_clips`: inlet at the widest end or the named
     point, outlets at the other ends). Either way the mask is reduced to the vessels along
-    the paths (:func:`tube_region`), and the tree plan is made again on that. The work is
-    done on the lumen's bounding box (plus a margin), so a whole-body CT costs what its
-    vessel costs.
+    the paths (:func:`tube_region`), and the tree plan is made again on that. With ``track``
+    (and no named ends) the ends are found by following the vessel through ``seed_xyz``
+    (default: :func:`main_vessel_seed`) with :func:`track_vessel_ends`, then modelled as named
+    ends; the report's ``"ends"`` says how they were found. The work is done on the lumen's
+    bounding box (plus a margin), so a whole-body CT costs what its vessel costs.
 
     Returns (region on the grid of ``mask``, plan, report of the region).
     """
     lo, hi = mask.mask_box(_BOX_MARGIN_VOXELS)
     sub = mask.crop(lo, hi)
+    tracked = None
+    if track and inlet_xyz is None and not outlets_xyz:
+        inlet_xyz, outlets_xyz, tracked = track_vessel_ends(sub, seed_xyz, min_branch_radius_mm=min_branch_radius_mm)
     if inlet_xyz is not None and outlets_xyz:
         paths = minimal_paths(sub, inlet_xyz, outlets_xyz)
         region, report = tube_region(sub, paths)
@@ -865,6 +871,294 @@ def model_region(mask: Volume, *, inlet_xyz=None, outlets_xyz=None,
         tree = centreline_tree(region)
         plan = plan_clips(tree, region, inlet_xyz=inlet_xyz, outlets_xyz=outlets_xyz,
                           min_branch_radius_mm=min_branch_radius_mm)
+    if tracked is not None:
+        report["ends"] = tracked
     full = np.zeros_like(np.asarray(mask.array))
     full[tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))] = np.asarray(region.array)
     return mask.with_array(full), plan, report
+
+
+# --- the ends of a vessel found from one point inside it ------------------------------------
+
+#: A daughter of a split is a branch of the model when its radius is at least this fraction
+#: of the parent's (thinner ones are side branches: closed stubs).
+TRACK_BRANCH_RATIO = 0.5
+#: Upstream, the vessel ends where its radius grows by this factor over its own (a chamber or a
+#: wider vessel it comes from); a single step growing by ``TRACK_JUMP`` ends it at once.
+TRACK_WIDENING = 1.1
+TRACK_JUMP = 1.6
+#: Exits of the vessel's core are looked for on a sphere of this many radii around the point.
+TRACK_SHELL_RADII = 2.0
+#: A track stops after this many radii of length (a guard, far beyond any modelled vessel).
+TRACK_MAX_LENGTH_RADII = 60.0
+
+
+@dataclass
+class _Track:
+    points: list  # array indices (float, k j i) along the centreline
+    radii: list  # mm
+    why: str  # face | widens | split | lost | stalls | length
+    exits: list  # at a split: (index, radius mm) of each daughter's start
+
+
+class _Tracker:
+    """Follow a vessel along the ridge of its distance map (Aylward & Bullitt 2002, ridge traversal).
+
+    Each step moves half a radius along the local axis (the principal direction of the
+    lumen's core, the voxels deeper than half the radius within 2.5 radii that are joined to
+    the point), re-centres on the deepest voxel nearby, and looks for exits of the core on a
+    sphere of two radii ahead: two or more exits at least ``TRACK_BRANCH_RATIO`` of the radius
+    wide are a split (Wink et al. 2000 find branches the same way). Necks where other
+    structures only touch the vessel are shallower than half its radius, so they are no exits.
+    """
+
+    def __init__(self, mask: Volume, branch_ratio: float = TRACK_BRANCH_RATIO, min_branch_radius_mm: float = 0.0):
+        from scipy import ndimage
+
+        self.branch_ratio, self.min_branch_radius_mm = float(branch_ratio), float(min_branch_radius_mm)
+        self.binary = np.asarray(mask.array) > 0
+        self.sp = np.asarray(mask.spacing_mm, float)
+        self.edt = ndimage.distance_transform_edt(self.binary, sampling=self.sp)
+        self.shape = np.asarray(self.binary.shape)
+
+    def _box(self, c, radius_mm):
+        lo = np.maximum(np.floor(c - radius_mm / self.sp).astype(int), 0)
+        hi = np.minimum(np.ceil(c + radius_mm / self.sp).astype(int) + 1, self.shape)
+        return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi)), lo
+
+    def _dist(self, sl, lo, c):
+        g = np.indices(tuple(s.stop - s.start for s in sl)).reshape(3, -1).T + lo
+        return np.linalg.norm((g - c) * self.sp, axis=1), g
+
+    def centre(self, c, radius_mm):
+        """The deepest lumen voxel within ``radius_mm`` of ``c`` (index), and its depth (mm)."""
+        radius_mm = max(radius_mm, float(self.sp.max()))
+        sl, lo = self._box(c, radius_mm)
+        d, g = self._dist(sl, lo, c)
+        e = self.edt[sl].ravel()
+        e = np.where(d <= radius_mm, e, -1.0)
+        j = int(np.argmax(e))
+        return g[j].astype(float), float(max(e[j], 0.0))
+
+    def core(self, c, radius_mm, r):
+        """Core voxels (deeper than r / 2) within ``radius_mm`` of ``c`` joined to it: (indices, distances)."""
+        from scipy import ndimage
+
+        sl, lo = self._box(c, radius_mm)
+        d, g = self._dist(sl, lo, c)
+        sub = self.edt[sl]
+        core = (sub >= 0.5 * r) & (d.reshape(sub.shape) <= radius_mm)
+        lab, _ = ndimage.label(core, structure=np.ones((3, 3, 3), bool))
+        k = lab[tuple(np.rint(c).astype(int) - lo)]
+        if k == 0:
+            return None, None
+        sel = (lab == k).ravel()
+        return g[sel], d[sel]
+
+    def axis(self, c, r, previous=None):
+        """Unit direction (mm-scaled index space) of the vessel at ``c``, or ``previous`` when unclear."""
+        idx, _ = self.core(c, 2.5 * r, r)
+        if idx is None or len(idx) < 10:
+            return previous
+        x = (idx - c) * self.sp
+        w, v = np.linalg.eigh(x.T @ x / len(x))
+        a = v[:, -1]
+        if previous is not None and a @ previous < 0:
+            a = -a
+        return a
+
+    def tubularity(self, c, r) -> float:
+        """Largest over second principal spread of the core around ``c``: about 1 for a blob, large for a tube."""
+        idx, _ = self.core(c, 2.5 * r, r)
+        if idx is None or len(idx) < 10:
+            return 0.0
+        x = (idx - c) * self.sp
+        w = np.linalg.eigvalsh(x.T @ x / len(x))
+        return float(w[-1] / max(w[-2], 1e-9))
+
+    def exits(self, c, r, d):
+        """Daughters ahead (direction ``d``): the core's pieces on the sphere of two radii, as (index, radius)."""
+        from scipy import ndimage
+
+        radius_mm = TRACK_SHELL_RADII * r
+        idx, dist = self.core(c, radius_mm, r)
+        if idx is None:
+            return []
+        shell = idx[dist >= radius_mm - 1.5 * self.sp.max()]
+        if len(shell) == 0:
+            return []
+        lo = shell.min(0)
+        img = np.zeros(tuple(shell.max(0) - lo + 1), bool)
+        img[tuple((shell - lo).T)] = True
+        lab, n = ndimage.label(img, structure=np.ones((3, 3, 3), bool))
+        out = []
+        for k in range(1, n + 1):
+            pts = np.argwhere(lab == k) + lo
+            e = self.edt[tuple(pts.T)]
+            j = int(np.argmax(e))
+            if ((pts[j] - c) * self.sp) @ d > 0.3 * radius_mm:
+                out.append((pts[j].astype(float), float(e[j])))
+        return out
+
+    def track(self, start, d, r0) -> _Track:
+        pts, radii = [np.asarray(start, float)], [float(r0)]
+        p, length = pts[0], 0.0
+        for _ in range(1000):
+            r = float(np.median(radii[-5:]))
+            step = max(0.5 * r, float(self.sp.min()))
+            q = p + step * d / self.sp
+            if np.any(q < 1) or np.any(q > self.shape - 2):
+                return _Track(pts, radii, "face", [])
+            q, rq = self.centre(q, 0.35 * r)
+            moved = (q - p) * self.sp
+            if rq < 0.5 * float(self.sp.min()):
+                return _Track(pts, radii, "lost", [])
+            if moved @ d < 0.25 * step:
+                return _Track(pts, radii, "stalls", [])
+            if rq > TRACK_JUMP * r and length > r:
+                return _Track(pts, radii, "widens", [])
+            d = self.axis(q, rq, d)
+            length += float(np.linalg.norm(moved))
+            p = q
+            pts.append(p)
+            radii.append(rq)
+            big = [e for e in self.exits(q, rq, d)
+                   if e[1] >= max(self.branch_ratio * rq, self.min_branch_radius_mm)]
+            if len(big) >= 2:
+                return _Track(pts, radii, "split", big)
+            if length > TRACK_MAX_LENGTH_RADII * r:
+                return _Track(pts, radii, "length", [])
+        return _Track(pts, radii, "length", [])
+
+
+def _snap_seed(tr: _Tracker, mask: Volume, seed_xyz) -> np.ndarray:
+    k = np.rint(mask.world_to_index(np.asarray(seed_xyz, float))).astype(int)
+    where = tuple(round(float(v), 1) for v in seed_xyz)
+    if np.any(k < 0) or np.any(k >= tr.shape):
+        raise CentrelineError(f"the seed point {where} mm is outside the image")
+    if not tr.binary[tuple(k)]:
+        c, r = tr.centre(k.astype(float), 3.0 * float(tr.sp.max()))
+        if r <= 0:
+            raise CentrelineError(f"the seed point {where} mm is not in the lumen: give a point inside the vessel")
+        k = c.astype(int)
+    r = float(tr.edt[tuple(k)])
+    c, _ = tr.centre(k.astype(float), max(r, 2.0 * float(tr.sp.max())))
+    return c
+
+
+def main_vessel_seed(mask: Volume, *, candidates: int = 40) -> tuple[np.ndarray, dict]:
+    """A point inside the main vessel of a lumen mask that also holds chambers and other vessels (world mm).
+
+    The candidates are the deepest points of the lumen (local maxima of the distance map,
+    at least three voxels deep); each is scored by its radius times its tubularity (the
+    core's largest over second principal spread, at least 3 for a tube), and weighed by
+    its closeness to the image centre (a cropped angiogram is centred on the vessel of
+    interest): ``r * min(t, 10) / (1 + d / L)``, ``d`` the distance to the centre and ``L``
+    half the image's smallest extent.
+    """
+    from scipy import ndimage
+
+    tr = _Tracker(mask)
+    sp_min = float(tr.sp.min())
+    peaks = (tr.edt == ndimage.maximum_filter(tr.edt, size=5)) & (tr.edt >= 3.0 * sp_min)
+    idx = np.argwhere(peaks)
+    if len(idx) == 0:
+        raise CentrelineError("the lumen is nowhere three voxels deep: no vessel to model; give --seed-mm "
+                              "(a point inside the vessel) or check the segmentation")
+    idx = idx[np.argsort(-tr.edt[tuple(idx.T)])][:candidates]
+    centre = 0.5 * (tr.shape - 1)
+    half = 0.5 * float(np.min((tr.shape - 1) * tr.sp))
+    best, rows = None, []
+    for c in idx.astype(float):
+        r = float(tr.edt[tuple(c.astype(int))])
+        t = tr.tubularity(c, r)
+        d = float(np.linalg.norm((c - centre) * tr.sp))
+        score = r * min(t, 10.0) / (1.0 + d / half) if t >= 3.0 else 0.0
+        rows.append((score, c, r, t))
+        if best is None or score > best[0]:
+            best = (score, c, r, t)
+    if best[0] <= 0:
+        raise CentrelineError(
+            f"no tube-like vessel among the lumen's {len(idx)} deepest points (all are blobs, such as heart "
+            "chambers): give --seed-mm (a point inside the vessel) or name the ends with --inlet-mm / --outlet-mm")
+    xyz = mask.index_to_world(best[1][None])[0]
+    return xyz, {"seed_xyz_mm": [round(float(v), 2) for v in xyz], "radius_mm": round(best[2], 2),
+                 "tubularity": round(best[3], 2), "candidates": len(rows),
+                 "tube_like_candidates": int(sum(1 for row in rows if row[0] > 0))}
+
+
+def _trim(t: _Track) -> int:
+    """Index on a daughter's or the downstream track where its outlet goes (before a split, face or taper)."""
+    n = len(t.points)
+    if t.why == "lost":
+        r_ref = float(np.median(t.radii[:3]))
+        ok = [i for i, r in enumerate(t.radii) if r >= 0.6 * r_ref]
+        return max(ok[-1] - 1, 0) if ok else 0
+    return max(n - 2, 0)
+
+
+def track_vessel_ends(mask: Volume, seed_xyz=None, *, min_branch_radius_mm: float | None = None) -> tuple[
+        np.ndarray, list[np.ndarray], dict]:
+    """The inlet and outlet points of the vessel through a seed point, found by tracking it (world mm).
+
+    From the seed (default :func:`main_vessel_seed`) the vessel is followed both ways along
+    its centreline (:class:`_Tracker`). The way that reaches the wider vessel is upstream: the
+    inlet goes where the radius is still the vessel's own, before it grows by
+    ``TRACK_WIDENING`` (a chamber or the vessel it comes from) or, at an image face, one step
+    inside it. Downstream, a split into daughters at least ``TRACK_BRANCH_RATIO`` of the
+    parent's radius (and ``min_branch_radius_mm``) is followed into each daughter, and each daughter's outlet goes before its own
+    next split, its image face or where it tapers below 0.6 of its radius; without a split
+    the single outlet goes at the end of the vessel the same way. Thinner side branches stay
+    closed stubs (:func:`tube_region`).
+
+    Returns (inlet, [outlets], report); the points go to :func:`minimal_paths` as named ends.
+    """
+    tr = _Tracker(mask, min_branch_radius_mm=min_branch_radius_mm or 0.0)
+    report: dict[str, Any] = {"method": "tracked from a seed point"}
+    if seed_xyz is None:
+        seed_xyz, report["automatic_seed"] = main_vessel_seed(mask)
+    c = _snap_seed(tr, mask, seed_xyz)
+    r0 = float(tr.edt[tuple(c.astype(int))])
+    d0 = tr.axis(c, r0)
+    if d0 is None:
+        raise CentrelineError(f"the lumen around the seed {tuple(round(float(v), 1) for v in seed_xyz)} mm is too "
+                              "small to follow: give a point inside the vessel, or name its ends with --inlet-mm / "
+                              "--outlet-mm")
+    ways = [tr.track(c, d0, r0), tr.track(c, -d0, r0)]
+    widest = [max(t.radii[1:]) if len(t.radii) > 1 else t.radii[0] for t in ways]
+    up, down = (ways[0], ways[1]) if widest[0] >= widest[1] else (ways[1], ways[0])
+    # upstream: the inlet before the vessel widens
+    radii = up.radii
+    i_w = next((i for i in range(2, len(radii)) if radii[i] > TRACK_WIDENING * float(np.median(radii[:i]))),
+               len(radii))
+    i_in = max(i_w - 2, 0) if (i_w < len(radii) or up.why in ("face", "widens", "split")) else len(radii) - 1
+    inlet = up.points[i_in]
+    # downstream: the daughters of a split, or the vessel's own end
+    outlets, branches = [], []
+    if down.why == "split":
+        for e_idx, e_r in down.exits:
+            dd = (e_idx - down.points[-1]) * tr.sp
+            dd /= np.linalg.norm(dd)
+            t = tr.track(e_idx, dd, e_r)
+            j = _trim(t)
+            length = float(np.linalg.norm((t.points[j] - down.points[-1]) * tr.sp))
+            branches.append({"radius_mm": round(e_r, 2), "ends_by": t.why, "length_mm": round(length, 1)})
+            if length >= 2.0 * e_r:
+                outlets.append(t.points[j])
+    if not outlets:
+        outlets = [down.points[_trim(down)]]
+    world = [mask.index_to_world(np.asarray(p, float)[None])[0] for p in [inlet] + outlets]
+    if min(float(np.linalg.norm(w - world[0])) for w in world[1:]) < 3.0 * float(tr.sp.max()):
+        raise CentrelineError(
+            f"the vessel through the seed {tuple(round(float(v), 1) for v in seed_xyz)} mm is too short to model "
+            f"(it ends by '{up.why}' upstream and '{down.why}' downstream within a few voxels): name its ends "
+            "with --inlet-mm X Y Z and --outlet-mm X Y Z")
+    report.update({
+        "seed_centre_xyz_mm": [round(float(v), 2) for v in mask.index_to_world(c[None])[0]],
+        "seed_radius_mm": round(r0, 2),
+        "upstream": {"ends_by": up.why, "steps": len(up.points) - 1, "inlet_radius_mm": round(radii[i_in], 2)},
+        "downstream": {"ends_by": down.why, "steps": len(down.points) - 1, "daughters": branches},
+        "inlet_xyz_mm": [round(float(v), 2) for v in world[0]],
+        "outlets_xyz_mm": [[round(float(v), 2) for v in w] for w in world[1:]],
+    })
+    return world[0], world[1:], report

@@ -58,6 +58,14 @@ class _SelfIntersection(MeshingError):
     """gmsh found the re-meshed wall crossing itself ("PLC Error: ... intersect", "overlapping facets")."""
 
 
+class _LockedTetrahedra(MeshingError):
+    """Tetrahedra whose every edge lies on the no-slip wall or the inlet (a gap one element thick).
+
+    Every velocity unknown of a Taylor-Hood element there is fixed, so the pressure at its
+    vertices is undetermined: the Stokes matrix is singular (MUMPS: INFOG(1) = -10).
+    """
+
+
 @dataclass
 class VolumeMesh:
     """Paths and statistics of a tagged tetrahedral mesh.
@@ -154,7 +162,9 @@ def mesh_volume(
     MeshingError
         Bad parameters, or gmsh failed (usually a self-intersecting or non-manifold
         surface, or a size too coarse for a narrow vessel). A re-meshed wall that crosses
-        itself is first retried with 1.5x and 2.25x finer elements (``stats["meshing_refinements"]``).
+        itself, or tetrahedra whose every edge lies on the wall or the inlet (the pressure there
+        would be undetermined), are first retried with 1.5x and 2.25x finer elements
+        (``stats["meshing_refinements"]``); the error names where they are.
     """
     if not isinstance(surface, TaggedSurface):
         raise MeshingError(f"surface must be a pipeline.surface.TaggedSurface, got {type(surface).__name__}")
@@ -192,9 +202,10 @@ def mesh_volume(
                 stats, name_of_tag = _run_gmsh(surface, tmp_dir / "mesh.msh", cells_per_radius, float(min_size_mm),
                                                float(max_size_mm), int(order), bool(optimize), bool(verbose))
                 break
-            except _SelfIntersection:
-                # gmsh's re-meshed wall crosses itself where two walls come closer than an element
-                # (a deep notch at a branch): finer elements resolve the notch
+            except (_SelfIntersection, _LockedTetrahedra):
+                # gmsh's re-meshed wall crosses itself, or elements span a gap from wall to wall,
+                # where two walls come closer than an element (a deep notch at a branch): finer
+                # elements resolve the notch
                 if refinement == _PLC_RETRIES:
                     raise
                 cells_per_radius *= _PLC_REFINE
@@ -401,7 +412,7 @@ def _mesh_statistics(gmsh, vol: int, by_tag: dict[int, list[int]], name_of_tag: 
     vols = _tet_volumes(pos, tets[:, :4])
     e = np.concatenate([np.linalg.norm(pos[tets[:, a]] - pos[tets[:, b]], axis=1)
                         for a, b in ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3))])
-    n_facets, facet_area = {}, {}
+    n_facets, facet_area, fixed = {}, {}, []
     for t, ents in sorted(by_tag.items()):
         tri_all = []
         for s in ents:
@@ -411,6 +422,15 @@ def _mesh_statistics(gmsh, vol: int, by_tag: dict[int, list[int]], name_of_tag: 
         name = name_of_tag.get(t, f"tag{t}")
         n_facets[name] = int(len(tri))
         facet_area[name] = float(_tri_areas(pos, tri[:, :3]).sum())
+        if t in (WALL, INLET):
+            fixed.append(tri[:, :3])
+    locked = _locked_tetrahedra(tets[:, :4], np.vstack(fixed), len(pos))
+    if len(locked):
+        where = np.round(pos[tets[locked, :4]].mean(axis=1), 1)
+        raise _LockedTetrahedra(
+            f"{len(locked)} tetrahedra have every edge on the wall or the inlet (a gap one element thick), so "
+            f"the flow pressure there is undetermined; they lie at {where[:3].tolist()} mm (world): raise "
+            "cells_per_radius (--cells-per-radius) or smooth the surface more, or move a clip away from there")
     used = np.unique(tets)
     stats = {
         "n_nodes": int(len(used)),
@@ -430,6 +450,18 @@ def _mesh_statistics(gmsh, vol: int, by_tag: dict[int, list[int]], name_of_tag: 
             "likely a self-intersecting surface: try more smoothing or a larger cells_per_radius"
         )
     return stats
+
+
+def _locked_tetrahedra(tets: np.ndarray, fixed_tris: np.ndarray, n_nodes: int) -> np.ndarray:
+    """Indices of the tetrahedra all six of whose edges are edges of the given (no-slip) triangles."""
+    def keys(a, b):
+        return np.minimum(a, b).astype(np.int64) * (n_nodes + 1) + np.maximum(a, b)
+
+    edge = np.unique(np.concatenate([keys(fixed_tris[:, i], fixed_tris[:, j]) for i, j in ((0, 1), (1, 2), (0, 2))]))
+    on = np.ones(len(tets), bool)
+    for i, j in ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)):
+        on &= np.isin(keys(tets[:, i], tets[:, j]), edge)
+    return np.flatnonzero(on)
 
 
 def _export_meshio(tmp_dir: Path, stats: dict, name_of_tag: dict) -> None:

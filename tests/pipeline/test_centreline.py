@@ -483,3 +483,60 @@ def test_y_side_branch_surface_thin_branch_is_wall():
         (surf.vertices_xyz_mm - S0) @ SIDE > R_PARENT + 0.2)
     assert on_branch.any() or closed["applied"]
     assert np.all(v_tags[on_branch] == WALL)
+
+
+# ----------------------------------------------------------------------------- tracked ends
+#: a chamber the parent comes out of: a ball of radius 7 mm whose centre lies 4 mm beyond the
+#: parent's free end A, so the parent leaves it 3 mm up its axis
+CHAMBER_C, R_CHAMBER = A - 4.0 * U0, 7.0
+WITH_CHAMBER = Y_SIDE + [(CHAMBER_C, CHAMBER_C + 1e-3 * U0, R_CHAMBER)]  # (a ball: a capsule of no length)
+
+
+@functools.lru_cache(maxsize=None)
+def chamber_case(grid: str) -> Volume:
+    spacing, direction = GRIDS[grid]
+    vol, xyz = _grid(WITH_CHAMBER, spacing, direction)
+    return vol.with_array((signed_distance(xyz, WITH_CHAMBER) <= 0).astype(np.uint8))
+
+
+@pytest.mark.parametrize("grid", ["iso", "aniso_flip"])
+def test_tracked_ends_from_a_seed_cut_the_chamber_and_follow_both_daughters(grid):
+    """Seeded in the parent, the inlet is on the parent between the chamber and the split, and the
+    outlets are one on each daughter; the thin side branch is no outlet."""
+    from pipeline.centreline import track_vessel_ends
+
+    mask = chamber_case(grid)
+    inlet, outlets, rep = track_vessel_ends(mask, A + 9.0 * U0)
+    assert nearest_capsule(inlet, WITH_CHAMBER) == 0, rep
+    assert seg_dist(inlet, A, J) < 0.5 * R_PARENT
+    assert np.linalg.norm(inlet - CHAMBER_C) > R_CHAMBER  # the chamber is cut off
+    assert axial(inlet, WITH_CHAMBER[0]) < 9.0  # upstream of the seed
+    assert sorted(nearest_capsule(o, WITH_CHAMBER) for o in outlets) == [1, 2], rep
+    for o in outlets:
+        k = nearest_capsule(o, WITH_CHAMBER)
+        a, b, r = WITH_CHAMBER[k]
+        assert seg_dist(o, a, b) < 0.5 * r
+        assert np.linalg.norm(o - J) > 2.0 * r  # past the split by two of the daughter's radii
+    assert rep["upstream"]["ends_by"] in ("widens", "split")
+    assert rep["downstream"]["ends_by"] == "split"
+
+
+def test_automatic_seed_is_in_a_tube_not_the_chamber():
+    from pipeline.centreline import main_vessel_seed
+
+    mask = chamber_case("iso")
+    seed, rep = main_vessel_seed(mask)
+    k = nearest_capsule(seed, WITH_CHAMBER)
+    assert k in (0, 1), rep  # the parent or the wide daughter: tubes, deep enough
+    assert rep["tubularity"] >= 3.0
+
+
+def test_a_lone_ball_has_no_vessel_to_track():
+    from pipeline.centreline import main_vessel_seed
+
+    spacing, direction = GRIDS["iso"]
+    ball = [WITH_CHAMBER[-1]]
+    vol, xyz = _grid(ball, spacing, direction)
+    mask = vol.with_array((signed_distance(xyz, ball) <= 0).astype(np.uint8))
+    with pytest.raises(CentrelineError, match="no tube-like vessel.*--seed-mm"):
+        main_vessel_seed(mask)

@@ -55,9 +55,12 @@ def add_flow_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--min-branch-radius-mm", type=float,
                    help="branches thinner than this are closed (wall), not outlets (default: the larger of two "
                         "voxels and a quarter of the inlet radius; not used when the inlet and outlets are named)")
-    g.add_argument("--clip", choices=("auto", "faces", "centreline"), default=d.clip,
-                   help="where the ends are cut: perpendicular to the centreline, at the image faces, or auto "
+    g.add_argument("--clip", choices=("auto", "faces", "centreline", "tracked"), default=d.clip,
+                   help="where the ends are cut: perpendicular to the centreline, at the image faces, 'tracked' "
+                        "(the vessel through --seed-mm, or the most tube-like wide one, is followed both ways: "
+                        "inlet before it widens, outlets past its first split into large daughters), or auto "
                         "(centreline when the lumen reaches fewer than two image faces or outlets are named; "
+                        "image faces otherwise, then 'tracked' if that model fails; "
                         f"default {d.clip})")
     g.add_argument("--outlet-flow-fractions", nargs="+", metavar="F",
                    help="split the inflow between the outlets: 'murray' (Q ~ r^3 of each outlet cap), one "

@@ -100,7 +100,7 @@ VALID_SOLVERS = ("direct", "iterative")
 VALID_METHODS = ("auto", "otsu", "region-grow")
 VALID_MODALITIES = ("auto", "ct", "mr")
 #: Where the model's ends are cut: at image faces, perpendicular to the centreline, or chosen.
-VALID_CLIPS = ("auto", "faces", "centreline")
+VALID_CLIPS = ("auto", "faces", "centreline", "tracked")
 #: Surface smoothing filters (``pipeline.surface.SMOOTHING_METHODS``); the first is the default.
 VALID_SMOOTHING_METHODS = ("taubin", "laplacian")
 #: Face dilation (voxels) of the segmentation within which a threshold shift may move the wall.
@@ -121,8 +121,12 @@ class VesselFlowConfig:
     ends are cut: ``"faces"`` (image-face crops: ``inlet_xyz_mm`` picks the nearest opening,
     default the largest), ``"centreline"`` (perpendicular to the centreline: ``inlet_xyz_mm``
     and ``outlets_xyz_mm`` are the cut points, default the widest end and the other ends,
-    branches thinner than ``min_branch_radius_mm`` closed) or ``"auto"`` (centreline when the
-    lumen reaches fewer than two image faces or outlets are named). ``outlet_flow_split`` is
+    branches thinner than ``min_branch_radius_mm`` closed), ``"tracked"`` (the vessel through
+    ``seed_xyz_mm``, or the most tube-like wide vessel when no seed is given, is followed both
+    ways and its ends found, see :func:`pipeline.centreline.track_vessel_ends`) or ``"auto"``
+    (centreline when the lumen reaches fewer than two image faces or outlets are named; image
+    faces for one cropped vessel, "tracked" when the lumen has tunnels (a real scan's lumen
+    that touches other vessels or runs into the heart) or the image-face model fails). ``outlet_flow_split`` is
     ``"traction"`` (zero-traction outlets), ``"murray"`` (Q ~ r^3 of the caps) or one fraction
     per outlet (outlet1, the largest, first). ``boundary_offset_mm``
     moves the reconstructed wall outwards (> 0) or inwards along its normals, for
@@ -606,26 +610,41 @@ def _threshold_shift(image, binary, level_hu, upper_hu, shift_hu, fail) -> tuple
     return new, rep
 
 
-def clip_plan(mask, cfg: VesselFlowConfig):
+def clip_plan(mask, cfg: VesselFlowConfig, *, track: bool = False):
     """The modelled part of the mask and where the model is clipped: ``(mask, plan, report)``.
 
     ``plan`` is None for image-face crops (the mask is then returned unchanged, report None).
     ``cfg.clip = "auto"`` clips along the centreline when the lumen reaches fewer than two
     image faces or when outlets are named; otherwise it cuts at the image faces as for a
     cropped tube (``clip="centreline"`` forces centreline clipping). The centreline modelling
-    itself is :func:`pipeline.centreline.model_region`.
+    itself is :func:`pipeline.centreline.model_region`. ``clip="tracked"`` (or ``track``, the
+    fallback of ``"auto"``) finds the ends by following the vessel through ``cfg.seed_xyz_mm``.
     """
     from pipeline.centreline import CentrelineError, model_region
 
+    track = track or cfg.clip == "tracked"
     if cfg.clip == "faces":
         return mask, None, None
-    if cfg.clip == "auto" and not cfg.outlets_xyz_mm and len(_touched_faces(mask)) >= 2:
-        return mask, None, None  # a cropped vessel leaving the image: crop at the faces as before
+    if cfg.clip == "auto" and not track and not cfg.outlets_xyz_mm and len(_touched_faces(mask)) >= 2:
+        if _looks_like_one_tube(mask):
+            return mask, None, None  # a cropped vessel leaving the image: crop at the faces as before
+        track = cfg.inlet_xyz_mm is None  # a real scan's lumen full of loops: follow the vessel instead
     try:
         return model_region(mask, inlet_xyz=cfg.inlet_xyz_mm, outlets_xyz=cfg.outlets_xyz_mm,
-                            min_branch_radius_mm=cfg.min_branch_radius_mm)
+                            min_branch_radius_mm=cfg.min_branch_radius_mm, track=track,
+                            seed_xyz=cfg.seed_xyz_mm)
     except CentrelineError as exc:
         raise WorkflowError(str(exc)) from None
+
+
+def _looks_like_one_tube(mask) -> bool:
+    """Whether the mask could be one cropped vessel: its Euler number (pieces - tunnels + cavities,
+    26-connected) is at least 0. A tube or a tree is 1; a real angiogram's lumen fused with the
+    heart, veins and lung vessels has tens to hundreds of tunnels (-15 on the shared aorta MRA,
+    about -300 on the pulmonary CTA)."""
+    from skimage.measure import euler_number
+
+    return euler_number(np.asarray(mask.array) > 0, connectivity=3) >= 0
 
 
 def _touched_faces(mask) -> list[tuple[int, int]]:
@@ -707,32 +726,33 @@ def even_contrast(image, mask, level_hu: float, tissue_hu: float | None):
 
 
 def _geometry(image, seg_record: dict, cfg: VesselFlowConfig, out: Path) -> dict:
-    from pipeline.image import read_image, write_image
+    from pipeline.image import read_image
     from pipeline.surface import SurfaceError
-    from pipeline.volume_mesh import MeshingError, mesh_volume
+    from pipeline.volume_mesh import MeshingError
 
-    mask = read_image(out / "segmentation.nii.gz")
-    mask, plan, region = clip_plan(mask, cfg)
-    if plan is not None:
-        write_image(mask, out / "segmentation_model.nii.gz")
+    segmentation = read_image(out / "segmentation.nii.gz")
+    seed = ("the vessel through --seed-mm" if cfg.seed_xyz_mm is not None
+            else "the most tube-like wide vessel (found automatically; give --seed-mm to pick another)")
+    advice = ("Name where to cut the vessel with --inlet-mm X Y Z and --outlet-mm X Y Z (repeatable), see the "
+              "README's 'Your own patient'")
+    mask, plan, region = clip_plan(segmentation, cfg)
     try:
-        surf, si = build_surface(image, mask, seg_record["level_hu"], seg_record.get("upper_hu"), cfg, plan=plan,
-                                 tissue_hu=seg_record.get("tissue_hu"))
-        if si.reports:
-            write_image(si.perturbed_mask, out / "segmentation_perturbed.nii.gz")
-        if region is not None:
-            surf.report["model_region"] = region
-        surf.write(out / "surface.stl")
-        surf.write(out / "surface.vtp")
-        write_json_atomic(out / "surface.json", surf.to_json_dict())
-        vm = mesh_volume(surf, out / "mesh", cells_per_radius=cfg.cells_per_radius, order=cfg.mesh_order)
+        surf, si, vm = _model_and_mesh(image, seg_record, cfg, out, mask, plan, region)
     except (SurfaceError, MeshingError) as exc:
+        if region is not None and "ends" in region:  # ends found by following the vessel
+            raise WorkflowError(f"{exc}. The model's ends were found by following {seed}. {advice}") from None
         if plan is not None or cfg.clip != "auto":
             raise
-        raise WorkflowError(
-            f"{exc}. The lumen reaches the image faces but is not a cropped tube (it branches, touches "
-            "other vessels or runs into the heart): name where to cut the vessel with --inlet-mm X Y Z and "
-            "--outlet-mm X Y Z (repeatable), see the README's 'Your own patient'") from None
+        # not a cropped tube: a real scan's vessel that branches, touches others or runs into the
+        # heart. Follow the vessel through the seed (or the most tube-like one) and model that.
+        first = str(exc)
+        try:
+            mask, plan, region = clip_plan(segmentation, cfg, track=True)
+            surf, si, vm = _model_and_mesh(image, seg_record, cfg, out, mask, plan, region)
+        except (SurfaceError, MeshingError, WorkflowError) as exc2:
+            raise WorkflowError(
+                f"{first}. The lumen reaches the image faces but is not a cropped tube (it branches, touches "
+                f"other vessels or runs into the heart); following {seed} failed too: {exc2}. {advice}") from None
     centerline = _centerline_outputs(image, mask, surf, plan, out)
     reports = list(si.reports)
     if cfg.smoothing_method != VALID_SMOOTHING_METHODS[0]:
@@ -748,6 +768,26 @@ def _geometry(image, seg_record: dict, cfg: VesselFlowConfig, out: Path) -> dict
         "mesh": {"stats": vm.stats, "boundaries": vm.boundaries, "msh": str(vm.msh_path)},
         "perturbation": reports,
     }
+
+
+def _model_and_mesh(image, seg_record: dict, cfg: VesselFlowConfig, out: Path, mask, plan, region):
+    """Surface (with ``plan``'s clips) and volume mesh of the modelled ``mask``; writes their files."""
+    from pipeline.image import write_image
+    from pipeline.volume_mesh import mesh_volume
+
+    if plan is not None:
+        write_image(mask, out / "segmentation_model.nii.gz")
+    surf, si = build_surface(image, mask, seg_record["level_hu"], seg_record.get("upper_hu"), cfg, plan=plan,
+                             tissue_hu=seg_record.get("tissue_hu"))
+    if si.reports:
+        write_image(si.perturbed_mask, out / "segmentation_perturbed.nii.gz")
+    if region is not None:
+        surf.report["model_region"] = region
+    surf.write(out / "surface.stl")
+    surf.write(out / "surface.vtp")
+    write_json_atomic(out / "surface.json", surf.to_json_dict())
+    vm = mesh_volume(surf, out / "mesh", cells_per_radius=cfg.cells_per_radius, order=cfg.mesh_order)
+    return surf, si, vm
 
 
 def _centerline_outputs(image, mask, surf, plan, out: Path) -> dict:
@@ -771,6 +811,9 @@ def _centerline_outputs(image, mask, surf, plan, out: Path) -> dict:
         summary["clip_centreline_radius_mm"] = {"inlet": plan.summary["inlet_radius_mm"],
                                                 "outlets": plan.summary["outlet_radii_mm"]}
         summary["closed_branch_caps"] = [c for c in surf.report.get("clips", []) if c["role"] == "closed"]
+        ends = surf.report.get("model_region", {}).get("ends")
+        if ends is not None:  # found by following the vessel from a seed (clip "tracked")
+            summary["ends"] = ends
     else:
         try:
             tree = centreline_tree(mask)
