@@ -6,12 +6,14 @@ whole vessel path as a user runs them, with the ends named as a user names them:
 * aorta MR angiogram, inlet and outlets at VMTK's own centreline ends (VMTK's .vtp is in
   (-x, -y, z) of the image's LPS world), 20 ml/s split between the iliacs by Murray's law;
 * chest CT angiogram, inlet in the main pulmonary artery above the valve and outlets in
-  the left and right pulmonary arteries, 80 ml/s.
+  the left and right pulmonary arteries, 80 ml/s;
+* and both again as a plain run (no seed, no ends: ``--cases aorta_auto,pulmonary_auto``),
+  the vessel found and followed by itself.
 
 Printed and written to ``bench_output/real_angiograms.json``: stage times (goal: image ->
 results in under 3 minutes on 2 cores with the default mesh), pressure drop, per-outlet
 flow (the Murray split checked against r^3 of the cap radii), mass balance, and with
-``--convergence`` for the CTA the change of the pressure drop from the default mesh to one
+``--convergence`` for the CTA (named ends and plain run) the change of the pressure drop from the default mesh to one
 1.5x finer (goal < 2 %).
 
 Run: ``.venv/bin/python benchmarks/real_angiograms.py [--model stokes] [--convergence]``.
@@ -66,9 +68,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", choices=("stokes", "navier-stokes"), default="navier-stokes")
     ap.add_argument("--convergence", action="store_true",
-                    help="also run the CTA on a 1.5x finer mesh (about a million DOFs: MUMPS runs out of memory "
-                         "on 24 GB, and MINRES + GAMG (Stokes) took over 10 minutes on 2 cores)")
-    ap.add_argument("--cases", default="aorta,pulmonary", help="which scans, comma-separated (default both)")
+                    help="also run the CTA on a 1.5x finer mesh (MUMPS up to 600k DOFs, about 12 GB; "
+                         "MINRES + GAMG (Stokes) beyond)")
+    ap.add_argument("--cases", default="aorta,pulmonary,aorta_auto,pulmonary_auto",
+                    help="which runs, comma-separated (default all four)")
     ap.add_argument("--out", default=str(ROOT / "bench_output" / "real_angiograms"))
     a = ap.parse_args()
     if not REAL.is_dir():
@@ -82,6 +85,13 @@ def main() -> int:
         report["aorta_mra"] = aorta_case(a.model, out)
     if "pulmonary" in cases:
         report["pulmonary_cta"] = pulmonary_case(a.model, out, a.convergence)
+    if "aorta_auto" in cases:
+        cfg = VesselFlowConfig(flow_rate_ml_s=20.0, model=a.model, outlet_flow_split="murray", write_fields=False)
+        report["aorta_mra_plain"] = run_case("aorta MRA, plain run", REAL / "aorta_mra" / "aorta.mha",
+                                             out / "aorta_auto", cfg)
+    if "pulmonary_auto" in cases:
+        cfg = VesselFlowConfig(flow_rate_ml_s=80.0, model=a.model, write_fields=False)
+        report["pulmonary_cta_plain"] = pulmonary_case(a.model, out, a.convergence, cfg, "pulmonary_auto")
     write_json_atomic(out.parent / "real_angiograms.json", report)
     print(f"\nwritten: {out.parent / 'real_angiograms.json'}")
     return 0
@@ -99,17 +109,20 @@ def aorta_case(model: str, out: Path) -> dict:
     return mra
 
 
-def pulmonary_case(model: str, out: Path, convergence: bool) -> dict:
+def pulmonary_case(model: str, out: Path, convergence: bool, cfg: VesselFlowConfig | None = None,
+                   folder: str = "pulmonary") -> dict:
     ct = REAL / "pulmonary_cta" / "ct_cropped.nii.gz"
-    cfg = VesselFlowConfig(flow_rate_ml_s=80.0, model=model, seed_xyz_mm=PA_INLET, inlet_xyz_mm=PA_INLET,
-                           outlets_xyz_mm=PA_OUTLETS, write_fields=False)
-    pa = run_case("pulmonary CTA", ct, out / "pulmonary", cfg)
+    if cfg is None:
+        cfg = VesselFlowConfig(flow_rate_ml_s=80.0, model=model, seed_xyz_mm=PA_INLET, inlet_xyz_mm=PA_INLET,
+                               outlets_xyz_mm=PA_OUTLETS, write_fields=False)
+    what = "pulmonary CTA" + ("" if cfg.inlet_xyz_mm else ", plain run")
+    pa = run_case(what, ct, out / folder, cfg)
     if convergence:
         # 1.5x the resolution the default run used (gmsh may have refined it itself, see mesh stats)
         cfg.cells_per_radius = 1.5 * pa["cells_per_radius_used"]
-        if model == "stokes":  # (about a million DOFs: MUMPS runs out of memory on 24 GB, MINRES + GAMG does not)
+        if model == "stokes" and pa["n_dofs"] * 1.5 ** 3 > 600e3:  # (MUMPS needs about 20 kB a DOF here)
             cfg.solver = "iterative"
-        fine = run_case("pulmonary CTA, 1.5x finer mesh", ct, out / "pulmonary_fine", cfg)
+        fine = run_case(what + ", 1.5x finer mesh", ct, out / (folder + "_fine"), cfg)
         change = fine["pressure_drop_Pa"] / pa["pressure_drop_Pa"] - 1
         pa["fine"] = fine
         pa["dp_change_to_finer_mesh"] = change

@@ -838,7 +838,7 @@ _BOX_MARGIN_VOXELS = 6
 
 def model_region(mask: Volume, *, inlet_xyz=None, outlets_xyz=None,
                  min_branch_radius_mm: float | None = None, track: bool = False,
-                 seed_xyz=None) -> tuple[Volume, ClipPlan, dict]:
+                 seed_xyz=None, image: Volume | None = None) -> tuple[Volume, ClipPlan, dict]:
     """The modelled part of a lumen mask and where it is clipped (centreline clipping).
 
     With an inlet and outlets named, the centrelines are the minimal paths between them
@@ -849,7 +849,8 @@ def model_region(mask: Volume, *, inlet_xyz=None, outlets_xyz=None,
     the paths (:func:`tube_region`), and the tree plan is made again on that. With ``track``
     (and no named ends) the ends are found by following the vessel through ``seed_xyz``
     (default: :func:`main_vessel_seed`) with :func:`track_vessel_ends`, then modelled as named
-    ends; the report's ``"ends"`` says how they were found. The work is done on the lumen's
+    ends; the report's ``"ends"`` says how they were found (``image``, a CT angiogram on the
+    mask's grid, lets the automatic seed weigh contrast: :func:`main_vessel_seed`). The work is done on the lumen's
     bounding box (plus a margin), so a whole-body CT costs what its vessel costs.
 
     Returns (region on the grid of ``mask``, plan, report of the region).
@@ -858,7 +859,9 @@ def model_region(mask: Volume, *, inlet_xyz=None, outlets_xyz=None,
     sub = mask.crop(lo, hi)
     tracked = None
     if track and inlet_xyz is None and not outlets_xyz:
-        inlet_xyz, outlets_xyz, tracked = track_vessel_ends(sub, seed_xyz, min_branch_radius_mm=min_branch_radius_mm)
+        inlet_xyz, outlets_xyz, tracked = track_vessel_ends(
+            sub, seed_xyz, min_branch_radius_mm=min_branch_radius_mm,
+            image=None if image is None else image.crop(lo, hi))
     if inlet_xyz is not None and outlets_xyz:
         paths = minimal_paths(sub, inlet_xyz, outlets_xyz)
         region, report = tube_region(sub, paths)
@@ -889,6 +892,12 @@ TRACK_WIDENING = 1.1
 TRACK_JUMP = 1.6
 #: Exits of the vessel's core are looked for on a sphere of this many radii around the point.
 TRACK_SHELL_RADII = 2.0
+#: Otsu's separability (between-class over total variance) from which the candidates' levels
+#: form two classes (one normal class gives 2/pi = 0.64; the shared chest CTA's give 0.86).
+BOLUS_SEPARABILITY = 0.8
+#: The automatic seed counts a candidate's tubularity up to this much (past it, a tube is a tube
+#: and its radius decides).
+TUBE_ENOUGH = 5.0
 #: A track stops after this many radii of length (a guard, far beyond any modelled vessel).
 TRACK_MAX_LENGTH_RADII = 60.0
 
@@ -1046,17 +1055,28 @@ def _snap_seed(tr: _Tracker, mask: Volume, seed_xyz) -> np.ndarray:
     return c
 
 
-def main_vessel_seed(mask: Volume, *, candidates: int = 40) -> tuple[np.ndarray, dict]:
+def main_vessel_seed(mask: Volume, *, image: Volume | None = None, candidates: int = 40) -> tuple[np.ndarray, dict]:
     """A point inside the main vessel of a lumen mask that also holds chambers and other vessels (world mm).
 
     The candidates are the deepest points of the lumen (local maxima of the distance map,
-    at least three voxels deep); each is scored by its radius times its tubularity (the
-    core's largest over second principal spread, at least 3 for a tube), and weighed by
-    its closeness to the image centre (a cropped angiogram is centred on the vessel of
-    interest): ``r * min(t, 10) / (1 + d / L)``, ``d`` the distance to the centre and ``L``
-    half the image's smallest extent.
+    at least three voxels deep, each more than its radius from a deeper one); each is scored
+    by its radius times its tubularity (the core's largest over second principal spread, at least 3 for a tube, counted up to
+    ``TUBE_ENOUGH``), and weighed by its closeness to the image centre (a cropped angiogram is
+    centred on the vessel of interest): ``r * min(t, TUBE_ENOUGH) / (1 + d / L)``, ``d`` the
+    distance to the centre and ``L`` half the image's smallest extent.
+
+    With ``image`` (a CT angiogram on the mask's grid) the contrast comes first: the bolus is
+    timed for the vessel of interest. The tube-like candidates' core levels (median of the ball
+    of half their radius) are split in two classes (Otsu); when they form two classes
+    (:func:`_bolus_class`: separable, and apart by more than the noise in the lumen's core,
+    :func:`pipeline.segment.classical.robust_noise_sigma`), only the brighter class is scored.
+    A chest CT angiogram's pulmonary trunk (and its branches) and its aorta are then told apart
+    by their enhancement. Not for MR signal, whose level drifts along
+    one vessel with inflow and coil sensitivity.
     """
     from scipy import ndimage
+
+    from pipeline.segment.classical import robust_noise_sigma
 
     tr = _Tracker(mask)
     sp_min = float(tr.sp.min())
@@ -1065,26 +1085,119 @@ def main_vessel_seed(mask: Volume, *, candidates: int = 40) -> tuple[np.ndarray,
     if len(idx) == 0:
         raise CentrelineError("the lumen is nowhere three voxels deep: no vessel to model; give --seed-mm "
                               "(a point inside the vessel) or check the segmentation")
-    idx = idx[np.argsort(-tr.edt[tuple(idx.T)])][:candidates]
+    idx = _spread(idx[np.argsort(-tr.edt[tuple(idx.T)])], tr, candidates)
     centre = 0.5 * (tr.shape - 1)
     half = 0.5 * float(np.min((tr.shape - 1) * tr.sp))
-    best, rows = None, []
+    rows = []
     for c in idx.astype(float):
         r = float(tr.edt[tuple(c.astype(int))])
         t = tr.tubularity(c, r)
         d = float(np.linalg.norm((c - centre) * tr.sp))
-        score = r * min(t, 10.0) / (1.0 + d / half) if t >= 3.0 else 0.0
-        rows.append((score, c, r, t))
-        if best is None or score > best[0]:
-            best = (score, c, r, t)
-    if best[0] <= 0:
+        score = r * min(t, TUBE_ENOUGH) / (1.0 + d / half) if t >= 3.0 else 0.0
+        rows.append([score, c, r, t, None])
+    tubes = [row for row in rows if row[0] > 0]
+    if not tubes:
         raise CentrelineError(
             f"no tube-like vessel among the lumen's {len(idx)} deepest points (all are blobs, such as heart "
             "chambers): give --seed-mm (a point inside the vessel) or name the ends with --inlet-mm / --outlet-mm")
+    contrast = None
+    if image is not None:
+        a = np.asarray(image.array)
+        core = tr.edt >= 2.0 * sp_min
+        noise, _ = robust_noise_sigma(a, core, core)
+        for row in tubes:
+            row[4] = float(np.median(a[_ball(tr, row[1], 0.5 * row[2])]))
+        contrast = {"noise_sd": round(float(noise), 1), **_bolus_class(tubes, noise)}
+        tubes = [row for row in tubes if row[4] > contrast["split_level"]] if contrast["split"] else tubes
+    best = max(tubes, key=lambda row: row[0])
+    best = max(tubes, key=lambda row: row[0])
     xyz = mask.index_to_world(best[1][None])[0]
-    return xyz, {"seed_xyz_mm": [round(float(v), 2) for v in xyz], "radius_mm": round(best[2], 2),
-                 "tubularity": round(best[3], 2), "candidates": len(rows),
-                 "tube_like_candidates": int(sum(1 for row in rows if row[0] > 0))}
+    out = {"seed_xyz_mm": [round(float(v), 2) for v in xyz], "radius_mm": round(best[2], 2),
+           "tubularity": round(best[3], 2), "candidates": len(rows),
+           "tube_like_candidates": int(sum(1 for row in rows if row[0] > 0))}
+    if contrast is not None:
+        out["contrast"] = {**contrast, "seed_core": round(best[4], 1)}
+    return xyz, out
+
+
+def _bolus_class(tubes: list, noise: float) -> dict:
+    """Split the tube-like candidates' core levels in two (Otsu) when they form two classes.
+
+    They do when Otsu's separability (between-class over total variance) is at least
+    ``BOLUS_SEPARABILITY`` (2/pi = 0.64 for one normal class, 1 for two distinct levels) and the
+    classes' means differ by more than the noise: the bolus lit one set of vessels more.
+    """
+    from skimage.filters import threshold_otsu
+
+    levels = np.array([row[4] for row in tubes], float)
+    out = {"split": False, "split_level": float(levels.min()) - 1.0}
+    if len(levels) < 2 or np.ptp(levels) == 0:
+        return out
+    thr = float(threshold_otsu(levels))
+    hi, lo = levels[levels > thr], levels[levels <= thr]
+    if len(hi) and len(lo):
+        eta = len(hi) * len(lo) / len(levels) ** 2 * (hi.mean() - lo.mean()) ** 2 / float(levels.var())
+        out.update({"bright_mean": round(float(hi.mean()), 1), "dim_mean": round(float(lo.mean()), 1),
+                    "split_level": round(thr, 1), "separability": round(float(eta), 3),
+                    "split": bool(eta >= BOLUS_SEPARABILITY and hi.mean() - lo.mean() > noise),
+                    "bright_candidates": int(len(hi))})
+    return out
+
+
+def _spread(idx: np.ndarray, tr: "_Tracker", n: int) -> np.ndarray:
+    """The first ``n`` of the points ``idx`` (deepest first) lying more than their own radius
+    from every point taken before them: one candidate per stretch of vessel, so a long wide
+    vessel does not crowd out a narrower one."""
+    taken: list[np.ndarray] = []
+    for c in idx:
+        r = float(tr.edt[tuple(c)])
+        if all(np.linalg.norm((c - t) * tr.sp) > r for t in taken):
+            taken.append(c)
+            if len(taken) == n:
+                break
+    return np.asarray(taken)
+
+
+def _ball(tr: "_Tracker", c: np.ndarray, radius_mm: float) -> tuple[np.ndarray, ...]:
+    """Array indices of the voxels within ``radius_mm`` of the point ``c`` (array index units)."""
+    h = np.ceil(radius_mm / tr.sp).astype(int)
+    lo = np.maximum(np.rint(c).astype(int) - h, 0)
+    hi = np.minimum(np.rint(c).astype(int) + h + 1, tr.shape)
+    g = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi)], indexing="ij"), axis=-1).reshape(-1, 3)
+    near = np.linalg.norm((g - c) * tr.sp, axis=1) <= max(radius_mm, float(tr.sp.min()))
+    return tuple(g[near].T)
+
+
+def _widening(radii, quantum_mm: float) -> int:
+    """Index of the first point upstream where the vessel has widened (``len(radii)`` if nowhere).
+
+    Widened: the radius exceeds ``TRACK_WIDENING`` times, and by more than ``quantum_mm`` (the
+    distance map's own step), the narrowest the vessel has been so far (radii smoothed by a
+    running median of three, so one voxel's wobble is no narrowest). Measured from the
+    narrowest point, not from a running mean, so a slow widening (a valve's sinus opening into a
+    ventricle's outflow tract) is caught where it starts, wherever the seed was put.
+    """
+    r = np.asarray(radii, float)
+    if len(r) < 3:
+        return len(r)
+    smooth = np.array([np.median(r[max(i - 1, 0):i + 2]) for i in range(len(r))])
+    for i in range(2, len(r)):
+        ref = float(smooth[:i].min())
+        if r[i] > max(TRACK_WIDENING * ref, ref + quantum_mm):
+            return i
+    return len(r)
+
+
+def _steady_before(tr: "_Tracker", t: _Track, i_edge: int) -> int:
+    """The last track point at least one vessel radius (arc length) before point ``i_edge``.
+
+    Where the vessel starts to widen the flow is no longer the vessel's own; the inlet goes a
+    radius back into the steady part (VMTK clips where the radius is steady), or at the seed.
+    """
+    p = np.asarray(t.points, float)[: i_edge + 1] * tr.sp
+    s = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(p, axis=0), axis=1))])
+    ok = [i for i in range(i_edge + 1) if s[i_edge] - s[i] >= float(t.radii[i])]
+    return ok[-1] if ok else 0
 
 
 def _trim(t: _Track) -> int:
@@ -1097,26 +1210,28 @@ def _trim(t: _Track) -> int:
     return max(n - 2, 0)
 
 
-def track_vessel_ends(mask: Volume, seed_xyz=None, *, min_branch_radius_mm: float | None = None) -> tuple[
-        np.ndarray, list[np.ndarray], dict]:
+def track_vessel_ends(mask: Volume, seed_xyz=None, *, min_branch_radius_mm: float | None = None,
+                      image: Volume | None = None) -> tuple[np.ndarray, list[np.ndarray], dict]:
     """The inlet and outlet points of the vessel through a seed point, found by tracking it (world mm).
 
     From the seed (default :func:`main_vessel_seed`) the vessel is followed both ways along
     its centreline (:class:`_Tracker`). The way that reaches the wider vessel is upstream: the
-    inlet goes where the radius is still the vessel's own, before it grows by
-    ``TRACK_WIDENING`` (a chamber or the vessel it comes from) or, at an image face, one step
-    inside it. Downstream, a split into daughters at least ``TRACK_BRANCH_RATIO`` of the
+    inlet goes one radius before it grows by ``TRACK_WIDENING`` over its narrowest (a chamber
+    or the vessel it comes from, :func:`_widening`, :func:`_steady_before`) or, at an image
+    face, one step inside it. Downstream, a split into daughters at least ``TRACK_BRANCH_RATIO`` of the
     parent's radius (and ``min_branch_radius_mm``) is followed into each daughter, and each daughter's outlet goes before its own
     next split, its image face or where it tapers below 0.6 of its radius; without a split
     the single outlet goes at the end of the vessel the same way. Thinner side branches stay
     closed stubs (:func:`tube_region`).
 
+    ``image`` (a CT angiogram on the mask's grid) lets the automatic seed weigh contrast.
     Returns (inlet, [outlets], report); the points go to :func:`minimal_paths` as named ends.
     """
     tr = _Tracker(mask, min_branch_radius_mm=min_branch_radius_mm or 0.0)
+    sp_min = float(tr.sp.min())
     report: dict[str, Any] = {"method": "tracked from a seed point"}
     if seed_xyz is None:
-        seed_xyz, report["automatic_seed"] = main_vessel_seed(mask)
+        seed_xyz, report["automatic_seed"] = main_vessel_seed(mask, image=image)
     c = _snap_seed(tr, mask, seed_xyz)
     r0 = float(tr.edt[tuple(c.astype(int))])
     d0 = tr.axis(c, r0)
@@ -1129,9 +1244,11 @@ def track_vessel_ends(mask: Volume, seed_xyz=None, *, min_branch_radius_mm: floa
     up, down = (ways[0], ways[1]) if widest[0] >= widest[1] else (ways[1], ways[0])
     # upstream: the inlet before the vessel widens
     radii = up.radii
-    i_w = next((i for i in range(2, len(radii)) if radii[i] > TRACK_WIDENING * float(np.median(radii[:i]))),
-               len(radii))
-    i_in = max(i_w - 2, 0) if (i_w < len(radii) or up.why in ("face", "widens", "split")) else len(radii) - 1
+    i_w = _widening(radii, 0.5 * sp_min)
+    if i_w < len(radii) or up.why in ("widens", "split"):
+        i_in = _steady_before(tr, up, min(i_w, len(radii)) - 1)
+    else:
+        i_in = max(len(radii) - 2, 0) if up.why == "face" else len(radii) - 1
     inlet = up.points[i_in]
     # downstream: the daughters of a split, or the vessel's own end
     outlets, branches = [], []

@@ -39,6 +39,8 @@ __all__ = [
     "MetricError",
     "confusion",
     "dice",
+    "iou",
+    "precision_at_prevalence",
     "sensitivity",
     "specificity",
     "precision",
@@ -123,6 +125,24 @@ def precision(pred, truth) -> float:
     return _ratio(c["tp"], c["tp"] + c["fp"])
 
 
+def iou(a, b) -> float:
+    """Intersection over union (Jaccard index) = Dice / (2 - Dice)."""
+    c = confusion(a, b)
+    return _ratio(c["tp"], c["tp"] + c["fp"] + c["fn"])
+
+
+def precision_at_prevalence(sens: float, spec: float, prevalence: float) -> float:
+    """Precision (positive predictive value) a classifier of this sensitivity and specificity
+    would have where the positive class has the stated prevalence (Bayes):
+    ``sens p / (sens p + (1 - spec)(1 - p))``. A segmentation's own precision holds only at its
+    image's lumen fraction; this carries it to another field of view or population."""
+    if not 0.0 < prevalence < 1.0:
+        raise ValueError(f"prevalence must be in (0, 1), got {prevalence!r}")
+    num = sens * prevalence
+    den = num + (1.0 - spec) * (1.0 - prevalence)
+    return float(num / den) if den > 0 else float("nan")
+
+
 def surface_voxels(mask) -> np.ndarray:
     """Boundary voxels: in ``mask`` with at least one face neighbour outside it (or outside the array)."""
     m = _as_mask(mask, "mask")
@@ -182,7 +202,7 @@ def assd(a, b, *, spacing_mm) -> float:
 def segmentation_report(pred, truth, *, spacing_mm) -> dict:
     """All metrics of ``pred`` against ``truth`` as a JSON-friendly dict (floats; ``nan`` where undefined).
 
-    Keys: ``dice``, ``sensitivity``, ``specificity``, ``precision``, ``hd95_mm``,
+    Keys: ``dice``, ``iou``, ``sensitivity``, ``specificity``, ``precision``, ``hd95_mm``,
     ``hausdorff_mm``, ``assd_mm``, ``volume_pred_mm3``, ``volume_truth_mm3``,
     ``volume_error_percent`` and the counts ``tp``, ``fp``, ``tn``, ``fn`` (ints).
     """
@@ -201,6 +221,7 @@ def segmentation_report(pred, truth, *, spacing_mm) -> dict:
         hd95 = hd = asd = float("nan")
     return dict(
         dice=_ratio(2 * c["tp"], 2 * c["tp"] + c["fp"] + c["fn"]),
+        iou=_ratio(c["tp"], c["tp"] + c["fp"] + c["fn"]),
         sensitivity=_ratio(c["tp"], c["tp"] + c["fn"]),
         specificity=_ratio(c["tn"], c["tn"] + c["fp"]),
         precision=_ratio(c["tp"], c["tp"] + c["fp"]),

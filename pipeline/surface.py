@@ -679,6 +679,7 @@ def make_tagged_surface(
     normal_displacement_mm: Volume | None = None,
     half_max_level: float | None = None,
     clip_plan=None,
+    flow_extension_radii: float = 0.0,
 ) -> TaggedSurface:
     """Build a watertight surface with flat, tagged caps from a lumen label map.
 
@@ -742,6 +743,10 @@ def make_tagged_surface(
         :mod:`pipeline.centreline`) instead of at the image faces: the inlet clip becomes the
         inlet cap, the outlet clips the outlets (sorted by area), and the caps of closed
         branches are wall. ``inlet`` and ``crop_margin_mm`` are then not used.
+    flow_extension_radii : float
+        Add a straight, circular flow extension this many cap radii long to every opening
+        (:func:`_add_flow_extensions`; VaMPy uses ``FLOW_EXTENSION_RADII_DEFAULT`` = 5). The
+        caps move to the extensions' ends; ``report["flow_extensions"]`` lists them. 0: none.
 
     Returns
     -------
@@ -797,6 +802,15 @@ def make_tagged_surface(
         planes = _cut_planes(mask, binary.shape, touched, crop_margin_mm, margins)
         mesh, report["pieces_after_cut"] = _cut_and_cap_ends(mesh, planes)
         caps_geo = _find_openings(mesh, planes, report["touched_faces"])
+    if not np.isfinite(flow_extension_radii) or not 0.0 <= flow_extension_radii <= 50.0:
+        raise SurfaceError(f"flow_extension_radii must be a length in cap radii in [0, 50], got {flow_extension_radii!r}")
+    if flow_extension_radii:
+        was_inlet = None if clip_plan is None else caps_geo[0]
+        mesh, caps_geo, report["flow_extensions"], ax, ax_r = _add_flow_extensions(
+            mesh, caps_geo, float(flow_extension_radii))
+        cl_xyz, cl_r = np.vstack([cl_xyz, ax]), np.concatenate([cl_r, ax_r])
+        if was_inlet is not None:
+            inlet = caps_geo[0]["centre"]
     face_tags, caps = _tag_caps(len(mesh.faces), caps_geo, inlet)
 
     report.update(_summary(mesh, caps, intensity, level, crop_margin_mm, margins, planes, cl_r))
@@ -809,6 +823,139 @@ def make_tagged_surface(
         centreline_radius_mm=cl_r,
         report=report,
     )
+
+
+# ----------------------------------------------------------------------------- flow extensions
+#: VaMPy's default flow extension (Kjeldsberg et al. 2023, automatedPreprocessing: 5 radii at the
+#: inlet and at each outlet), used when the option is given without a length.
+FLOW_EXTENSION_RADII_DEFAULT = 5.0
+
+
+def _cap_ring(faces: np.ndarray) -> list[int] | None:
+    """The boundary of a cap patch as one loop of vertex ids, in the cap triangles' edge direction
+    (None when the patch has holes or is not one disc)."""
+    e = np.vstack([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    key = {}
+    for a, b in e:
+        key[(int(a), int(b))] = key.get((int(a), int(b)), 0) + 1
+    boundary = [(a, b) for (a, b) in key if (b, a) not in key]
+    nxt = {}
+    for a, b in boundary:
+        if a in nxt:
+            return None
+        nxt[a] = b
+    start = boundary[0][0]
+    loop, v = [start], nxt[start]
+    while v != start:
+        loop.append(v)
+        v = nxt.get(v)
+        if v is None or len(loop) > len(boundary):
+            return None
+    return loop if len(loop) == len(boundary) else None
+
+
+def _extension(ring_xyz: np.ndarray, centre: np.ndarray, normal: np.ndarray, radius: float, length: float,
+               transition: float = 0.5):
+    """Rings of a flow extension: from the cap's ring, along ``normal`` for ``length``, morphing
+    to a circle of ``radius`` over the first ``transition`` of the length (smoothstep); each ring
+    point goes to the circle point at its own arc-length fraction of the ring."""
+    n = normal / np.linalg.norm(normal)
+    u = np.cross(n, [1.0, 0, 0] if abs(n[0]) < 0.9 else [0, 1.0, 0])
+    u /= np.linalg.norm(u)
+    w = np.cross(n, u)
+    v = ring_xyz - centre
+    x, y = v @ u, v @ w
+    steps = np.linalg.norm(np.diff(np.vstack([ring_xyz, ring_xyz[:1]]), axis=0), axis=1)
+    turn = 1.0 if float(np.sum(x * np.roll(y, -1) - np.roll(x, -1) * y)) >= 0 else -1.0  # the ring's sense about n
+    theta = np.arctan2(y[0], x[0]) + turn * 2.0 * np.pi * np.concatenate([[0.0], np.cumsum(steps[:-1])]) / steps.sum()
+    # the circle's points at the ring's arc-length fractions: a simple circle even for a ring not star-shaped
+    circle = centre + radius * (np.outer(np.cos(theta), u) + np.outer(np.sin(theta), w))
+    edge = float(np.mean(steps))
+    layers = int(np.clip(np.ceil(length / max(edge, 1e-9)), 2, 200))
+    rings = []
+    for k in range(1, layers + 1):
+        s = k / layers
+        t = min(s / transition, 1.0)
+        w = t * t * (3.0 - 2.0 * t)
+        rings.append((1.0 - w) * ring_xyz + w * circle + (s * length) * n)
+    return rings
+
+
+def _add_flow_extensions(mesh, caps_geo: list[dict], radii: float):
+    """Step 5b: a straight, circular flow extension on every opening (VMTK's vmtkflowextensions,
+    "boundarynormal" mode), ``radii`` times the cap's equivalent radius long.
+
+    Each cap is replaced by a tube along its outward normal that morphs from the cut's outline
+    to a circle of the cap's area over the first half of its length, closed by a new flat cap:
+    the inflow profile develops before the anatomy and the outlets' recirculation stays out of
+    it. Returns (mesh, caps, report, axis points mm, their radii mm) - the axes extend the
+    sizing centreline.
+    """
+    import mapbox_earcut
+    import trimesh
+
+    V = np.asarray(mesh.vertices, float)
+    F = np.asarray(mesh.faces, np.int64)
+    verts, nv = [V], len(V)
+    drop = np.zeros(len(F), bool)
+    added: list[np.ndarray] = []  # wall faces of the tubes, then per cap its new cap faces
+    new_caps, report, axis, axis_r = [], [], [], []
+    for g in caps_geo:
+        ring = _cap_ring(F[g["faces"]])
+        if ring is None:
+            report.append({"cap_centre_xyz_mm": np.round(g["centre"], 2).tolist(), "applied": False,
+                           "why": "the cap is not one disc (a cut through two vessels or a hole)"})
+            new_caps.append((g, None))
+            continue
+        n = np.asarray(g["normal"], float) / np.linalg.norm(g["normal"])
+        radius = float(np.sqrt(g["area"] / np.pi))
+        length = float(radii) * radius
+        prev = np.asarray(ring, np.int64)
+        for r in _extension(V[prev], np.asarray(g["centre"], float), n, radius, length):
+            ids = nv + np.arange(len(prev))
+            verts.append(r)
+            nv += len(prev)
+            a, b, a2, b2 = prev, np.roll(prev, -1), ids, np.roll(ids, -1)
+            added.append(np.vstack([np.column_stack([a, b, b2]), np.column_stack([a, b2, a2])]))
+            prev = ids
+        allv = np.vstack(verts)
+        u = np.cross(n, [1.0, 0, 0] if abs(n[0]) < 0.9 else [0, 1.0, 0])
+        u /= np.linalg.norm(u)
+        w = np.cross(n, u)
+        xy = np.column_stack([(allv[prev] - g["centre"]) @ u, (allv[prev] - g["centre"]) @ w])
+        tri = np.asarray(mapbox_earcut.triangulate_float64(xy, np.array([len(xy)], np.uint32)), np.int64)
+        cap = prev[tri.reshape(-1, 3)]
+        t3 = allv[cap]
+        flip = np.cross(t3[:, 1] - t3[:, 0], t3[:, 2] - t3[:, 0]) @ n < 0
+        cap[flip] = cap[flip][:, ::-1]
+        drop[g["faces"]] = True
+        new_caps.append((g, cap))
+        axis.append(np.asarray(g["centre"], float) + np.linspace(0.0, length, 8)[:, None] * n)
+        axis_r.append(np.full(8, radius))
+        report.append({"cap_centre_xyz_mm": np.round(g["centre"], 2).tolist(), "applied": True,
+                       "length_mm": round(length, 3), "radius_mm": round(radius, 3)})
+    keep = np.flatnonzero(~drop)
+    faces = [F[keep]] + added
+    at = sum(len(f) for f in faces)
+    old_to_new = np.full(len(F), -1, np.int64)
+    old_to_new[keep] = np.arange(len(keep))
+    out = []
+    for g, cap in new_caps:
+        g = dict(g)
+        if cap is None:
+            g["faces"] = old_to_new[g["faces"]]
+        else:
+            faces.append(cap)
+            g["faces"] = at + np.arange(len(cap))
+            at += len(cap)
+        out.append(g)
+    ext = trimesh.Trimesh(np.vstack(verts), np.vstack(faces), process=False)
+    for g in out:
+        centre_normal = _cap_geometry(ext, g["faces"], g["normal"])
+        g["centre"], g["area"] = centre_normal["centre"], centre_normal["area"]
+    check_watertight(ext, "the surface with flow extensions")
+    cl = (np.vstack(axis), np.concatenate(axis_r)) if axis else (np.zeros((0, 3)), np.zeros(0))
+    return ext, out, report, cl[0], cl[1]
 
 
 # ----------------------------------------------------------------------------- stages of make_tagged_surface

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,11 +55,27 @@ class MeshingError(ValueError):
     """Invalid meshing parameters or a gmsh failure (the message names the likely cause)."""
 
 
-class _SelfIntersection(MeshingError):
+class _Retry(MeshingError):
+    """A meshing failure that finer elements resolve; ``boxes`` (lo, hi world mm) say where, if known."""
+
+    def __init__(self, message: str, boxes=None):
+        super().__init__(message)
+        self.boxes = list(boxes or [])
+
+
+class _SelfIntersection(_Retry):
     """gmsh found the re-meshed wall crossing itself ("PLC Error: ... intersect", "overlapping facets")."""
 
 
-class _LockedTetrahedra(MeshingError):
+class _FlatTetrahedra(_Retry):
+    """Inverted tetrahedra, or ones so flat (gamma below ``_GAMMA_FLAT``) that they carry no volume."""
+
+
+#: Tetrahedra of lower quality (gamma: inscribed over circumscribed radius, times 3) are flat.
+_GAMMA_FLAT = 1e-6
+
+
+class _LockedTetrahedra(_Retry):
     """Tetrahedra whose every edge lies on the no-slip wall or the inlet (a gap one element thick).
 
     Every velocity unknown of a Taylor-Hood element there is fixed, so the pressure at its
@@ -197,19 +214,24 @@ def mesh_volume(
     out = Path(out_dir)
     with atomic_files(out, last="mesh_info.json") as tmp_dir:
         requested = float(cells_per_radius)
+        fine: list[tuple[np.ndarray, np.ndarray]] = []  # where elements are made finer (boxes, mm)
         for refinement in range(_PLC_RETRIES + 1):
             try:
                 stats, name_of_tag = _run_gmsh(surface, tmp_dir / "mesh.msh", cells_per_radius, float(min_size_mm),
-                                               float(max_size_mm), int(order), bool(optimize), bool(verbose))
+                                               float(max_size_mm), int(order), bool(optimize), bool(verbose), fine)
                 break
-            except (_SelfIntersection, _LockedTetrahedra):
+            except _Retry as exc:
                 # gmsh's re-meshed wall crosses itself, or elements span a gap from wall to wall,
                 # where two walls come closer than an element (a deep notch at a branch): finer
-                # elements resolve the notch
+                # elements there resolve it (everywhere when gmsh does not say where)
                 if refinement == _PLC_RETRIES:
                     raise
-                cells_per_radius *= _PLC_REFINE
-                max_size_mm /= _PLC_REFINE
+                if exc.boxes:
+                    fine.extend((lo - 2.0 * max_size_mm, hi + 2.0 * max_size_mm) for lo, hi in exc.boxes)
+                else:
+                    cells_per_radius *= _PLC_REFINE
+                    max_size_mm /= _PLC_REFINE
+        stats["refined_boxes_mm"] = [[np.round(lo, 1).tolist(), np.round(hi, 1).tolist()] for lo, hi in fine]
         stats["meshing_refinements"] = refinement
         stats["cells_per_radius_requested"] = requested
         _export_meshio(tmp_dir, stats, name_of_tag)
@@ -236,7 +258,7 @@ def mesh_volume(
 
 
 def _run_gmsh(surface: TaggedSurface, msh_path: Path, cells_per_radius: float, min_size: float,
-              max_size: float, order: int, optimize: bool, verbose: bool) -> tuple[dict, dict]:
+              max_size: float, order: int, optimize: bool, verbose: bool, fine=()) -> tuple[dict, dict]:
     """Mesh the surface with gmsh and write ``msh_path``; returns (statistics in mm, boundary name by tag)."""
     import gmsh
 
@@ -254,9 +276,16 @@ def _run_gmsh(surface: TaggedSurface, msh_path: Path, cells_per_radius: float, m
         _classify_surfaces(gmsh)
         by_tag = _classified_surfaces_by_tag(gmsh, V, F, tags)
         vol, name_of_tag = _add_fluid_volume(gmsh, surface, by_tag)
-        _set_mesh_size(gmsh, surface, cells_per_radius, min_size, max_size, optimize)
+        _set_mesh_size(gmsh, surface, cells_per_radius, min_size, max_size, optimize, fine)
         _generate(gmsh, optimize, order)
+        n_flat = _remove_flat_slivers(gmsh, vol)
+        n_split = _split_boundary_tetrahedra(gmsh, vol, by_tag)
+        if order == 2:
+            # (no "HighOrder" optimisation: on some surfaces gmsh aborts the whole process in it)
+            gmsh.model.mesh.setOrder(2)
         stats = _mesh_statistics(gmsh, vol, by_tag, name_of_tag, order)
+        stats["split_boundary_tetrahedra"] = n_split
+        stats["removed_flat_slivers"] = n_flat
         gmsh.write(str(msh_path))
         return stats, name_of_tag
     finally:
@@ -352,16 +381,25 @@ def _add_fluid_volume(gmsh, surface: TaggedSurface, by_tag: dict[int, list[int]]
 
 
 def _set_mesh_size(gmsh, surface: TaggedSurface, cells_per_radius: float, min_size: float, max_size: float,
-                   optimize: bool) -> None:
-    """Size field local radius / cells_per_radius (mm, nearest centreline point, clamped) and mesher options."""
+                   optimize: bool, fine=()) -> None:
+    """Size field local radius / cells_per_radius (mm, nearest centreline point, clamped) and mesher options.
+
+    Inside each box of ``fine`` (lo, hi world mm; a place an earlier try failed) the size is
+    ``_PLC_REFINE`` times smaller per box holding the point.
+    """
     from scipy.spatial import cKDTree
 
     cl_tree = cKDTree(np.asarray(surface.centreline_xyz_mm, float))
     cl_r = np.asarray(surface.centreline_radius_mm, float)
+    boxes = [(np.asarray(lo, float), np.asarray(hi, float)) for lo, hi in fine]
 
     def size_cb(dim, tag, x, y, z, lc):  # noqa: ARG001 - gmsh callback signature
         _, i = cl_tree.query((x, y, z))
-        return float(min(max(cl_r[i] / cells_per_radius, min_size), max_size))
+        size = cl_r[i] / cells_per_radius
+        if boxes:
+            p = np.array((x, y, z))
+            size /= _PLC_REFINE ** sum(bool(np.all(p >= lo) and np.all(p <= hi)) for lo, hi in boxes)
+        return float(min(max(size, min_size), max_size))
 
     gmsh.model.mesh.setSizeCallback(size_cb)  # gmsh keeps a reference until it is reset to None
     gmsh.option.setNumber("Mesh.MeshSizeExtendFromBoundary", 0)
@@ -376,25 +414,41 @@ def _set_mesh_size(gmsh, surface: TaggedSurface, cells_per_radius: float, min_si
     gmsh.option.setNumber("Mesh.SaveAll", 0)
 
 
-def _generate(gmsh, optimize: bool, order: int) -> None:
-    """Generate the surface and volume mesh, optimise it (Netgen) and raise it to ``order``."""
+def _generate(gmsh, optimize: bool, order: int) -> None:  # noqa: ARG001 - order is raised after the split
+    """Generate the surface and volume mesh and optimise it (Netgen), still linear."""
     try:
         gmsh.model.mesh.generate(3)
         if optimize:
             gmsh.model.mesh.optimize("Netgen")
-        if order == 2:
-            # (no "HighOrder" optimisation: on some surfaces gmsh aborts the whole process in it)
-            gmsh.model.mesh.setOrder(2)
     except MeshingError:
         raise
     except Exception as exc:
         text = str(exc).lower()
-        kind = _SelfIntersection if ("intersect" in text or "overlapping facets" in text) else MeshingError
-        raise kind(
+        if "intersect" in text or "overlapping facets" in text:
+            raise _SelfIntersection(
+                f"gmsh volume meshing failed ({exc}). Likely cause: two parts of the wall closer than an "
+                "element (a notch at a branch, vessels side by side); try a larger cells_per_radius or more "
+                "surface smoothing", _surface_overlap_boxes(gmsh, str(exc))) from None
+        raise MeshingError(
             f"gmsh volume meshing failed ({exc}). Likely cause: a self-intersecting or "
             "non-manifold surface, or an element size too coarse for a narrow vessel; try "
             "a larger cells_per_radius, a smaller max_size_mm, or more surface smoothing"
         ) from None
+
+
+def _surface_overlap_boxes(gmsh, message: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Where gmsh's "overlapping facets on surface A surface B" lies: the overlap of the two
+    surfaces' bounding boxes (world mm); none if the message names no surfaces or they do not overlap."""
+    tags = sorted({int(t) for t in re.findall(r"surface (\d+)", message)})
+    if not tags:
+        return []
+    try:
+        bb = [np.asarray(gmsh.model.getBoundingBox(2, t), float) for t in tags]
+    except Exception:  # noqa: BLE001 - gmsh raises plain Exception
+        return []
+    lo = np.max([b[:3] for b in bb], axis=0)
+    hi = np.min([b[3:] for b in bb], axis=0)
+    return [(lo, hi)] if np.all(lo <= hi) else []
 
 
 def _mesh_statistics(gmsh, vol: int, by_tag: dict[int, list[int]], name_of_tag: dict[int, str],
@@ -430,7 +484,8 @@ def _mesh_statistics(gmsh, vol: int, by_tag: dict[int, list[int]], name_of_tag: 
         raise _LockedTetrahedra(
             f"{len(locked)} tetrahedra have every edge on the wall or the inlet (a gap one element thick), so "
             f"the flow pressure there is undetermined; they lie at {where[:3].tolist()} mm (world): raise "
-            "cells_per_radius (--cells-per-radius) or smooth the surface more, or move a clip away from there")
+            "cells_per_radius (--cells-per-radius) or smooth the surface more, or move a clip away from there",
+            _point_boxes(pos[tets[locked, :4]].mean(axis=1)))
     used = np.unique(tets)
     stats = {
         "n_nodes": int(len(used)),
@@ -444,12 +499,120 @@ def _mesh_statistics(gmsh, vol: int, by_tag: dict[int, list[int]], name_of_tag: 
         "edge_length_mm": {"min": float(e.min()), "mean": float(e.mean()), "max": float(e.max())},
         "order": int(order),
     }
-    if stats["n_inverted"] > 0 or gamma.min() <= 0:
-        raise MeshingError(
-            f"gmsh produced {stats['n_inverted']} inverted tetrahedra (min gamma {gamma.min():.3g}); "
-            "likely a self-intersecting surface: try more smoothing or a larger cells_per_radius"
-        )
+    if stats["n_inverted"] > 0 or gamma.min() < _GAMMA_FLAT:
+        bad = np.flatnonzero((vols <= 0) | (gamma < _GAMMA_FLAT))
+        where = np.round(pos[tets[bad[:3], :4]].mean(axis=1), 1)
+        raise _FlatTetrahedra(
+            f"gmsh produced {stats['n_inverted']} inverted and {int(np.count_nonzero(gamma < _GAMMA_FLAT))} flat "
+            f"tetrahedra (min gamma {gamma.min():.3g}) at {where.tolist()} mm (world); likely a self-intersecting "
+            "or folded surface there: try more smoothing or a larger cells_per_radius, or move a clip away from there",
+            _point_boxes(pos[tets[bad, :4]].mean(axis=1)))
     return stats
+
+
+def _remove_flat_slivers(gmsh, vol: int) -> int:
+    """Remove flat tetrahedra lying on the wall (two faces on the boundary); return how many.
+
+    Such a sliver (volume ~0, all four vertices on the surface, two of its faces boundary
+    triangles) is an edge of the surface that the volume mesher bridged: dropping it and making
+    its two inner faces the boundary instead is an edge flip on the surface that changes the
+    volume by nothing, and no refinement removes it (it comes back at every mesh size).
+    """
+    _, etags, enodes = gmsh.model.mesh.getElements(3, vol)
+    if len(etags) == 0 or len(etags[0]) == 0:
+        return 0
+    tet_tags = np.asarray(etags[0], np.int64)
+    tets = np.asarray(enodes[0], np.int64).reshape(-1, 4)
+    pos = _node_positions(gmsh)
+    e = np.max([np.linalg.norm(pos[tets[:, a]] - pos[tets[:, b]], axis=1)
+                for a, b in ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3))], axis=0)
+    flat = np.flatnonzero(np.abs(_tet_volumes(pos, tets)) < 1e-6 * e ** 3)
+    if len(flat) == 0:
+        return 0
+    tri = {}  # sorted node triple -> (surface entity, element tag, nodes)
+    for _, ent in gmsh.model.getEntities(2):
+        _, tt, tn = gmsh.model.mesh.getElements(2, ent)
+        if len(tt):
+            for tag, nodes in zip(np.asarray(tt[0], np.int64), np.asarray(tn[0], np.int64).reshape(-1, 3)):
+                tri[tuple(sorted(nodes))] = (ent, int(tag), nodes)
+    removed = 0
+    for k in flat:
+        t = tets[k]
+        faces = [t[[0, 1, 2]], t[[0, 1, 3]], t[[0, 2, 3]], t[[1, 2, 3]]]
+        on = [tri.get(tuple(sorted(f))) for f in faces]
+        b = [x for x in on if x is not None]
+        if len(b) != 2 or (b[0][0] != b[1][0] and list(gmsh.model.getPhysicalGroupsForEntity(2, b[0][0]))
+                                             != list(gmsh.model.getPhysicalGroupsForEntity(2, b[1][0]))):
+            continue  # (two patches of one boundary, such as the wall, may share it)
+        ent = b[0][0]
+        n = sum(np.cross(pos[x[2][1]] - pos[x[2][0]], pos[x[2][2]] - pos[x[2][0]]) for x in b)
+        new = []
+        for f, x in zip(faces, on):
+            if x is None:
+                if np.cross(pos[f[1]] - pos[f[0]], pos[f[2]] - pos[f[0]]) @ n < 0:
+                    f = f[[0, 2, 1]]
+                new.append(f)
+        gmsh.model.mesh.removeElements(3, vol, [int(tet_tags[k])])
+        for x in b:
+            gmsh.model.mesh.removeElements(2, x[0], [x[1]])
+        gmsh.model.mesh.addElementsByType(ent, 2, [], np.concatenate(new).tolist())
+        for x in b:
+            del tri[tuple(sorted(x[2]))]
+        removed += 1
+    if removed:
+        gmsh.model.mesh.renumberElements()
+    return removed
+
+
+def _split_boundary_tetrahedra(gmsh, vol: int, by_tag: dict[int, list[int]]) -> int:
+    """Split every tetrahedron whose four vertices lie on the no-slip wall or the inlet; return how many.
+
+    Taylor-Hood (P2-P1) is stable in 3-D when every tetrahedron has a vertex inside the domain
+    (Boffi 1997, SIAM J. Numer. Anal. 34: 664-670). A tetrahedron with all its vertices on the
+    Dirichlet boundary (a thin gap between two walls, a sharp rim where a cap meets the wall)
+    breaks that, and where all its edges lie on it too the Stokes matrix is singular. Each is
+    split into four at its centroid (a new inside vertex); the boundary triangles are untouched.
+    """
+    _, etags, enodes = gmsh.model.mesh.getElements(3, vol)
+    if len(etags) == 0 or len(etags[0]) == 0:
+        return 0
+    tet_tags = np.asarray(etags[0], np.int64)
+    tets = np.asarray(enodes[0], np.int64).reshape(-1, 4)
+    fixed = []
+    for t in (WALL, INLET):
+        for ent in by_tag.get(t, []):
+            _, _, tn = gmsh.model.mesh.getElements(2, ent)
+            if len(tn):
+                fixed.append(np.asarray(tn[0], np.int64))
+    on = np.isin(tets, np.unique(np.concatenate(fixed))).all(axis=1) if fixed else np.zeros(len(tets), bool)
+    if not on.any():
+        return 0
+    node_tags, coord, _ = gmsh.model.mesh.getNodes()
+    pos = np.zeros((int(node_tags.max()) + 1, 3))
+    pos[np.asarray(node_tags, np.int64)] = np.asarray(coord).reshape(-1, 3)
+    # (a flat one stays: its children would be as flat, and the quality check reports it)
+    edge = np.linalg.norm(pos[tets[:, 1]] - pos[tets[:, 0]], axis=1)
+    on &= _tet_volumes(pos, tets) > 1e-6 * edge ** 3
+    k = np.flatnonzero(on)
+    if len(k) == 0:
+        return 0
+    sel = tets[k]
+    new = int(gmsh.model.mesh.getMaxNodeTag()) + 1 + np.arange(len(k))
+    gmsh.model.mesh.addNodes(3, vol, new.tolist(), pos[sel].mean(axis=1).ravel().tolist())
+    gmsh.model.mesh.removeElements(3, vol, tet_tags[k].tolist())
+    parts = []
+    for j in range(4):  # replace one vertex at a time by the centroid: orientation is kept
+        t = sel.copy()
+        t[:, j] = new
+        parts.append(t)
+    gmsh.model.mesh.addElementsByType(vol, 4, [], np.vstack(parts).ravel().tolist())
+    gmsh.model.mesh.renumberNodes()  # contiguous tags 1..N, as dolfinx's reader needs
+    gmsh.model.mesh.renumberElements()
+    return int(len(k))
+
+
+def _point_boxes(points) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [(np.asarray(p, float), np.asarray(p, float)) for p in np.asarray(points, float).reshape(-1, 3)]
 
 
 def _locked_tetrahedra(tets: np.ndarray, fixed_tris: np.ndarray, n_nodes: int) -> np.ndarray:

@@ -8,6 +8,7 @@ Every room registers the same way, ``register(subparsers)``, and each of its par
 ``workflows.dose.cli``     ``dose`` (Monte Carlo scenario or CT protocol), ``phantom``, ``ctdi``
 ``workflows.study.cli``    ``study run`` (geometric sensitivity studies)
 ``workflows.demo``         ``demo`` (the whole digital patient, ending in a report)
+``workflows.segment.cli``  ``segment synth | train | predict | evaluate`` (the U-Net)
 =========================  ===========================================================
 
 Errors. Every failure prints one line ``digipat: error: ...`` to standard error and exits
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     from workflows import demo
     from workflows.dose import cli as dose_cli
     from workflows.flow import cli as flow_cli
+    from workflows.segment import cli as segment_cli
     from workflows.study import cli as study_cli
 
     p = argparse.ArgumentParser(
@@ -46,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "(accepted anywhere on the command line)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for room in (flow_cli, demo, dose_cli, study_cli):
+    for room in (flow_cli, demo, dose_cli, study_cli, segment_cli):
         room.register(sub)
     return p
 

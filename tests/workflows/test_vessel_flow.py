@@ -62,6 +62,32 @@ def test_straight_vessel_matches_poiseuille(straight_run):
     assert res["segmentation_dice"] == m["dice"]
 
 
+def test_flow_extensions_add_their_poiseuille_length(straight_run, tmp_path):
+    """Five-radius flow extensions (VaMPy's) on the straight vessel: each cap moves five of its radii
+    out along its normal, the lumen grows by the two cylinders (pi R^2 L each), and the pressure
+    drop is Hagen-Poiseuille's over the longer tube: it grows with the cap-to-cap length."""
+    root, info, res0 = straight_run
+    cfg = VesselFlowConfig(flow_rate_ml_s=Q_ML_S, model="stokes", write_fields=False, flow_extension_radii=5.0)
+    res = run_vessel_flow(info["image"], tmp_path / "flow", cfg, quiet=True)
+    ext = res["surface"]["report"]["flow_extensions"]
+    assert [e["applied"] for e in ext] == [True, True]
+    caps0 = {c["name"]: c for c in res0["surface"]["caps"]}
+    grown = 0.0
+    for c in res["surface"]["caps"]:
+        c0 = caps0[c["name"]]
+        shift = np.asarray(c["centre_xyz_mm"]) - np.asarray(c0["centre_xyz_mm"])
+        assert shift @ np.asarray(c0["normal_xyz"]) == pytest.approx(5.0 * c0["radius_mm"], rel=0.01)
+        assert c["radius_mm"] == pytest.approx(c0["radius_mm"], rel=0.01)
+        grown += math.pi * c0["radius_mm"] ** 2 * 5.0 * c0["radius_mm"]
+    v0, v1 = res0["surface"]["volume_mm3"], res["surface"]["volume_mm3"]
+    assert v1 - v0 == pytest.approx(grown, rel=0.01)
+    ratio = res["pressure_drop_Pa"] / res0["pressure_drop_Pa"]
+    lengths = _cap_distance_m(res) / _cap_distance_m(res0)
+    print(f"\n[straight vessel, 5-radius extensions] dP x{ratio:.4f}, cap-to-cap length x{lengths:.4f}")
+    assert ratio == pytest.approx(lengths, rel=0.02)
+    assert res["mass_balance_rel_error"] < 0.005
+
+
 def _gaussian_disk_half_max_radius(radius, sigma):
     """Radius of the half-maximum contour of a disk of ``radius`` blurred by a 2-D Gaussian of
     deviation ``sigma``: the blurred value at distance rho is P(|X + rho| < R), a non-central

@@ -10,6 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
+from pipeline.surface import FLOW_EXTENSION_RADII_DEFAULT
 from workflows.flow.vessel_flow import VesselFlowConfig, run_vessel_flow, summary_text
 
 __all__ = ["register", "add_flow_options", "config_from_args", "print_flow_results", "GEOMETRIES"]
@@ -66,6 +67,12 @@ def add_flow_options(p: argparse.ArgumentParser) -> None:
                    help="split the inflow between the outlets: 'murray' (Q ~ r^3 of each outlet cap), one "
                         "fraction per outlet (outlet1 = largest first, summing to 1), or 'traction' (the default: "
                         "zero-traction outlets, the flow divides by itself)")
+    g.add_argument("--flow-extension-radii", type=float, nargs="?", const=FLOW_EXTENSION_RADII_DEFAULT,
+                   default=d.flow_extension_radii, metavar="N",
+                   help="add a straight, circular flow extension N cap radii long to the inlet and every outlet "
+                        "(VMTK's flow extensions; the flag alone gives VaMPy's "
+                        f"{FLOW_EXTENSION_RADII_DEFAULT:g}); the caps, the pressure drop and the outlet pressures "
+                        "are then at the extensions' ends (default 0: none)")
     g.add_argument("--segmentation", choices=("auto", "otsu", "region-grow"), default=d.segmentation_method,
                    help=f"lumen segmentation method (default {d.segmentation_method})")
     g.add_argument("--modality", choices=("auto", "ct", "mr"), default=d.modality,
@@ -156,6 +163,7 @@ def config_from_args(a: argparse.Namespace) -> VesselFlowConfig:
         outlets_xyz_mm=tuple(tuple(p) for p in a.outlet_mm) if a.outlet_mm else None,
         min_branch_radius_mm=a.min_branch_radius_mm,
         outlet_flow_split=_flow_split(a.outlet_flow_fractions),
+        flow_extension_radii=a.flow_extension_radii,
     )
 
 

@@ -128,7 +128,9 @@ class VesselFlowConfig:
     faces for one cropped vessel, "tracked" when the lumen has tunnels (a real scan's lumen
     that touches other vessels or runs into the heart) or the image-face model fails). ``outlet_flow_split`` is
     ``"traction"`` (zero-traction outlets), ``"murray"`` (Q ~ r^3 of the caps) or one fraction
-    per outlet (outlet1, the largest, first). ``boundary_offset_mm``
+    per outlet (outlet1, the largest, first). ``flow_extension_radii`` adds a straight, circular
+    tube that many cap radii long to every opening (0: none; VaMPy uses 5): the caps, and so the
+    pressure drop and the outlet pressures, are then at the tubes' ends. ``boundary_offset_mm``
     moves the reconstructed wall outwards (> 0) or inwards along its normals, for
     geometric sensitivity studies.
 
@@ -179,6 +181,7 @@ class VesselFlowConfig:
     outlets_xyz_mm: tuple[tuple[float, float, float], ...] | None = None
     min_branch_radius_mm: float | None = None
     outlet_flow_split: str | tuple[float, ...] = "traction"
+    flow_extension_radii: float = 0.0
 
     def __post_init__(self) -> None:
         def positive(name):
@@ -242,6 +245,10 @@ class VesselFlowConfig:
         r = self.min_branch_radius_mm
         if r is not None and not (isinstance(r, (int, float)) and np.isfinite(r) and r > 0):
             raise WorkflowError(f"min_branch_radius_mm must be a positive radius in mm or None, got {r!r}")
+        fe = self.flow_extension_radii
+        if isinstance(fe, bool) or not (isinstance(fe, (int, float)) and np.isfinite(fe) and 0 <= fe <= 50):
+            raise WorkflowError(f"flow_extension_radii must be a length in cap radii in [0, 50] (VaMPy uses 5), "
+                                f"got {fe!r}")
         split = self.outlet_flow_split
         if isinstance(split, str):
             if split not in ("traction", "murray"):
@@ -610,7 +617,7 @@ def _threshold_shift(image, binary, level_hu, upper_hu, shift_hu, fail) -> tuple
     return new, rep
 
 
-def clip_plan(mask, cfg: VesselFlowConfig, *, track: bool = False):
+def clip_plan(mask, cfg: VesselFlowConfig, *, track: bool = False, image=None):
     """The modelled part of the mask and where the model is clipped: ``(mask, plan, report)``.
 
     ``plan`` is None for image-face crops (the mask is then returned unchanged, report None).
@@ -618,7 +625,9 @@ def clip_plan(mask, cfg: VesselFlowConfig, *, track: bool = False):
     image faces or when outlets are named; otherwise it cuts at the image faces as for a
     cropped tube (``clip="centreline"`` forces centreline clipping). The centreline modelling
     itself is :func:`pipeline.centreline.model_region`. ``clip="tracked"`` (or ``track``, the
-    fallback of ``"auto"``) finds the ends by following the vessel through ``cfg.seed_xyz_mm``.
+    fallback of ``"auto"``) finds the ends by following the vessel through ``cfg.seed_xyz_mm``;
+    without a seed, ``image`` (a CT angiogram, HU) lets the automatic seed prefer the vessel the
+    bolus was timed for (:func:`pipeline.centreline.main_vessel_seed`).
     """
     from pipeline.centreline import CentrelineError, model_region
 
@@ -632,7 +641,7 @@ def clip_plan(mask, cfg: VesselFlowConfig, *, track: bool = False):
     try:
         return model_region(mask, inlet_xyz=cfg.inlet_xyz_mm, outlets_xyz=cfg.outlets_xyz_mm,
                             min_branch_radius_mm=cfg.min_branch_radius_mm, track=track,
-                            seed_xyz=cfg.seed_xyz_mm)
+                            seed_xyz=cfg.seed_xyz_mm, image=image)
     except CentrelineError as exc:
         raise WorkflowError(str(exc)) from None
 
@@ -699,6 +708,7 @@ def build_surface(image, mask, level_hu: float, upper_hu: float | None, cfg: Ves
         half_max_level=si.half_max_level,
         crop_margin_mm=si.crop_margin_mm,
         clip_plan=plan,
+        flow_extension_radii=float(cfg.flow_extension_radii),
     )
     if contrast is not None:
         surf.report["contrast_evening"] = contrast
@@ -735,7 +745,8 @@ def _geometry(image, seg_record: dict, cfg: VesselFlowConfig, out: Path) -> dict
             else "the most tube-like wide vessel (found automatically; give --seed-mm to pick another)")
     advice = ("Name where to cut the vessel with --inlet-mm X Y Z and --outlet-mm X Y Z (repeatable), see the "
               "README's 'Your own patient'")
-    mask, plan, region = clip_plan(segmentation, cfg)
+    ct = image if seg_record.get("modality") == "ct" else None  # contrast ranks vessels in HU only
+    mask, plan, region = clip_plan(segmentation, cfg, image=ct)
     try:
         surf, si, vm = _model_and_mesh(image, seg_record, cfg, out, mask, plan, region)
     except (SurfaceError, MeshingError) as exc:
@@ -747,7 +758,7 @@ def _geometry(image, seg_record: dict, cfg: VesselFlowConfig, out: Path) -> dict
         # heart. Follow the vessel through the seed (or the most tube-like one) and model that.
         first = str(exc)
         try:
-            mask, plan, region = clip_plan(segmentation, cfg, track=True)
+            mask, plan, region = clip_plan(segmentation, cfg, track=True, image=ct)
             surf, si, vm = _model_and_mesh(image, seg_record, cfg, out, mask, plan, region)
         except (SurfaceError, MeshingError, WorkflowError) as exc2:
             raise WorkflowError(
@@ -980,7 +991,8 @@ def run_vessel_flow(
     if cfg.boundary_offset_mm:  # (absent when 0, so caches of earlier runs stay valid)
         geo_params["boundary_offset_mm"] = float(cfg.boundary_offset_mm)
     geo_params.update(cfg.perturbation_params())  # likewise: only the active perturbations
-    for k, default in (("clip", "auto"), ("outlets_xyz_mm", None), ("min_branch_radius_mm", None)):
+    for k, default in (("clip", "auto"), ("outlets_xyz_mm", None), ("min_branch_radius_mm", None),
+                       ("flow_extension_radii", 0.0)):
         if getattr(cfg, k) != default:  # likewise
             geo_params[k] = getattr(cfg, k)
     geo_key = hash_params(seg_key, geo_params)

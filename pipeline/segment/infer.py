@@ -1,0 +1,97 @@
+"""Applying a trained U-Net to a whole image: sliding windows with Gaussian blending, on the CPU.
+
+The image is resampled to the plan's spacing, normalised as in training, and covered by
+patches with 50 % overlap (nnU-Net's default step of half a patch). Each patch's softmax is
+weighted by a Gaussian centred on the patch (sigma = patch / 8 per axis: the border, where a
+convolution sees padding, counts little) and the weighted sum is divided by the summed
+weights. ``mirror`` averages the prediction over the 2^d flips of each patch (test-time
+augmentation). The probability of the lumen is resampled back to the image's grid (linear)
+and thresholded at 0.5.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import time
+
+import numpy as np
+from scipy import ndimage
+
+from pipeline.image import Volume
+from pipeline.segment.learn_data import Plan, normalise
+
+__all__ = ["gaussian_importance", "window_starts", "predict_probability", "predict_volume"]
+
+
+def gaussian_importance(patch, sigma_scale: float = 1.0 / 8.0) -> np.ndarray:
+    """Gaussian weights over a patch (sigma = ``sigma_scale`` x size per axis), max 1, floor at the
+    smallest positive value (so every voxel has a weight)."""
+    grids = np.meshgrid(*[np.arange(p, dtype=np.float64) for p in patch], indexing="ij")
+    w = np.exp(-sum(((g - (p - 1) / 2) / (sigma_scale * p)) ** 2 for g, p in zip(grids, patch)) / 2)
+    w /= w.max()
+    w[w == 0] = w[w > 0].min()
+    return w.astype(np.float32)
+
+
+def window_starts(size: int, patch: int, overlap: float = 0.5) -> list[int]:
+    """Patch starts covering ``size`` with steps of at most ``(1 - overlap) * patch``, the last flush
+    with the end (one window at 0 when the image is not larger than the patch)."""
+    if size <= patch:
+        return [0]
+    step = max(1, int(patch * (1 - overlap)))
+    n = int(np.ceil((size - patch) / step)) + 1
+    return [int(round(v)) for v in np.linspace(0, size - patch, n)]
+
+
+def predict_probability(model, image: np.ndarray, patch, *, overlap: float = 0.5, mirror: bool = False,
+                        quiet: bool = True) -> np.ndarray:
+    """Lumen probability of a normalised image (on the plan's grid) by sliding windows."""
+    import torch
+
+    arr = np.asarray(image, np.float32)
+    patch = tuple(int(p) for p in patch)
+    pad = [(0, max(0, p - s)) for s, p in zip(arr.shape, patch)]
+    arr_p = np.pad(arr, pad, mode="edge")
+    acc = np.zeros(arr_p.shape, np.float32)
+    wsum = np.zeros(arr_p.shape, np.float32)
+    w = gaussian_importance(patch)
+    starts = list(itertools.product(*[window_starts(s, p, overlap) for s, p in zip(arr_p.shape, patch)]))
+    flips = [()] + ([c for r in range(1, arr.ndim + 1) for c in itertools.combinations(range(2, 2 + arr.ndim), r)]
+                    if mirror else [])
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for n, st in enumerate(starts):
+            sl = tuple(slice(a, a + p) for a, p in zip(st, patch))
+            x = torch.from_numpy(np.ascontiguousarray(arr_p[sl]))[None, None]
+            prob = 0.0
+            for f in flips:
+                xf = torch.flip(x, f) if f else x
+                p = torch.softmax(model(xf), dim=1)
+                prob = prob + (torch.flip(p, f) if f else p)
+            prob = (prob / len(flips))[0, 1].numpy()
+            acc[sl] += prob * w
+            wsum[sl] += w
+            if not quiet and (n + 1) % 10 == 0:
+                print(f"\rpredict: window {n + 1}/{len(starts)}, {time.perf_counter() - t0:.0f} s", end="",
+                      file=sys.stderr, flush=True)
+    if not quiet:
+        print(file=sys.stderr)
+    out = acc / wsum
+    return out[tuple(slice(0, s) for s in arr.shape)]
+
+
+def predict_volume(model, plan: Plan, image: Volume, *, mirror: bool = False, quiet: bool = True) -> tuple[Volume, Volume]:
+    """``(lumen probability, lumen mask)`` on the image's grid (float32 in [0, 1], uint8)."""
+    arr = np.asarray(image.array, np.float32)
+    zoom = np.asarray(image.spacing_mm, float) / np.asarray(plan.spacing_mm, float)
+    resample = not np.allclose(zoom, 1.0, rtol=0.05)
+    a = ndimage.zoom(arr, zoom, order=1) if resample else arr
+    prob = predict_probability(model, normalise(a, plan), plan.patch, mirror=mirror, quiet=quiet)
+    if resample:
+        prob = ndimage.zoom(prob, np.asarray(arr.shape) / np.asarray(prob.shape), order=1)
+        prob = prob[tuple(slice(0, s) for s in arr.shape)]
+        if prob.shape != arr.shape:  # (rounding of the zoomed shape)
+            prob = np.pad(prob, [(0, s - q) for s, q in zip(arr.shape, prob.shape)], mode="edge")
+    prob = np.clip(prob, 0.0, 1.0).astype(np.float32)
+    return image.with_array(prob), image.with_array((prob > 0.5).astype(np.uint8))

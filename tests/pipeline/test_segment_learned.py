@@ -1,0 +1,116 @@
+"""The learned segmenter's parts (issue 12): losses against closed forms on tiny tensors, and
+PyTorch's own cross-entropy as a peer; the U-Net's shapes, its deep supervision and its
+dilated context block."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipeline.segment.losses import (cross_entropy, deep_supervision_weights, dice_ce_loss,
+                                     soft_dice_loss)
+from pipeline.segment.unet import UNet, UNetConfig
+
+LOG3 = math.log(3.0)
+
+
+def _logits_quarter_three_quarters(n_vox=4):
+    """Two classes, softmax (0.25, 0.75) at every voxel: logits (0, ln 3)."""
+    lg = torch.zeros(1, 2, n_vox)
+    lg[:, 1] = LOG3
+    return lg
+
+
+def test_soft_dice_closed_form():
+    """p1 = 0.75 everywhere, labels (1, 1, 0, 0): foreground D = 2*1.5 / (3 + 2) = 0.6; the
+    background's D = 2*0.5 / (1 + 2) = 1/3."""
+    lg = _logits_quarter_three_quarters()
+    t = torch.tensor([[1, 1, 0, 0]])
+    assert soft_dice_loss(lg, t, eps=0.0).item() == pytest.approx(1 - 0.6, abs=1e-6)
+    assert soft_dice_loss(lg, t, include_background=True, eps=0.0).item() == pytest.approx(
+        1 - (0.6 + 1 / 3) / 2, abs=1e-6)
+    # perfect, confident prediction: loss 0; soft labels equal to the one-hot give the same loss
+    sure = torch.tensor([[[-20.0, -20.0, 20.0, 20.0], [20.0, 20.0, -20.0, -20.0]]])
+    assert soft_dice_loss(sure, t).item() == pytest.approx(0.0, abs=1e-6)
+    onehot = F.one_hot(t, 2).movedim(-1, 1).float()
+    assert soft_dice_loss(lg, onehot).item() == pytest.approx(soft_dice_loss(lg, t).item(), abs=1e-7)
+
+
+def test_cross_entropy_closed_form_and_pytorch():
+    lg = _logits_quarter_three_quarters()
+    t = torch.tensor([[1, 1, 0, 0]])
+    expected = -(math.log(0.75) + math.log(0.25)) / 2
+    assert cross_entropy(lg, t).item() == pytest.approx(expected, abs=1e-6)
+    g = torch.Generator().manual_seed(3)
+    lg = torch.randn(2, 3, 5, 4, 3, generator=g)
+    t = torch.randint(0, 3, (2, 5, 4, 3), generator=g)
+    assert cross_entropy(lg, t).item() == pytest.approx(F.cross_entropy(lg, t).item(), abs=1e-6)
+    soft = torch.softmax(torch.randn(2, 3, 5, 4, 3, generator=g), dim=1)
+    assert cross_entropy(lg, soft).item() == pytest.approx(F.cross_entropy(lg, soft).item(), abs=1e-6)
+
+
+def test_soft_label_cross_entropy_is_minimal_at_the_labels():
+    """Against soft labels t the cross-entropy is the entropy of t at p = t, with zero gradient."""
+    t = torch.tensor([[[0.25] * 4, [0.75] * 4]])
+    lg = _logits_quarter_three_quarters().requires_grad_(True)
+    ce = cross_entropy(lg, t)
+    ce.backward()
+    assert ce.item() == pytest.approx(-(0.25 * math.log(0.25) + 0.75 * math.log(0.75)), abs=1e-6)
+    assert torch.allclose(lg.grad, torch.zeros_like(lg.grad), atol=1e-7)
+
+
+def test_bad_targets_are_refused():
+    lg = _logits_quarter_three_quarters()
+    with pytest.raises(ValueError, match="0..1"):
+        cross_entropy(lg, torch.tensor([[0, 1, 2, 0]]))
+    with pytest.raises(ValueError, match="sum to 1"):
+        cross_entropy(lg, torch.full((1, 2, 4), 0.7))
+
+
+def test_deep_supervision_weights_and_loss():
+    assert deep_supervision_weights(3) == pytest.approx([4 / 7, 2 / 7, 1 / 7])
+    g = torch.Generator().manual_seed(0)
+    t = torch.randint(0, 2, (1, 8, 8), generator=g)
+    full = torch.randn(1, 2, 8, 8, generator=g)
+    # one stage: the plain loss
+    assert dice_ce_loss([full], t).item() == pytest.approx(dice_ce_loss(full, t).item(), abs=1e-6)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_unet_shapes_and_deep_supervision(dims):
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(dims=dims, width=4, depth=2, deep_supervision=True))
+    x = torch.randn((2, 1) + (16,) * dims)
+    net.train()
+    outs = net(x)
+    assert [tuple(o.shape) for o in outs] == [(2, 2) + (s,) * dims for s in (16, 8)]
+    net.eval()
+    assert tuple(net(x).shape) == (2, 2) + (16,) * dims
+    with pytest.raises(ValueError, match="multiple of 4"):
+        net(torch.randn((1, 1) + (18,) * dims))
+
+
+def test_context_block_dilations_reach_four_voxels():
+    """The dilated block's convolutions (rates 1, 2, 4, summed) reach 4 voxels from a bottleneck
+    voxel: an impulse at the centre changes their sum 4 voxels away and not 5."""
+    from pipeline.segment.unet import _Context
+
+    torch.manual_seed(0)
+    block = _Context(2, 1).eval()
+    assert [b.dilation for b in block.branches] == [(1, 1), (2, 2), (4, 4)]
+    x = torch.zeros(1, 1, 21, 21)
+    y0 = sum(b(x) for b in block.branches).detach()
+    x[0, 0, 10, 10] = 1.0
+    y1 = sum(b(x) for b in block.branches).detach()
+    changed = (y1 - y0).abs()[0, 0] > 1e-7
+    assert changed[10, 14] and changed[6, 10] and not changed[10, 15] and not changed[5, 10]
+
+
+def test_config_is_checked():
+    with pytest.raises(ValueError, match="dims"):
+        UNetConfig(dims=4)
+    with pytest.raises(ValueError, match="n_classes"):
+        UNetConfig(n_classes=1)
+    assert np.isclose(UNetConfig(depth=3).divisor, 8)

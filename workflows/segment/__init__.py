@@ -1,0 +1,1 @@
+"""``digipat segment``: the learned lumen segmenter (train, predict, evaluate, synthetic data)."""
