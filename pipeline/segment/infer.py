@@ -1,12 +1,16 @@
 """Applying a trained U-Net to a whole image: sliding windows with Gaussian blending, on the CPU.
 
-The image is resampled to the plan's spacing, normalised as in training, and covered by
+The image is resampled to the plan's spacing when the plan says so (else the network works on
+the image's own voxels, as in training), normalised as in training, and covered by
 patches with 50 % overlap (nnU-Net's default step of half a patch). Each patch's softmax is
 weighted by a Gaussian centred on the patch (sigma = patch / 8 per axis: the border, where a
 convolution sees padding, counts little) and the weighted sum is divided by the summed
 weights. ``mirror`` averages the prediction over the 2^d flips of each patch (test-time
-augmentation). The probability of the lumen is resampled back to the image's grid (linear)
-and thresholded at 0.5.
+augmentation). The probability of the lumen, on the image's grid (resampled back, linear,
+when it was resampled), is thresholded at 0.5. A window that is constant after normalisation
+(CT clips everything below the lumen's 0.5th percentile to one value: air, fat, most tissue) is
+the same input every time, so the network runs on it once and its answer is reused: exact,
+and most of a large CT's windows are such.
 """
 
 from __future__ import annotations
@@ -60,16 +64,24 @@ def predict_probability(model, image: np.ndarray, patch, *, overlap: float = 0.5
     flips = [()] + ([c for r in range(1, arr.ndim + 1) for c in itertools.combinations(range(2, 2 + arr.ndim), r)]
                     if mirror else [])
     t0 = time.perf_counter()
+    constant: dict[float, np.ndarray] = {}  # the network's answer on a constant window, by its value
     with torch.inference_mode():
         for n, st in enumerate(starts):
             sl = tuple(slice(a, a + p) for a, p in zip(st, patch))
-            x = torch.from_numpy(np.ascontiguousarray(arr_p[sl]))[None, None]
-            prob = 0.0
-            for f in flips:
-                xf = torch.flip(x, f) if f else x
-                p = torch.softmax(model(xf), dim=1)
-                prob = prob + (torch.flip(p, f) if f else p)
-            prob = (prob / len(flips))[0, 1].numpy()
+            window = arr_p[sl]
+            lo = float(window.min())
+            if lo == float(window.max()) and lo in constant:
+                prob = constant[lo]  # (clipped air and tissue: the same input, the same answer)
+            else:
+                x = torch.from_numpy(np.ascontiguousarray(window))[None, None]
+                prob = 0.0
+                for f in flips:
+                    xf = torch.flip(x, f) if f else x
+                    p = torch.softmax(model(xf), dim=1)
+                    prob = prob + (torch.flip(p, f) if f else p)
+                prob = (prob / len(flips))[0, 1].numpy()
+                if lo == float(window.max()):
+                    constant[lo] = prob
             acc[sl] += prob * w
             wsum[sl] += w
             if not quiet and (n + 1) % 10 == 0:
@@ -85,7 +97,7 @@ def predict_volume(model, plan: Plan, image: Volume, *, mirror: bool = False, qu
     """``(lumen probability, lumen mask)`` on the image's grid (float32 in [0, 1], uint8)."""
     arr = np.asarray(image.array, np.float32)
     zoom = np.asarray(image.spacing_mm, float) / np.asarray(plan.spacing_mm, float)
-    resample = not np.allclose(zoom, 1.0, rtol=0.05)
+    resample = plan.resample and not np.allclose(zoom, 1.0, rtol=0.05)
     a = ndimage.zoom(arr, zoom, order=1) if resample else arr
     prob = predict_probability(model, normalise(a, plan), plan.patch, mirror=mirror, quiet=quiet)
     if resample:
@@ -95,3 +107,63 @@ def predict_volume(model, plan: Plan, image: Volume, *, mirror: bool = False, qu
             prob = np.pad(prob, [(0, s - q) for s, q in zip(arr.shape, prob.shape)], mode="edge")
     prob = np.clip(prob, 0.0, 1.0).astype(np.float32)
     return image.with_array(prob), image.with_array((prob > 0.5).astype(np.uint8))
+
+
+def segment_lumen_learned(image: Volume, *, model_dir=None, seed_index_zyx=None, modality: str = "auto",
+                          quiet: bool = True):
+    """The lumen of the vessel by a trained U-Net, as a :class:`~pipeline.segment.classical.LumenSegmentation`.
+
+    The network decides which voxels are lumen (vessel against bone, calcium and tissue); the
+    vessel is the piece holding ``seed_index_zyx`` (or the nearest piece to it), else the largest
+    piece reaching two image faces, else the largest. The wall's level for the sub-voxel surface
+    is then measured in the image as for the classical methods: halfway between the lumen (the
+    median inside the piece, one voxel in) and the tissue around it (the median of a shell two
+    to five voxels out, below that lumen level); on CT the calcium bound is the lumen plus 0.75
+    of the contrast. ``model_dir`` None: the model shipped with digipat. ``probability`` (the
+    network's lumen probability, float32) is added to the result's attributes.
+    """
+    from pipeline.segment.classical import (CALCIUM_UPPER_FRACTION, LumenSegmentation, SegmentationError,
+                                            _check_modality, _faces_touched, fill_holes)
+    from pipeline.segment.train import load_model
+
+    if model_dir is None:
+        from workflows.segment.cli import shipped_model
+        model_dir = shipped_model()
+    arr = np.asarray(image.array, np.float32)
+    modality = _check_modality(modality, arr)
+    model, plan, _ = load_model(model_dir)
+    prob, mask = predict_volume(model, plan, image, quiet=quiet)
+    binary = np.asarray(mask.array) > 0
+    st = ndimage.generate_binary_structure(3, 1)
+    labels, n = ndimage.label(binary, structure=st)
+    if n == 0:
+        raise SegmentationError(f"the U-Net ({model_dir}) found no lumen in the image: check that it is an "
+                                "angiogram of the kind the model was trained on, or use --segmentation auto")
+    notes = []
+    if seed_index_zyx is not None:
+        seed = tuple(int(v) for v in seed_index_zyx)
+        lab = int(labels[seed])
+        if lab == 0:
+            _, idx = ndimage.distance_transform_edt(labels == 0, return_indices=True)
+            lab = int(labels[tuple(int(idx[a][seed]) for a in range(3))])
+            notes.append(f"seed voxel {seed} is not in the U-Net's lumen; used the nearest piece")
+    else:
+        sizes = np.bincount(labels.ravel(), minlength=n + 1)
+        sizes[0] = 0
+        crossing = sizes * (_faces_touched(labels, n) >= 2)
+        lab = int(np.argmax(crossing)) if crossing.max() > 0 else int(np.argmax(sizes))
+    piece = fill_holes(labels == lab)
+    core = ndimage.binary_erosion(piece, st)
+    lumen = float(np.median(arr[core if core.sum() >= 10 else piece]))
+    shell = ndimage.binary_dilation(piece, st, iterations=5) & ~ndimage.binary_dilation(piece, st, iterations=2)
+    shell &= arr < lumen
+    tissue = float(np.median(arr[shell])) if shell.any() else float(np.percentile(arr, 10))
+    level = 0.5 * (lumen + tissue)
+    upper = lumen + CALCIUM_UPPER_FRACTION * (lumen - tissue) if modality == "ct" else None
+    seg = LumenSegmentation(mask=piece, level_hu=level, lower_hu=level, upper_hu=upper,
+                            seed_index_zyx=None if seed_index_zyx is None else tuple(int(v) for v in seed_index_zyx),
+                            method="unet", volume_mm3=float(piece.sum()) * float(np.prod(image.spacing_mm)),
+                            n_candidate_components=int(n), tissue_hu=tissue, lumen_hu=lumen, notes=notes,
+                            modality=modality)
+    seg.probability = np.asarray(prob.array, np.float32)
+    return seg

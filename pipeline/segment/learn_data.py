@@ -111,6 +111,7 @@ class Plan:
     clip: tuple
     mean: float
     std: float
+    resample: bool = False
 
     def to_json_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -118,7 +119,7 @@ class Plan:
     @classmethod
     def from_json_dict(cls, d: dict) -> "Plan":
         return cls(tuple(d["spacing_mm"]), tuple(d["patch"]), d["normalisation"], tuple(d["clip"]),
-                   float(d["mean"]), float(d["std"]))
+                   float(d["mean"]), float(d["std"]), bool(d.get("resample", False)))
 
 
 def fingerprint(cases: list[tuple[Volume, np.ndarray]], *, samples_per_case: int = 20000, seed: int = 0) -> Fingerprint:
@@ -138,10 +139,15 @@ def fingerprint(cases: list[tuple[Volume, np.ndarray]], *, samples_per_case: int
 
 
 def make_plan(fp: Fingerprint, *, normalisation: str = "ct", divisor: int = 8, max_patch_voxels: int = 48 ** 3,
-              patch=None) -> Plan:
+              patch=None, resample: bool = False) -> Plan:
     """The plan from a fingerprint: the median spacing, the largest patch (a multiple of
     ``divisor`` per axis, at most the median shape and ``max_patch_voxels`` in all, kept near
-    isotropic in mm) unless ``patch`` is given, and the normalisation's constants."""
+    isotropic in mm) unless ``patch`` is given, and the normalisation's constants.
+
+    ``resample`` (nnU-Net's choice) brings every image to the median spacing; by default the
+    network works on the images' own voxels, as vessels come at every size and a wide one
+    resampled to a fine grid would exceed every patch.
+    """
     if normalisation not in NORMALISATIONS:
         raise DatasetError(f"normalisation must be one of {NORMALISATIONS}, got {normalisation!r}")
     spacing = tuple(float(s) for s in np.median(np.asarray(fp.spacings, float), axis=0))
@@ -156,7 +162,8 @@ def make_plan(fp: Fingerprint, *, normalisation: str = "ct", divisor: int = 8, m
     if any(p % divisor for p in patch):
         raise DatasetError(f"patch {patch} must be a multiple of {divisor} on every axis")
     return Plan(spacing_mm=spacing, patch=patch, normalisation=normalisation,
-                clip=(fp.fg_percentile_00_5, fp.fg_percentile_99_5), mean=fp.fg_mean, std=max(fp.fg_std, 1e-6))
+                clip=(fp.fg_percentile_00_5, fp.fg_percentile_99_5), mean=fp.fg_mean, std=max(fp.fg_std, 1e-6),
+                resample=bool(resample))
 
 
 def normalise(array: np.ndarray, plan: Plan) -> np.ndarray:
@@ -170,24 +177,28 @@ def normalise(array: np.ndarray, plan: Plan) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- synthetic training cases
-def synthetic_case(seed: int, *, shape_zyx=(48, 48, 48), spacing_mm=(0.5, 0.5, 0.5), hard: bool = False):
+def synthetic_case(seed: int, *, shape_zyx=(48, 48, 48), spacing_mm=None, hard: bool = False):
     """One randomised synthetic angiogram with its truth: ``(image Volume, label Volume, params)``.
 
-    ``hard`` draws a harder case than training sees (lower contrast, more noise, thinner
-    vessels), for checking generalisation with seeds training never used.
+    The vessel's radius is drawn in voxels (2 to 5.5; the network works on voxels, and real
+    vessels come at every size) on an isotropic grid of 0.4 to 1.0 mm unless ``spacing_mm`` is
+    given. ``hard`` draws a harder case than training sees (lower contrast, more noise,
+    thinner vessels: 1.3 to 2.2 voxels), for checking generalisation with seeds training
+    never used.
     """
     from phantoms.vessels import Calcification, Stenosis, VesselGeometryError, make_angiogram
 
     rng = np.random.default_rng(seed)
     geometry = str(rng.choice(["straight", "curved", "bifurcation"]))
-    half_width = min(shape_zyx[1] * spacing_mm[1], shape_zyx[2] * spacing_mm[2]) / 2
-    r_max = min(3.0, 0.22 * half_width)
-    radius = float(rng.uniform(0.8, 1.6) if hard else rng.uniform(1.2, r_max))
-    stenosis = Stenosis(area_reduction=float(rng.uniform(0.2, 0.75)), length_mm=float(rng.uniform(3, 8)),
+    if spacing_mm is None:
+        spacing_mm = (float(rng.uniform(0.4, 1.0)),) * 3
+    r_vox = float(rng.uniform(1.3, 2.2) if hard else rng.uniform(2.0, 5.5))
+    radius = r_vox * float(min(spacing_mm[1:]))
+    stenosis = Stenosis(area_reduction=float(rng.uniform(0.2, 0.75)), length_mm=float(rng.uniform(3, 8)) * radius,
                         position=float(rng.uniform(0.3, 0.7)),
                         eccentricity=float(rng.uniform(0, 1))) if rng.random() < 0.6 else None
-    calc = Calcification(position=float(rng.uniform(0.3, 0.7)), length_mm=float(rng.uniform(2, 5)),
-                         thickness_mm=float(rng.uniform(0.4, 1.0)), hu=float(rng.uniform(700, 1400))) \
+    calc = Calcification(position=float(rng.uniform(0.3, 0.7)), length_mm=float(rng.uniform(1, 2.5)) * radius,
+                         thickness_mm=float(rng.uniform(0.2, 0.5)) * radius, hu=float(rng.uniform(700, 1400))) \
         if rng.random() < 0.3 else None
     tissue = float(rng.uniform(0, 80))
     lumen = tissue + float(rng.uniform(120, 250) if hard else rng.uniform(200, 550))
@@ -214,7 +225,7 @@ def synthetic_case(seed: int, *, shape_zyx=(48, 48, 48), spacing_mm=(0.5, 0.5, 0
         slab = i < depth if rng.random() < 0.5 else i >= shape_zyx[2] - depth
         img[slab] = float(rng.uniform(600, 1300))
     if rng.random() < 0.5:
-        r2 = float(rng.uniform(0.8, 1.6)) / spacing_mm[1]
+        r2 = float(rng.uniform(1.5, 3.0))  # voxels
         cj = float(rng.uniform(0.1, 0.2) * shape_zyx[1])
         ci = float(rng.uniform(0.2, 0.8) * shape_zyx[2])
         tube = (j - cj) ** 2 + (i - ci) ** 2 <= r2 ** 2
@@ -224,7 +235,7 @@ def synthetic_case(seed: int, *, shape_zyx=(48, 48, 48), spacing_mm=(0.5, 0.5, 0
     if psf > 0:
         img = ndimage.gaussian_filter(img, psf / 2.3548 / np.asarray(spacing_mm))
     img += np.random.default_rng(seed + 1).normal(0.0, noise, img.shape).astype(np.float32)
-    params = {"seed": seed, "geometry": geometry, "radius_mm": radius, "lumen_hu": lumen, "tissue_hu": tissue,
+    params = {"seed": seed, "geometry": geometry, "radius_mm": radius, "spacing_mm": float(spacing_mm[0]), "lumen_hu": lumen, "tissue_hu": tissue,
               "noise_hu": noise, "psf_fwhm_mm": psf, "stenosis": stenosis is not None, "calcium": calc is not None,
               "hard": hard}
     return ang.image.with_array(img), ang.lumen.with_array(lab), params

@@ -30,7 +30,7 @@ import numpy as np
 from pipeline.segment.learn_data import (Plan, fingerprint, make_plan, normalise, photometric,
                                          random_diffeomorphism, read_dataset, warp)
 
-__all__ = ["TrainConfig", "train", "load_model", "TrainingError"]
+__all__ = ["TrainConfig", "train", "load_model", "model_fingerprint", "TrainingError"]
 
 MODEL_SCHEMA = 1
 
@@ -241,3 +241,21 @@ def load_model(folder):
     model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
     model.eval()
     return model, Plan.from_json_dict(info["plan"]), info
+
+
+def model_fingerprint(folder=None) -> str:
+    """SHA-256 of a model folder's weights and description (None: the shipped model)."""
+    import hashlib
+
+    if folder is None:
+        from workflows.segment.cli import shipped_model
+        folder = shipped_model()
+    folder = Path(folder)
+    h = hashlib.sha256()
+    for name in ("model.json", "model.pt"):
+        f = folder / name
+        if not f.is_file():
+            raise TrainingError(f"{folder} is not a model folder: it needs model.json and model.pt (made by "
+                                "'digipat segment train')")
+        h.update(f.read_bytes())
+    return h.hexdigest()

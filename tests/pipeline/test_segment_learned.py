@@ -114,3 +114,43 @@ def test_config_is_checked():
     with pytest.raises(ValueError, match="n_classes"):
         UNetConfig(n_classes=1)
     assert np.isclose(UNetConfig(depth=3).divisor, 8)
+
+
+def test_sliding_windows_and_gaussian_weights():
+    """Windows: steps of at most half a patch, the last flush with the end; weights: a Gaussian of
+    sigma = patch / 8, so one sigma from the centre along an axis weighs exp(-1/2)."""
+    from pipeline.segment.infer import gaussian_importance, window_starts
+
+    assert window_starts(100, 48) == [0, 17, 35, 52]
+    assert window_starts(48, 48) == [0] and window_starts(30, 48) == [0]
+    starts = window_starts(256, 48)
+    assert starts[0] == 0 and starts[-1] == 208 and max(np.diff(starts)) <= 24
+    w = gaussian_importance((16, 16, 16))  # sigma 2 voxels, centre at 7.5
+    assert w.max() == pytest.approx(1.0)
+    assert w[9, 7, 7] / w[7, 7, 7] == pytest.approx(np.exp(-(1.5 ** 2 - 0.5 ** 2) / (2 * 2.0 ** 2)), rel=1e-5)
+    g = gaussian_importance((8, 16))  # sigma 1 and 2
+    assert g[5, 7] / g[3, 7] == pytest.approx(np.exp(-(1.5 ** 2 - 0.5 ** 2) / 2), rel=1e-5)
+
+
+def test_constant_windows_reuse_the_same_answer():
+    """A window that is constant after normalisation is computed once and reused: the result equals
+    running the network on every window."""
+    import pipeline.segment.infer as I
+
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(dims=3, width=4, depth=2)).eval()
+    img = np.full((24, 24, 40), -1.0, np.float32)
+    img[4:12, 4:12, 4:12] = np.random.default_rng(0).normal(1.0, 0.3, (8, 8, 8))
+    fast = I.predict_probability(net, img, (16, 16, 16))
+    slow = np.zeros_like(fast)
+    wsum = np.zeros_like(fast)
+    w = I.gaussian_importance((16, 16, 16))
+    with torch.inference_mode():
+        for a in I.window_starts(24, 16):
+            for b in I.window_starts(24, 16):
+                for c in I.window_starts(40, 16):
+                    sl = (slice(a, a + 16), slice(b, b + 16), slice(c, c + 16))
+                    p = torch.softmax(net(torch.from_numpy(img[sl].copy())[None, None]), 1)[0, 1].numpy()
+                    slow[sl] += p * w
+                    wsum[sl] += w
+    assert np.allclose(fast, slow / wsum, atol=1e-6)

@@ -88,6 +88,24 @@ def test_flow_extensions_add_their_poiseuille_length(straight_run, tmp_path):
     assert res["mass_balance_rel_error"] < 0.005
 
 
+def test_flow_with_the_shipped_unet(tmp_path):
+    """``--segmentation unet`` on a fresh install: the shipped model segments the synthetic straight
+    vessel (Dice against the generator's truth), the wall is taken at the image's half-maximum
+    level inside it, and the pressure drop is Hagen-Poiseuille's as with the classical segmenter."""
+    info = write_synthetic_patient(tmp_path / "patient", geometry="straight", stenosis=0.0, size="small")
+    cfg = VesselFlowConfig(flow_rate_ml_s=Q_ML_S, model="stokes", write_fields=False, segmentation_method="unet")
+    res = run_vessel_flow(info["image"], tmp_path / "flow", cfg, truth_path=info["truth_lumen"], quiet=True)
+    assert res["segmentation"]["method"] == "unet"
+    assert (tmp_path / "flow" / "segmentation_probability.nii.gz").is_file()
+    m = res["segmentation"]["metrics_vs_truth"]
+    r = info["radius_mm"] * 1e-3
+    dp_exact = 8 * MU * _cap_distance_m(res) * Q_ML_S * 1e-6 / (math.pi * r**4)
+    err = res["pressure_drop_Pa"] / dp_exact - 1
+    print(f"\n[straight vessel, U-Net] Dice {m['dice']:.4f}, dP vs Poiseuille {err:+.2%}")
+    assert m["dice"] >= 0.95
+    assert abs(err) < 0.05
+
+
 def _gaussian_disk_half_max_radius(radius, sigma):
     """Radius of the half-maximum contour of a disk of ``radius`` blurred by a 2-D Gaussian of
     deviation ``sigma``: the blurred value at distance rho is P(|X + rho| < R), a non-central

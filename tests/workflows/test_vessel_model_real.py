@@ -300,3 +300,20 @@ def test_plain_run_on_the_aorta_mra(shared_reference, tmp_path):
     for name, o in outlets.items():
         assert o["flow_fraction"] == pytest.approx(cubes[name] / sum(cubes.values()), rel=1e-6)
     assert abs(r["mass_balance_rel_error"]) <= 1e-6
+
+
+@pytest.mark.slow
+def test_pulmonary_plain_run_pressure_drop_is_mesh_converged(shared_reference, tmp_path):
+    """``make validate``: the plain run's pressure drop moves by less than 2 % from the default
+    mesh to one 1.5x finer (README: +0.69 %, 151k -> 348k DOFs)."""
+    from workflows.flow.vessel_flow import run_vessel_flow
+
+    ct = shared_reference("real", "pulmonary_cta") / "ct_cropped.nii.gz"
+    cfg = VesselFlowConfig(flow_rate_ml_s=80.0, model="stokes", write_fields=False)
+    coarse = run_vessel_flow(ct, tmp_path / "coarse", cfg, quiet=True)
+    cfg.cells_per_radius = 1.5 * coarse["mesh"]["stats"]["cells_per_radius"]
+    fine = run_vessel_flow(ct, tmp_path / "fine", cfg, quiet=True)
+    change = fine["pressure_drop_Pa"] / coarse["pressure_drop_Pa"] - 1
+    print(f"\n[pulmonary CTA, plain run] dP {coarse['pressure_drop_Pa']:.3f} -> {fine['pressure_drop_Pa']:.3f} Pa "
+          f"({change:+.2%}), {coarse['n_dofs']} -> {fine['n_dofs']} DOFs")
+    assert abs(change) < 0.02

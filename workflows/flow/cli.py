@@ -73,8 +73,12 @@ def add_flow_options(p: argparse.ArgumentParser) -> None:
                         "(VMTK's flow extensions; the flag alone gives VaMPy's "
                         f"{FLOW_EXTENSION_RADII_DEFAULT:g}); the caps, the pressure drop and the outlet pressures "
                         "are then at the extensions' ends (default 0: none)")
-    g.add_argument("--segmentation", choices=("auto", "otsu", "region-grow"), default=d.segmentation_method,
-                   help=f"lumen segmentation method (default {d.segmentation_method})")
+    g.add_argument("--segmentation", choices=("auto", "otsu", "region-grow", "unet"), default=d.segmentation_method,
+                   help="lumen segmentation method; unet: the learned segmenter (--unet-model, default the model "
+                        f"shipped with digipat) (default {d.segmentation_method})")
+    g.add_argument("--unet-model", metavar="DIR",
+                   help="model folder for --segmentation unet (made by 'digipat segment train'; default: the shipped "
+                        "vessel model). (Named --unet-model: --model is the flow model.)")
     g.add_argument("--modality", choices=("auto", "ct", "mr"), default=d.modality,
                    help="ct: CT angiogram in HU; mr: MR angiogram (signal in arbitrary units, levels measured from "
                         "the image, no calcium bound); auto: the DICOM Modality tag, else CT when the image holds "
@@ -134,6 +138,7 @@ def config_from_args(a: argparse.Namespace) -> VesselFlowConfig:
         seed_xyz_mm=tuple(a.seed_mm) if a.seed_mm else None,
         inlet_xyz_mm=tuple(a.inlet_mm) if a.inlet_mm else None,
         segmentation_method=a.segmentation,
+        unet_model=a.unet_model,
         modality=a.modality,
         lower_hu=a.lower_hu,
         upper_hu=a.upper_hu,

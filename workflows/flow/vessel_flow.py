@@ -97,7 +97,7 @@ __all__ = ["VesselFlowConfig", "WorkflowError", "SurfaceInputs", "perturb_segmen
 RESULT_FILE = "results.json"
 VALID_MODELS = ("stokes", "navier-stokes")
 VALID_SOLVERS = ("direct", "iterative")
-VALID_METHODS = ("auto", "otsu", "region-grow")
+VALID_METHODS = ("auto", "otsu", "region-grow", "unet")
 VALID_MODALITIES = ("auto", "ct", "mr")
 #: Where the model's ends are cut: at image faces, perpendicular to the centreline, or chosen.
 VALID_CLIPS = ("auto", "faces", "centreline", "tracked")
@@ -128,7 +128,9 @@ class VesselFlowConfig:
     faces for one cropped vessel, "tracked" when the lumen has tunnels (a real scan's lumen
     that touches other vessels or runs into the heart) or the image-face model fails). ``outlet_flow_split`` is
     ``"traction"`` (zero-traction outlets), ``"murray"`` (Q ~ r^3 of the caps) or one fraction
-    per outlet (outlet1, the largest, first). ``flow_extension_radii`` adds a straight, circular
+    per outlet (outlet1, the largest, first). ``segmentation_method="unet"`` segments with the
+    U-Net in ``unet_model`` (a folder made by ``digipat segment train``; None: the shipped vessel
+    model). ``flow_extension_radii`` adds a straight, circular
     tube that many cap radii long to every opening (0: none; VaMPy uses 5): the caps, and so the
     pressure drop and the outlet pressures, are then at the tubes' ends. ``boundary_offset_mm``
     moves the reconstructed wall outwards (> 0) or inwards along its normals, for
@@ -182,6 +184,7 @@ class VesselFlowConfig:
     min_branch_radius_mm: float | None = None
     outlet_flow_split: str | tuple[float, ...] = "traction"
     flow_extension_radii: float = 0.0
+    unet_model: str | None = None
 
     def __post_init__(self) -> None:
         def positive(name):
@@ -200,6 +203,9 @@ class VesselFlowConfig:
             raise WorkflowError(
                 f"segmentation_method must be one of {VALID_METHODS}, got {self.segmentation_method!r}"
             )
+        if self.unet_model is not None and self.segmentation_method != "unet":
+            raise WorkflowError("a U-Net model (--unet-model) was given without --segmentation unet: add it, or "
+                                "drop the model")
         if self.modality not in VALID_MODALITIES:
             raise WorkflowError(f"modality must be one of {VALID_MODALITIES}, got {self.modality!r}")
         if self.mesh_order not in (1, 2):
@@ -339,15 +345,25 @@ def _segment(image, cfg: VesselFlowConfig, out: Path, truth_path: Path | None, m
                 f"{image.index_to_world(np.asarray(image.shape) - 1).round(2).tolist()} mm)"
             )
         seed_index = tuple(int(i) for i in idx)
-    seg = segment_lumen(
-        image.array.astype(np.float32),
-        spacing_mm=image.spacing_mm,
-        method=cfg.segmentation_method,
-        seed_index_zyx=seed_index,
-        lower_hu=cfg.lower_hu,
-        upper_hu=cfg.upper_hu,
-        modality=modality,
-    )
+    if cfg.segmentation_method == "unet":
+        from pipeline.segment.infer import segment_lumen_learned
+        from pipeline.segment.train import TrainingError
+
+        try:
+            seg = segment_lumen_learned(image, model_dir=cfg.unet_model, seed_index_zyx=seed_index, modality=modality)
+        except TrainingError as exc:
+            raise WorkflowError(f"{exc} (--unet-model)") from None
+        write_image(image.with_array(seg.probability), out / "segmentation_probability.nii.gz")
+    else:
+        seg = segment_lumen(
+            image.array.astype(np.float32),
+            spacing_mm=image.spacing_mm,
+            method=cfg.segmentation_method,
+            seed_index_zyx=seed_index,
+            lower_hu=cfg.lower_hu,
+            upper_hu=cfg.upper_hu,
+            modality=modality,
+        )
     write_image(image.with_array(seg.mask.astype(np.uint8)), out / "segmentation.nii.gz")
     record = {
         "level_hu": float(seg.level_hu),
@@ -972,6 +988,10 @@ def run_vessel_flow(
     modality = cfg.modality if cfg.modality != "auto" else (dicom_modality(image_path) or "auto")
     if modality != "auto":  # (absent otherwise, so caches of earlier runs stay valid)
         seg_params["modality"] = modality
+    if cfg.segmentation_method == "unet":  # the model's weights name it
+        from pipeline.segment.train import model_fingerprint
+
+        seg_params["unet_model_sha256"] = model_fingerprint(cfg.unet_model)
     seg_key = hash_params(image_hash, truth_hash, seg_params)
     seg_rec = cache.done("segment", seg_key, [out / "segmentation.nii.gz"])
     if seg_rec is not None and "tissue_hu" not in seg_rec:
