@@ -4,7 +4,7 @@
    bifurcating vessels with stenoses, calcium, bone-like slabs and a second vessel; radius 2 to
    5.5 voxels on grids of 0.4 to 1 mm), seeds 0 .. cases-1.
 2. Training (``digipat segment train``), timed (goal: at most 30 minutes on 2 cores); the model
-   goes to ``workflows/data/unet_vessel/`` with a model card that gives the exact command and
+   goes to ``pipeline/segment/models/unet_vessel/`` with a model card that gives the exact command and
    seed.
 3. A held-out set harder than training (seeds from 100000 that training never saw: lower
    contrast, more noise, thinner vessels, ``--hard``): Dice of the U-Net against the truth
@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 
 from workflows.common import write_json_atomic  # noqa: E402
 
-SHIPPED = ROOT / "workflows" / "data" / "unet_vessel"
+SHIPPED = ROOT / "pipeline" / "segment" / "models" / "unet_vessel"
 
 
 def main() -> int:

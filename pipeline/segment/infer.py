@@ -122,15 +122,15 @@ def segment_lumen_learned(image: Volume, *, model_dir=None, seed_index_zyx=None,
     of the contrast. ``model_dir`` None: the model shipped with digipat. ``probability`` (the
     network's lumen probability, float32) is added to the result's attributes.
     """
-    from pipeline.segment.classical import (CALCIUM_UPPER_FRACTION, LumenSegmentation, SegmentationError,
-                                            _check_modality, _faces_touched, fill_holes)
-    from pipeline.segment.train import load_model
+    from pipeline.segment.classical import (CALCIUM_UPPER_FRACTION, MODALITIES, LumenSegmentation,
+                                            SegmentationError, detect_modality, fill_holes)
+    from pipeline.segment.train import SHIPPED_MODEL, load_model
 
-    if model_dir is None:
-        from workflows.segment.cli import shipped_model
-        model_dir = shipped_model()
+    model_dir = SHIPPED_MODEL if model_dir is None else model_dir
     arr = np.asarray(image.array, np.float32)
-    modality = _check_modality(modality, arr)
+    if modality not in MODALITIES:
+        raise SegmentationError(f"modality must be one of {MODALITIES}, got {modality!r}")
+    modality = detect_modality(arr) if modality == "auto" else modality
     model, plan, _ = load_model(model_dir)
     prob, mask = predict_volume(model, plan, image, quiet=quiet)
     binary = np.asarray(mask.array) > 0
@@ -150,7 +150,7 @@ def segment_lumen_learned(image: Volume, *, model_dir=None, seed_index_zyx=None,
     else:
         sizes = np.bincount(labels.ravel(), minlength=n + 1)
         sizes[0] = 0
-        crossing = sizes * (_faces_touched(labels, n) >= 2)
+        crossing = sizes * (_faces_reached(labels, n) >= 2)
         lab = int(np.argmax(crossing)) if crossing.max() > 0 else int(np.argmax(sizes))
     piece = fill_holes(labels == lab)
     core = ndimage.binary_erosion(piece, st)
@@ -167,3 +167,12 @@ def segment_lumen_learned(image: Volume, *, model_dir=None, seed_index_zyx=None,
                             modality=modality)
     seg.probability = np.asarray(prob.array, np.float32)
     return seg
+
+
+def _faces_reached(labels: np.ndarray, n: int) -> np.ndarray:
+    """How many of the six image faces each label 0..n reaches."""
+    count = np.zeros(n + 1, int)
+    for ax in range(labels.ndim):
+        for side in (0, -1):
+            count[np.unique(np.take(labels, side, axis=ax))] += 1
+    return count

@@ -180,9 +180,10 @@ def normalise(array: np.ndarray, plan: Plan) -> np.ndarray:
 def synthetic_case(seed: int, *, shape_zyx=(48, 48, 48), spacing_mm=None, hard: bool = False):
     """One randomised synthetic angiogram with its truth: ``(image Volume, label Volume, params)``.
 
-    The vessel's radius is drawn in voxels (2 to 5.5; the network works on voxels, and real
+    The vessel's radius is drawn in voxels (2 to 8; the network works on voxels, and real
     vessels come at every size) on an isotropic grid of 0.4 to 1.0 mm unless ``spacing_mm`` is
-    given. ``hard`` draws a harder case than training sees (lower contrast, more noise,
+    given; some cases get a contrast-filled chamber the vessel comes out of (lumen too) or a
+    corner of lung or air. ``hard`` draws a harder case than training sees (lower contrast, more noise,
     thinner vessels: 1.3 to 2.2 voxels), for checking generalisation with seeds training
     never used.
     """
@@ -192,7 +193,7 @@ def synthetic_case(seed: int, *, shape_zyx=(48, 48, 48), spacing_mm=None, hard: 
     geometry = str(rng.choice(["straight", "curved", "bifurcation"]))
     if spacing_mm is None:
         spacing_mm = (float(rng.uniform(0.4, 1.0)),) * 3
-    r_vox = float(rng.uniform(1.3, 2.2) if hard else rng.uniform(2.0, 5.5))
+    r_vox = float(rng.uniform(1.3, 2.2) if hard else rng.uniform(2.0, 8.0))
     radius = r_vox * float(min(spacing_mm[1:]))
     stenosis = Stenosis(area_reduction=float(rng.uniform(0.2, 0.75)), length_mm=float(rng.uniform(3, 8)) * radius,
                         position=float(rng.uniform(0.3, 0.7)),
@@ -232,11 +233,21 @@ def synthetic_case(seed: int, *, shape_zyx=(48, 48, 48), spacing_mm=None, hard: 
         tube &= ~ndimage.binary_dilation(lab > 0, iterations=3)
         lab[tube] = 1
         img[tube] = lumen
+    if rng.random() < 0.4:  # a chamber the vessel comes out of (contrast-filled: lumen too)
+        start = np.asarray(ang.image.world_to_index(np.asarray(ang.centrelines_xyz_mm[0][0], float)), float)
+        rc = min(float(rng.uniform(1.5, 3.0)) * r_vox, 0.3 * min(shape_zyx))
+        ball = (k - start[0]) ** 2 + (j - start[1]) ** 2 + (i - start[2]) ** 2 <= rc ** 2
+        lab[ball] = 1
+        img[ball] = lumen * float(rng.uniform(0.9, 1.1))
+    if rng.random() < 0.3:  # lung or air in one corner
+        corner = (j > shape_zyx[1] * float(rng.uniform(0.75, 0.9))) & (i > shape_zyx[2] * float(rng.uniform(0.75, 0.9)))
+        corner &= ~ndimage.binary_dilation(lab > 0, iterations=2)
+        img[corner] = float(rng.uniform(-900, -600))
     if psf > 0:
         img = ndimage.gaussian_filter(img, psf / 2.3548 / np.asarray(spacing_mm))
     img += np.random.default_rng(seed + 1).normal(0.0, noise, img.shape).astype(np.float32)
-    params = {"seed": seed, "geometry": geometry, "radius_mm": radius, "spacing_mm": float(spacing_mm[0]), "lumen_hu": lumen, "tissue_hu": tissue,
-              "noise_hu": noise, "psf_fwhm_mm": psf, "stenosis": stenosis is not None, "calcium": calc is not None,
+    params = {"seed": seed, "geometry": geometry, "radius_mm": radius, "spacing_mm": float(spacing_mm[0]),
+              "lumen_hu": lumen, "tissue_hu": tissue, "noise_hu": noise, "psf_fwhm_mm": psf, "stenosis": stenosis is not None, "calcium": calc is not None,
               "hard": hard}
     return ang.image.with_array(img), ang.lumen.with_array(lab), params
 

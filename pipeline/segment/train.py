@@ -30,9 +30,11 @@ import numpy as np
 from pipeline.segment.learn_data import (Plan, fingerprint, make_plan, normalise, photometric,
                                          random_diffeomorphism, read_dataset, warp)
 
-__all__ = ["TrainConfig", "train", "load_model", "model_fingerprint", "TrainingError"]
+__all__ = ["TrainConfig", "train", "load_model", "model_fingerprint", "TrainingError", "SHIPPED_MODEL"]
 
 MODEL_SCHEMA = 1
+#: The vessel model that ships with digipat (trained by ``benchmarks/train_unet.py``, see its MODEL_CARD.md).
+SHIPPED_MODEL = Path(__file__).resolve().parent / "models" / "unet_vessel"
 
 
 class TrainingError(ValueError):
@@ -247,10 +249,7 @@ def model_fingerprint(folder=None) -> str:
     """SHA-256 of a model folder's weights and description (None: the shipped model)."""
     import hashlib
 
-    if folder is None:
-        from workflows.segment.cli import shipped_model
-        folder = shipped_model()
-    folder = Path(folder)
+    folder = Path(folder) if folder is not None else SHIPPED_MODEL
     h = hashlib.sha256()
     for name in ("model.json", "model.pt"):
         f = folder / name

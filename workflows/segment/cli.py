@@ -75,7 +75,9 @@ def register(sub) -> None:
 
 def shipped_model() -> Path:
     """The vessel model that ships with the package."""
-    return Path(__file__).resolve().parents[1] / "data" / "unet_vessel"
+    from pipeline.segment.train import SHIPPED_MODEL
+
+    return SHIPPED_MODEL
 
 
 def cmd_synth(a) -> int:
