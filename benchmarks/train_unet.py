@@ -149,7 +149,8 @@ def write_card(folder: Path, command: str, a, report: dict, info: dict) -> None:
   batch {info['training']['batch']}, patch {info['plan']['patch']}, normalisation "{info['plan']['normalisation']}"
   (clip {info['plan']['clip'][0]:.0f} .. {info['plan']['clip'][1]:.0f} HU, mean {info['plan']['mean']:.0f}, sd {info['plan']['std']:.0f}).
 - **Data**: {a.cases} synthetic cases, seeds {a.seed}..{a.seed + a.cases - 1}, 64^3 voxels of 0.4-1.0 mm, vessel
-  radius 2-5.5 voxels (`pipeline.segment.learn_data.synthetic_case`).
+  radius 2-8 voxels, with chambers, lung corners, bone slabs and second vessels
+  (`pipeline.segment.learn_data.synthetic_case`).
 - **Exact command**: `{command}`
 - **Seed**: {a.seed}; threads {a.threads}; torch {info['torch']}.
 - **Training time**: {report['training_s'] / 60:.1f} min on this machine (2 cores); loss {np.mean(h[:20]):.3f} -> {np.mean(h[-50:]):.3f}.

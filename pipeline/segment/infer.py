@@ -115,7 +115,8 @@ def segment_lumen_learned(image: Volume, *, model_dir=None, seed_index_zyx=None,
 
     The network decides which voxels are lumen (vessel against bone, calcium and tissue); the
     vessel is the piece holding ``seed_index_zyx`` (or the nearest piece to it), else the largest
-    piece reaching two image faces, else the largest. The wall's level for the sub-voxel surface
+    piece (on a chest CTA the heart with the great vessels: the flow path then follows the vessel
+    in it, as with the classical segmentation). The wall's level for the sub-voxel surface
     is then measured in the image as for the classical methods: halfway between the lumen (the
     median inside the piece, one voxel in) and the tissue around it (the median of a shell two
     to five voxels out, below that lumen level); on CT the calcium bound is the lumen plus 0.75
@@ -150,8 +151,7 @@ def segment_lumen_learned(image: Volume, *, model_dir=None, seed_index_zyx=None,
     else:
         sizes = np.bincount(labels.ravel(), minlength=n + 1)
         sizes[0] = 0
-        crossing = sizes * (_faces_reached(labels, n) >= 2)
-        lab = int(np.argmax(crossing)) if crossing.max() > 0 else int(np.argmax(sizes))
+        lab = int(np.argmax(sizes))
     piece = fill_holes(labels == lab)
     core = ndimage.binary_erosion(piece, st)
     lumen = float(np.median(arr[core if core.sum() >= 10 else piece]))
@@ -168,11 +168,3 @@ def segment_lumen_learned(image: Volume, *, model_dir=None, seed_index_zyx=None,
     seg.probability = np.asarray(prob.array, np.float32)
     return seg
 
-
-def _faces_reached(labels: np.ndarray, n: int) -> np.ndarray:
-    """How many of the six image faces each label 0..n reaches."""
-    count = np.zeros(n + 1, int)
-    for ax in range(labels.ndim):
-        for side in (0, -1):
-            count[np.unique(np.take(labels, side, axis=ax))] += 1
-    return count

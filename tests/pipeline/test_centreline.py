@@ -566,3 +566,14 @@ def test_automatic_seed_with_a_ct_prefers_the_vessel_the_bolus_was_timed_for():
     assert rep["contrast"]["noise_sd"] == pytest.approx(20.0, rel=0.1)
     assert rep["contrast"]["split"] and rep["contrast"]["bright_mean"] == pytest.approx(450.0, abs=10.0)
     assert rep["contrast"]["dim_mean"] == pytest.approx(300.0, abs=10.0)
+
+
+def test_widening_is_measured_from_the_narrowest_point():
+    """Upstream radii of the shared CTA's pulmonary trunk (mm): it narrows to 10.9 at the valve and
+    widens into the outflow tract; 12.1 is exactly 1.1 x 11.0 (the narrowest, smoothed), 12.3 is the
+    first beyond. A running mean would only notice at 13.7. A one-voxel dip is no narrowest."""
+    from pipeline.centreline import _widening
+
+    assert _widening([12.1, 11.8, 11.3, 11.2, 11.0, 10.9, 12.1, 12.3, 12.1, 12.4, 13.7], 0.75) == 7
+    assert _widening([5.0, 5.0, 3.5, 5.0, 5.0, 5.2, 5.1], 0.75) == 7  # the dip is smoothed away: no widening
+    assert _widening([5.0, 5.0], 0.75) == 2
