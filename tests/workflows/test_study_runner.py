@@ -177,6 +177,10 @@ def test_morris_study(tmp_path, fake):
     (('outputs = ["pressure_drop_Pa", "ffr_like"]', 'outputs = ["dp"]'), ["[study] outputs"]),
     (("ffr_threshold = 0.80", "ffr_threshold = -1"), ["[decision] ffr_threshold"]),
     (("[decision]", "[numerics]\nmesh_cells_per_radius = 5\n[decision]"), ["[numerics] mesh_cells_per_radius"]),
+    (("[parameters.local_offset_mm]\nlow = -0.1\nhigh = 0.1\n[design]",
+      "[parameters.probability_level]\nlow = 0.3\nhigh = 0.7\n[design]"),
+     ["[parameters.probability_level]", "segmentation = \"unet\""]),
+    (("stenosis = 0.0", "stenosis = 0.0\nsegmentation = \"deep\""), ["[base] segmentation"]),
 ])
 def test_bad_study_files_name_the_key(tmp_path, edit, words):
     assert edit[0] in study_text()

@@ -106,6 +106,26 @@ def test_flow_with_the_shipped_unet(tmp_path):
     assert abs(err) < 0.05
 
 
+def test_wall_at_levels_of_the_unet_probability(tmp_path):
+    """The study parameter ``probability_level``: the wall taken at a level of the U-Net's own
+    probability map. A lower level is a wider lumen (more volume, a smaller pressure drop, as
+    Hagen-Poiseuille has it), and the level is refused without the U-Net."""
+    info = write_synthetic_patient(tmp_path / "patient", geometry="straight", stenosis=0.0, size="small")
+    out = {}
+    for level in (0.3, 0.7):
+        cfg = VesselFlowConfig(flow_rate_ml_s=Q_ML_S, model="stokes", write_fields=False, segmentation_method="unet",
+                               probability_level=level)
+        out[level] = run_vessel_flow(info["image"], tmp_path / f"p{level}", cfg, quiet=True)
+        assert out[level]["segmentation"]["surface_from"] == "probability"
+    v = {k: r["surface"]["volume_mm3"] for k, r in out.items()}
+    dp = {k: r["pressure_drop_Pa"] for k, r in out.items()}
+    print(f"\n[straight vessel, U-Net probability] volume {v[0.3]:.1f} / {v[0.7]:.1f} mm3, "
+          f"dP {dp[0.3]:.3f} / {dp[0.7]:.3f} Pa at levels 0.3 / 0.7")
+    assert v[0.3] > v[0.7] and dp[0.3] < dp[0.7]
+    with pytest.raises(WorkflowError, match="needs segmentation_method='unet'"):
+        VesselFlowConfig(probability_level=0.5)
+
+
 def _gaussian_disk_half_max_radius(radius, sigma):
     """Radius of the half-maximum contour of a disk of ``radius`` blurred by a 2-D Gaussian of
     deviation ``sigma``: the blurred value at distance rho is P(|X + rho| < R), a non-central

@@ -79,6 +79,10 @@ def add_flow_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--unet-model", metavar="DIR",
                    help="model folder for --segmentation unet (made by 'digipat segment train'; default: the shipped "
                         "vessel model). (Named --unet-model: --model is the flow model.)")
+    g.add_argument("--probability-level", type=float, metavar="P",
+                   help="with --segmentation unet: take the wall at this level (0..1) of the network's lumen "
+                        "probability instead of the image's half-maximum (the model's own uncertainty; a study "
+                        "parameter, probability_level)")
     g.add_argument("--modality", choices=("auto", "ct", "mr"), default=d.modality,
                    help="ct: CT angiogram in HU; mr: MR angiogram (signal in arbitrary units, levels measured from "
                         "the image, no calcium bound); auto: the DICOM Modality tag, else CT when the image holds "
@@ -139,6 +143,7 @@ def config_from_args(a: argparse.Namespace) -> VesselFlowConfig:
         inlet_xyz_mm=tuple(a.inlet_mm) if a.inlet_mm else None,
         segmentation_method=a.segmentation,
         unet_model=a.unet_model,
+        probability_level=a.probability_level,
         modality=a.modality,
         lower_hu=a.lower_hu,
         upper_hu=a.upper_hu,

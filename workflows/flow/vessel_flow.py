@@ -130,7 +130,9 @@ class VesselFlowConfig:
     ``"traction"`` (zero-traction outlets), ``"murray"`` (Q ~ r^3 of the caps) or one fraction
     per outlet (outlet1, the largest, first). ``segmentation_method="unet"`` segments with the
     U-Net in ``unet_model`` (a folder made by ``digipat segment train``; None: the shipped vessel
-    model). ``flow_extension_radii`` adds a straight, circular
+    model); ``probability_level`` then takes the wall at that level of the network's lumen
+    probability instead of the image's half-maximum (the model's own uncertainty as a
+    perturbation: a study parameter). ``flow_extension_radii`` adds a straight, circular
     tube that many cap radii long to every opening (0: none; VaMPy uses 5): the caps, and so the
     pressure drop and the outlet pressures, are then at the tubes' ends. ``boundary_offset_mm``
     moves the reconstructed wall outwards (> 0) or inwards along its normals, for
@@ -185,6 +187,7 @@ class VesselFlowConfig:
     outlet_flow_split: str | tuple[float, ...] = "traction"
     flow_extension_radii: float = 0.0
     unet_model: str | None = None
+    probability_level: float | None = None
 
     def __post_init__(self) -> None:
         def positive(name):
@@ -203,6 +206,13 @@ class VesselFlowConfig:
             raise WorkflowError(
                 f"segmentation_method must be one of {VALID_METHODS}, got {self.segmentation_method!r}"
             )
+        pl = self.probability_level
+        if pl is not None:
+            if isinstance(pl, bool) or not isinstance(pl, (int, float)) or not 0.0 < pl < 1.0:
+                raise WorkflowError(f"probability_level must lie strictly between 0 and 1, got {pl!r}")
+            if self.segmentation_method != "unet":
+                raise WorkflowError("probability_level is a level of the U-Net's probability map: it needs "
+                                    "segmentation_method='unet' (--segmentation unet)")
         if self.unet_model is not None and self.segmentation_method != "unet":
             raise WorkflowError("a U-Net model (--unet-model) was given without --segmentation unet: add it, or "
                                 "drop the model")
@@ -331,6 +341,26 @@ class VesselFlowConfig:
 
 
 # ----------------------------------------------------------------------------- stages
+def _at_probability_level(seg, level: float, image):
+    """The U-Net's lumen re-taken at ``level`` of its probability map: the pieces of
+    ``probability > level`` that overlap the vessel it chose; the wall's level is then ``level``
+    of the map (no calcium bound, no tissue level: the map is no image)."""
+    from scipy import ndimage
+
+    from pipeline.segment.classical import fill_holes
+
+    lab, _ = ndimage.label(seg.probability > level, structure=ndimage.generate_binary_structure(3, 1))
+    keep = np.unique(lab[seg.mask & (lab > 0)])
+    if len(keep) == 0:
+        raise WorkflowError(f"probability_level={level}: no lumen of the U-Net's vessel lies above that level of "
+                            "its probability map; use a lower level")
+    seg.mask = fill_holes(np.isin(lab, keep))
+    seg.level_hu = seg.lower_hu = level
+    seg.upper_hu = seg.tissue_hu = seg.lumen_hu = None
+    seg.volume_mm3 = float(seg.mask.sum()) * float(np.prod(image.spacing_mm))
+    return seg
+
+
 def _segment(image, cfg: VesselFlowConfig, out: Path, truth_path: Path | None, modality: str) -> dict:
     from pipeline.image import write_image
     from pipeline.segment.classical import segment_lumen
@@ -354,6 +384,8 @@ def _segment(image, cfg: VesselFlowConfig, out: Path, truth_path: Path | None, m
         except TrainingError as exc:
             raise WorkflowError(f"{exc} (--unet-model)") from None
         write_image(image.with_array(seg.probability), out / "segmentation_probability.nii.gz")
+        if cfg.probability_level is not None:
+            seg = _at_probability_level(seg, float(cfg.probability_level), image)
     else:
         seg = segment_lumen(
             image.array.astype(np.float32),
@@ -366,6 +398,7 @@ def _segment(image, cfg: VesselFlowConfig, out: Path, truth_path: Path | None, m
         )
     write_image(image.with_array(seg.mask.astype(np.uint8)), out / "segmentation.nii.gz")
     record = {
+        "surface_from": "probability" if cfg.probability_level is not None else "image",
         "level_hu": float(seg.level_hu),
         "lower_hu": float(seg.lower_hu),
         "upper_hu": None if seg.upper_hu is None else float(seg.upper_hu),
@@ -679,7 +712,7 @@ def _touched_faces(mask) -> list[tuple[int, int]]:
 
 
 def build_surface(image, mask, level_hu: float, upper_hu: float | None, cfg: VesselFlowConfig, *,
-                  plan="auto", tissue_hu: float | None = None):
+                  plan="auto", tissue_hu: float | None = None, blur_correction: bool = True):
     """Stage 2: the perturbed segmentation's tagged surface, exactly as the workflow builds it.
 
     Parameters
@@ -698,6 +731,9 @@ def build_surface(image, mask, level_hu: float, upper_hu: float | None, cfg: Ves
     tissue_hu : float, optional
         The segmentation's tissue level: with centreline clipping the lumen contrast is then
         evened out first (:func:`even_contrast`, reported as ``surface.report["contrast_evening"]``).
+    blur_correction : bool
+        Correct the scanner blur's shift of the half-maximum wall (off when ``image`` is a
+        probability map, not a blurred image).
 
     Returns
     -------
@@ -725,6 +761,7 @@ def build_surface(image, mask, level_hu: float, upper_hu: float | None, cfg: Ves
         crop_margin_mm=si.crop_margin_mm,
         clip_plan=plan,
         flow_extension_radii=float(cfg.flow_extension_radii),
+        blur_correction=blur_correction,
     )
     if contrast is not None:
         surf.report["contrast_evening"] = contrast
@@ -757,11 +794,14 @@ def _geometry(image, seg_record: dict, cfg: VesselFlowConfig, out: Path) -> dict
     from pipeline.volume_mesh import MeshingError
 
     segmentation = read_image(out / "segmentation.nii.gz")
+    if seg_record.get("surface_from") == "probability":  # the wall at a level of the U-Net's map
+        image = read_image(out / "segmentation_probability.nii.gz")
     seed = ("the vessel through --seed-mm" if cfg.seed_xyz_mm is not None
             else "the most tube-like wide vessel (found automatically; give --seed-mm to pick another)")
     advice = ("Name where to cut the vessel with --inlet-mm X Y Z and --outlet-mm X Y Z (repeatable), see the "
               "README's 'Your own patient'")
-    ct = image if seg_record.get("modality") == "ct" else None  # contrast ranks vessels in HU only
+    ct = image if seg_record.get("modality") == "ct" and seg_record.get("surface_from") != "probability" else None
+    # (contrast ranks vessels in HU only)
     mask, plan, region = clip_plan(segmentation, cfg, image=ct)
     try:
         surf, si, vm = _model_and_mesh(image, seg_record, cfg, out, mask, plan, region)
@@ -805,7 +845,8 @@ def _model_and_mesh(image, seg_record: dict, cfg: VesselFlowConfig, out: Path, m
     if plan is not None:
         write_image(mask, out / "segmentation_model.nii.gz")
     surf, si = build_surface(image, mask, seg_record["level_hu"], seg_record.get("upper_hu"), cfg, plan=plan,
-                             tissue_hu=seg_record.get("tissue_hu"))
+                             tissue_hu=seg_record.get("tissue_hu"),
+                             blur_correction=seg_record.get("surface_from") != "probability")
     if si.reports:
         write_image(si.perturbed_mask, out / "segmentation_perturbed.nii.gz")
     if region is not None:
@@ -992,6 +1033,8 @@ def run_vessel_flow(
         from pipeline.segment.train import model_fingerprint
 
         seg_params["unet_model_sha256"] = model_fingerprint(cfg.unet_model)
+        if cfg.probability_level is not None:
+            seg_params["probability_level"] = float(cfg.probability_level)
     seg_key = hash_params(image_hash, truth_hash, seg_params)
     seg_rec = cache.done("segment", seg_key, [out / "segmentation.nii.gz"])
     if seg_rec is not None and "tissue_hu" not in seg_rec:

@@ -113,6 +113,9 @@ FLOW_PARAMETERS: dict[str, dict[str, Any]] = {
                         "description": "wall offset at the stenosis only (blended to zero outside)"},
     "resample_voxel_mm": {"field": "resample_voxel_mm", "unit": "mm", "nominal": 0.0, "minimum": 0.0,
                           "description": "segmentation resampled to this voxel size (0: original grid)"},
+    "probability_level": {"field": "probability_level", "unit": "", "nominal": 0.5, "minimum": 0.0,
+                          "description": "level of the U-Net's lumen probability taken as the wall: the model's "
+                                         "own segmentation uncertainty (needs [base] segmentation = \"unet\")"},
 }
 
 
@@ -152,7 +155,7 @@ def _dose_parameters() -> dict:
 def _parse_flow_base(b: Mapping, base_dir: Path) -> dict:
     _C.no_unknown("base", b, ("synthetic", "image", "stenosis", "size", "flow_rate_ml_s", "model", "seed",
                               "cells_per_radius", "local_centre_xyz_mm", "local_radius_mm",
-                              "noise_correlation_mm", "smoothing_method"))
+                              "noise_correlation_mm", "smoothing_method", "segmentation"))
     if ("synthetic" in b) == ("image" in b):
         raise StudyError("[base] give exactly one of synthetic = \"straight\" (built-in patient) or image = PATH")
     base: dict[str, Any] = {"flow_rate_ml_s": _C.positive("base", "flow_rate_ml_s", b.get("flow_rate_ml_s", 1.0)),
@@ -164,6 +167,11 @@ def _parse_flow_base(b: Mapping, base_dir: Path) -> dict:
                                                                 b.get("noise_correlation_mm", 2.0))}
     if base["model"] not in ("stokes", "navier-stokes"):
         raise StudyError(f"[base] model must be 'stokes' or 'navier-stokes', got {base['model']!r}")
+    if "segmentation" in b:  # (absent by default, so earlier studies keep their case keys)
+        base["segmentation"] = b["segmentation"]
+        if base["segmentation"] not in ("auto", "otsu", "region-grow", "unet"):
+            raise StudyError(f"[base] segmentation must be 'auto', 'otsu', 'region-grow' or 'unet', "
+                             f"got {base['segmentation']!r}")
     base["smoothing_method"] = b.get("smoothing_method", "taubin")
     if base["smoothing_method"] not in ("taubin", "laplacian"):
         raise StudyError(f"[base] smoothing_method must be 'taubin' (non-shrinking) or 'laplacian' (shrinks), "
@@ -298,6 +306,9 @@ def parse_study(data: Mapping[str, Any], base_dir: Path) -> dict:
     if not isinstance(ptab, Mapping):
         raise StudyError("[parameters] must be a table of tables, e.g. [parameters.boundary_offset_mm]")
     params = [_parse_parameter(n, t, known, base) for n, t in ptab.items()]
+    if path == "flow" and "probability_level" in ptab and base.get("segmentation") != "unet":
+        raise StudyError("[parameters.probability_level] is a level of the U-Net's probability map: set "
+                         "[base] segmentation = \"unet\"")
     if "parameter" in d or "values" in d:  # the single-parameter OAT form
         if params:
             raise StudyError("[design] parameter/values is the short form for one parameter: "
@@ -460,6 +471,7 @@ def _run_case(study: dict, ctx: dict, case: dict, case_dir: str, threads: int | 
         kw.update(local_centre_xyz_mm=tuple(ctx["local_centre_xyz_mm"]), local_radius_mm=base["local_radius_mm"])
     cfg = VesselFlowConfig(flow_rate_ml_s=base["flow_rate_ml_s"], model=base["model"],
                            smoothing_method=base.get("smoothing_method", "taubin"),
+                           segmentation_method=base.get("segmentation", "auto"),
                            cells_per_radius=case.get("cells_per_radius", base["cells_per_radius"]),
                            write_fields=case["group"] == "nominal", **kw)
     return run_vessel_flow(ctx["image"], Path(case_dir), cfg, quiet=True,
