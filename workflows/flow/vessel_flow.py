@@ -761,7 +761,7 @@ def build_surface(image, mask, level_hu: float, upper_hu: float | None, cfg: Ves
         crop_margin_mm=si.crop_margin_mm,
         clip_plan=plan,
         flow_extension_radii=float(cfg.flow_extension_radii),
-        blur_correction=blur_correction,
+        **({} if blur_correction else {"blur_correction": False}),  # (else the library's default)
     )
     if contrast is not None:
         surf.report["contrast_evening"] = contrast
