@@ -277,7 +277,7 @@ def _run_gmsh(surface: TaggedSurface, msh_path: Path, cells_per_radius: float, m
         by_tag = _classified_surfaces_by_tag(gmsh, V, F, tags)
         vol, name_of_tag = _add_fluid_volume(gmsh, surface, by_tag)
         _set_mesh_size(gmsh, surface, cells_per_radius, min_size, max_size, optimize, fine)
-        _generate(gmsh, optimize, order)
+        _generate(gmsh, optimize)
         n_flat = _remove_flat_slivers(gmsh, vol)
         n_split = _split_boundary_tetrahedra(gmsh, vol, by_tag)
         if order == 2:
@@ -414,7 +414,7 @@ def _set_mesh_size(gmsh, surface: TaggedSurface, cells_per_radius: float, min_si
     gmsh.option.setNumber("Mesh.SaveAll", 0)
 
 
-def _generate(gmsh, optimize: bool, order: int) -> None:  # noqa: ARG001 - order is raised after the split
+def _generate(gmsh, optimize: bool) -> None:
     """Generate the surface and volume mesh and optimise it (Netgen), still linear."""
     try:
         gmsh.model.mesh.generate(3)

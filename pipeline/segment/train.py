@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +60,6 @@ class TrainConfig:
     checkpoint_every: int = 50
     threads: int = 2
     command: str = ""
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch", "width", "depth", "checkpoint_every", "threads"):
@@ -73,7 +72,7 @@ class TrainConfig:
     def key(self) -> dict:
         """The settings that define the result (a checkpoint resumes only under the same key)."""
         d = asdict(self)
-        for k in ("steps", "checkpoint_every", "threads", "command", "extra"):
+        for k in ("steps", "checkpoint_every", "threads", "command"):
             d.pop(k)
         return d
 

@@ -72,7 +72,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -837,10 +837,11 @@ def _geometry(image, seg_record: dict, cfg: VesselFlowConfig, out: Path) -> dict
     }
 
 
-def _model_and_mesh(image, seg_record: dict, cfg: VesselFlowConfig, out: Path, mask, plan, region):
+def _model_and_mesh(image, seg_record: dict, cfg: VesselFlowConfig, out: Path, mask, plan, region, *,
+                    smoothed_again: bool = False):
     """Surface (with ``plan``'s clips) and volume mesh of the modelled ``mask``; writes their files."""
     from pipeline.image import write_image
-    from pipeline.volume_mesh import mesh_volume
+    from pipeline.volume_mesh import MeshingError, mesh_volume
 
     if plan is not None:
         write_image(mask, out / "segmentation_model.nii.gz")
@@ -854,7 +855,18 @@ def _model_and_mesh(image, seg_record: dict, cfg: VesselFlowConfig, out: Path, m
     surf.write(out / "surface.stl")
     surf.write(out / "surface.vtp")
     write_json_atomic(out / "surface.json", surf.to_json_dict())
-    vm = mesh_volume(surf, out / "mesh", cells_per_radius=cfg.cells_per_radius, order=cfg.mesh_order)
+    try:
+        vm = mesh_volume(surf, out / "mesh", cells_per_radius=cfg.cells_per_radius, order=cfg.mesh_order)
+    except MeshingError as exc:
+        # a real scan's clipped lumen whose wall gmsh re-meshes across itself at every size (two
+        # walls almost touching): smoothed twice as long the notch opens. Once, and only for
+        # centreline-clipped models (image-face crops and their studies keep their smoothing).
+        if plan is None or "intersect" not in str(exc) or cfg.smoothing_iterations == 0 or smoothed_again:
+            raise
+        again = replace(cfg, smoothing_iterations=2 * cfg.smoothing_iterations)
+        surf, si, vm = _model_and_mesh(image, seg_record, again, out, mask, plan, region, smoothed_again=True)
+        surf.report["smoothing_doubled_for_meshing"] = {"iterations": again.smoothing_iterations, "why": str(exc)}
+        write_json_atomic(out / "surface.json", surf.to_json_dict())
     return surf, si, vm
 
 

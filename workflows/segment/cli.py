@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 __all__ = ["register"]
@@ -99,7 +98,10 @@ def cmd_train(a) -> int:
     cfg = TrainConfig(steps=a.steps, batch=a.batch, seed=a.seed, width=a.width, depth=a.depth,
                       learning_rate=a.learning_rate, normalisation=a.normalisation,
                       patch=tuple(a.patch) if a.patch else None, checkpoint_every=a.checkpoint_every,
-                      command="digipat segment train " + " ".join(sys.argv[3:]))
+                      command=(f"digipat segment train {a.dataset} --out {a.out} --steps {a.steps} --batch {a.batch} "
+                               f"--seed {a.seed} --width {a.width} --depth {a.depth} --learning-rate {a.learning_rate} "
+                               f"--normalisation {a.normalisation}"
+                               + (" --patch " + " ".join(map(str, a.patch)) if a.patch else "")))
     info = train(a.dataset, a.out, cfg, quiet=a.quiet)
     h = info["loss_history"]
     print(f"trained {len(h)} steps: loss {h[0]:.4f} -> {sum(h[-10:]) / len(h[-10:]):.4f} (mean of the last 10); "
