@@ -74,6 +74,7 @@ __all__ = [
     "smooth_shrink",
     "threshold_shift",
     "correlated_noise_boundary",
+    "probability_sample",
     "resample_coarse",
     "local_offset",
 ]
@@ -556,6 +557,53 @@ def correlated_noise_boundary(mask, spacing_mm, amplitude_mm, correlation_length
     }
     rep = _report("correlated_noise_boundary", params, m, new, sp, _surface_area_mm2(g, sp))
     return Perturbation(mask=new, spacing_mm=sp, report=rep, sdf_mm=sdf)
+
+
+def probability_sample(probability, spacing_mm, correlation_length_mm, seed, *, band: float = 0.95) -> np.ndarray:
+    """A random lumen drawn from a segmenter's probability map, spatially correlated.
+
+    A stationary Gaussian random field ``z`` (white noise from ``numpy.random.default_rng(seed)``,
+    drawn on the grid padded by four smoothing lengths, smoothed by a Gaussian of
+    ``correlation_length_mm``, per axis in voxels, and scaled to unit variance by the filter's
+    own sum of squared weights) becomes a uniform level ``u = Phi(z)``; the sample is ``probability > u``.
+    Each voxel is then lumen with exactly its probability (marginally the map's answer), while
+    voxels closer than about the correlation length move together, as a wall drawn by a
+    different annotator or model would. The limits: a vanishing length gives independent
+    voxels, an infinite one a single global level drawn uniformly (the map's own thresholds).
+    The level is kept within the map's central ``band`` (``u`` clipped to [0.025, 0.975] for
+    0.95): exact for every voxel whose probability lies in that band, it leaves out the
+    speckle of the map's far tails (specks of lumen at p ~ 0.01 away from the wall, pinholes
+    at p ~ 0.99 inside it) that no wall is drawn through.
+
+    Returns the level field ``probability - u + 0.5`` (float32; lumen where above 0.5, so a
+    surface at 0.5 is the sample's wall, smooth where both fields are).
+    """
+    from scipy.special import ndtr
+
+    p = np.asarray(probability, np.float64)
+    if p.ndim != 3:
+        raise PerturbationError(f"probability must be a 3-D array, got shape {p.shape}")
+    if not np.all(np.isfinite(p)) or p.min() < 0.0 or p.max() > 1.0:
+        raise PerturbationError("probability must hold finite values in [0, 1] (a probability map)")
+    sp = _check_spacing(spacing_mm)
+    cl = _check_float(correlation_length_mm, "correlation_length_mm", positive=True)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise PerturbationError(f"seed must be a non-negative integer, got {seed!r}")
+    sigma = [cl / s for s in sp]
+    pad = [int(np.ceil(4.0 * g)) + 1 for g in sigma]  # (white noise beyond the faces: a stationary field)
+    white = np.random.default_rng(int(seed)).standard_normal([n + 2 * q for n, q in zip(p.shape, pad)])
+    z = ndimage.gaussian_filter(white, sigma=sigma, mode="constant")
+    z = z[tuple(slice(q, q + n) for q, n in zip(pad, p.shape))]
+    # unit variance: the filter's own, the product over axes of the sum of its squared weights
+    var = 1.0
+    for g in sigma:
+        delta = np.zeros(2 * int(np.ceil(4.0 * g)) + 3)
+        delta[len(delta) // 2] = 1.0
+        var *= float(np.sum(ndimage.gaussian_filter1d(delta, g, mode="constant") ** 2))
+    if not 0.0 < band <= 1.0:
+        raise PerturbationError(f"band must lie in (0, 1], got {band!r}")
+    u = np.clip(ndtr(z / np.sqrt(var)), 0.5 * (1.0 - band), 0.5 * (1.0 + band))
+    return (p - u + 0.5).astype(np.float32)
 
 
 def _overlap_matrix(n_old: int, h_old: float, h_new: float) -> np.ndarray:

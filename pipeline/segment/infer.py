@@ -109,6 +109,41 @@ def predict_volume(model, plan: Plan, image: Volume, *, mirror: bool = False, qu
     return image.with_array(prob), image.with_array((prob > 0.5).astype(np.uint8))
 
 
+#: The CT levels an MR image is mapped onto for a model trained on CT numbers: tissue, and the
+#: middle of the training lumen's contrast (200 to 550 HU above tissue).
+CT_TISSUE_HU, CT_LUMEN_HU = 40.0, 415.0
+
+
+def standardise_for_model(image: Volume, plan: Plan, modality: str) -> tuple[Volume, dict | None]:
+    """The image on the intensity scale the model was trained on: ``(image, record)``.
+
+    A model normalised as ``"ct"`` reads CT numbers; an MR angiogram's signal has no fixed
+    scale. Its two landmarks, the tissue and the lumen levels (as the classical MR segmenter
+    measures them, else the image's median and 99.5th percentile), are mapped linearly onto
+    CT's tissue (40 HU) and a lumen in the middle of the training contrast (415 HU): the
+    two-landmark form of Nyul and Udupa's (1999) histogram standardisation. Other pairings
+    are returned unchanged (record None): CT on a CT model, and any image on a ``"zscore"``
+    model (normalised per volume anyway).
+    """
+    if plan.normalisation != "ct" or modality != "mr":
+        return image, None
+    from pipeline.segment.classical import SegmentationError, segment_lumen
+
+    arr = np.asarray(image.array, np.float32)
+    try:
+        seg = segment_lumen(arr, spacing_mm=image.spacing_mm, modality="mr")
+        tissue, lumen, how = float(seg.tissue_hu), float(seg.lumen_hu), "classical MR levels"
+    except SegmentationError:
+        tissue, lumen, how = float(np.median(arr)), float(np.percentile(arr, 99.5)), "median, 99.5th percentile"
+    if not lumen > tissue:
+        raise SegmentationError(f"the MR image's lumen level ({lumen:.4g}) is not above its tissue level "
+                                f"({tissue:.4g}): is it a bright-blood angiogram?")
+    gain = (CT_LUMEN_HU - CT_TISSUE_HU) / (lumen - tissue)
+    record = {"from": "mr", "landmarks": how, "tissue": tissue, "lumen": lumen,
+              "to_tissue_hu": CT_TISSUE_HU, "to_lumen_hu": CT_LUMEN_HU}
+    return image.with_array((CT_TISSUE_HU + (arr - tissue) * gain).astype(np.float32)), record
+
+
 def segment_lumen_learned(image: Volume, *, model_dir=None, seed_index_zyx=None, modality: str = "auto",
                           quiet: bool = True):
     """The lumen of the vessel by a trained U-Net, as a :class:`~pipeline.segment.classical.LumenSegmentation`.
@@ -120,7 +155,8 @@ def segment_lumen_learned(image: Volume, *, model_dir=None, seed_index_zyx=None,
     is then measured in the image as for the classical methods: halfway between the lumen (the
     median inside the piece, one voxel in) and the tissue around it (the median of a shell two
     to five voxels out, below that lumen level); on CT the calcium bound is the lumen plus 0.75
-    of the contrast. ``model_dir`` None: the model shipped with digipat. ``probability`` (the
+    of the contrast. An MR image given to a CT-trained model is first standardised onto its
+    scale (:func:`standardise_for_model`). ``model_dir`` None: the model shipped with digipat. ``probability`` (the
     network's lumen probability, float32) is added to the result's attributes.
     """
     from pipeline.segment.classical import (CALCIUM_UPPER_FRACTION, MODALITIES, LumenSegmentation,
@@ -133,7 +169,8 @@ def segment_lumen_learned(image: Volume, *, model_dir=None, seed_index_zyx=None,
         raise SegmentationError(f"modality must be one of {MODALITIES}, got {modality!r}")
     modality = detect_modality(arr) if modality == "auto" else modality
     model, plan, _ = load_model(model_dir)
-    prob, mask = predict_volume(model, plan, image, quiet=quiet)
+    scaled, standardised = standardise_for_model(image, plan, modality)
+    prob, mask = predict_volume(model, plan, scaled, quiet=quiet)
     binary = np.asarray(mask.array) > 0
     st = ndimage.generate_binary_structure(3, 1)
     labels, n = ndimage.label(binary, structure=st)
@@ -166,5 +203,8 @@ def segment_lumen_learned(image: Volume, *, model_dir=None, seed_index_zyx=None,
                             n_candidate_components=int(n), tissue_hu=tissue, lumen_hu=lumen, notes=notes,
                             modality=modality)
     seg.probability = np.asarray(prob.array, np.float32)
+    if standardised is not None:
+        seg.notes.append(f"MR signal mapped onto the model's CT scale (tissue {standardised['tissue']:.4g} -> "
+                         f"{CT_TISSUE_HU:g}, lumen {standardised['lumen']:.4g} -> {CT_LUMEN_HU:g})")
     return seg
 

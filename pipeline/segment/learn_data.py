@@ -177,7 +177,7 @@ def normalise(array: np.ndarray, plan: Plan) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- synthetic training cases
-def synthetic_case(seed: int, *, shape_zyx=(48, 48, 48), spacing_mm=None, hard: bool = False):
+def synthetic_case(seed: int, *, shape_zyx=(48, 48, 48), spacing_mm=None, hard: bool = False, clean: bool = False):
     """One randomised synthetic angiogram with its truth: ``(image Volume, label Volume, params)``.
 
     The vessel's radius is drawn in voxels (2 to 8; the network works on voxels, and real
@@ -185,7 +185,10 @@ def synthetic_case(seed: int, *, shape_zyx=(48, 48, 48), spacing_mm=None, hard: 
     given; some cases get a contrast-filled chamber the vessel comes out of (lumen too) or a
     corner of lung or air. ``hard`` draws a harder case than training sees (lower contrast, more noise,
     thinner vessels: 1.3 to 2.2 voxels), for checking generalisation with seeds training
-    never used.
+    never used. ``clean`` gives the same case's vessel alone, unblurred and noise-free (its
+    partial-volume image has the wall at the half-maximum: the truth geometry for the physics;
+    chambers and the other distractors are left out, ``params["chamber"]`` says whether the
+    full case has one).
     """
     from phantoms.vessels import Calcification, Stenosis, VesselGeometryError, make_angiogram
 
@@ -193,7 +196,7 @@ def synthetic_case(seed: int, *, shape_zyx=(48, 48, 48), spacing_mm=None, hard: 
     geometry = str(rng.choice(["straight", "curved", "bifurcation"]))
     if spacing_mm is None:
         spacing_mm = (float(rng.uniform(0.4, 1.0)),) * 3
-    r_vox = float(rng.uniform(1.3, 2.2) if hard else rng.uniform(2.0, 8.0))
+    r_vox = float(rng.uniform(1.3, 2.2) if hard else rng.uniform(2.0, 10.0))
     radius = r_vox * float(min(spacing_mm[1:]))
     stenosis = Stenosis(area_reduction=float(rng.uniform(0.2, 0.75)), length_mm=float(rng.uniform(3, 8)) * radius,
                         position=float(rng.uniform(0.3, 0.7)),
@@ -210,13 +213,18 @@ def synthetic_case(seed: int, *, shape_zyx=(48, 48, 48), spacing_mm=None, hard: 
         try:
             ang = make_angiogram(geometry, shape_zyx=tuple(shape_zyx), spacing_mm=tuple(spacing_mm),
                                  radius_mm=radius, stenosis=stenosis, calcification=calc, lumen_hu=lumen,
-                                 tissue_hu=tissue, psf_fwhm_mm=psf, noise_hu=0.0, seed=seed,
+                                 tissue_hu=tissue, psf_fwhm_mm=0.0 if clean else psf, noise_hu=0.0, seed=seed,
                                  bifurcation_angle_deg=angle)
             break
         except VesselGeometryError:
             if radius < 0.5:
                 raise
             radius *= 0.85  # (a bifurcation that does not fit the field of view: thinner vessels)
+    params = {"seed": seed, "geometry": geometry, "radius_mm": radius, "spacing_mm": float(spacing_mm[0]),
+              "lumen_hu": lumen, "tissue_hu": tissue, "noise_hu": noise, "psf_fwhm_mm": psf,
+              "stenosis": stenosis is not None, "calcium": calc is not None, "hard": hard,
+              # a point in the vessel of interest, 15 % along it (before any stenosis): a user's seed
+              "seed_xyz_mm": [float(v) for v in ang.centrelines_xyz_mm[0][int(0.15 * (len(ang.centrelines_xyz_mm[0]) - 1))]]}
     img = np.asarray(ang.image.array, np.float32).copy()
     lab = np.asarray(ang.lumen.array, np.uint8).copy()
     # distractors: a bone-like slab along one x face, a separate vessel near the other
@@ -225,20 +233,37 @@ def synthetic_case(seed: int, *, shape_zyx=(48, 48, 48), spacing_mm=None, hard: 
         depth = int(rng.integers(2, 5))
         slab = i < depth if rng.random() < 0.5 else i >= shape_zyx[2] - depth
         img[slab] = float(rng.uniform(600, 1300))
-    if rng.random() < 0.5:
+    grid = (k, j, i)
+    if rng.random() < 0.5:  # a second vessel along any axis, anywhere clear of the first
         r2 = float(rng.uniform(1.5, 3.0))  # voxels
-        cj = float(rng.uniform(0.1, 0.2) * shape_zyx[1])
-        ci = float(rng.uniform(0.2, 0.8) * shape_zyx[2])
-        tube = (j - cj) ** 2 + (i - ci) ** 2 <= r2 ** 2
+        axis = int(rng.integers(3))
+        a, b = [ax for ax in range(3) if ax != axis]
+        ca, cb = (float(rng.uniform(0.1, 0.9) * shape_zyx[a]), float(rng.uniform(0.1, 0.9) * shape_zyx[b]))
+        tube = (grid[a] - ca) ** 2 + (grid[b] - cb) ** 2 <= r2 ** 2
         tube &= ~ndimage.binary_dilation(lab > 0, iterations=3)
         lab[tube] = 1
         img[tube] = lumen
-    if rng.random() < 0.4:  # a chamber the vessel comes out of (contrast-filled: lumen too)
-        start = np.asarray(ang.image.world_to_index(np.asarray(ang.centrelines_xyz_mm[0][0], float)), float)
+    if rng.random() < 0.4:  # bone inside the field (ribs, a vertebra's edge): ellipsoids clear of the lumen
+        clear = ~ndimage.binary_dilation(lab > 0, iterations=2)
+        for _ in range(int(rng.integers(1, 4))):
+            c = rng.uniform(0.0, 1.0, 3) * np.asarray(shape_zyx)
+            ax3 = rng.uniform(1.5, 6.0, 3)
+            blob = sum(((g - cc) / aa) ** 2 for g, cc, aa in zip(grid, c, ax3)) <= 1.0
+            img[blob & clear] = float(rng.uniform(600, 1300))
+    pool = rng.random()
+    params["chamber"] = bool(pool < 0.6)
+    if clean:
+        return ang.image, ang.lumen, params
+    start = np.asarray(ang.image.world_to_index(np.asarray(ang.centrelines_xyz_mm[0][0], float)), float)
+    if pool < 0.3:  # a chamber the vessel comes out of (contrast-filled: lumen too)
         rc = min(float(rng.uniform(1.5, 3.0)) * r_vox, 0.3 * min(shape_zyx))
         ball = (k - start[0]) ** 2 + (j - start[1]) ** 2 + (i - start[2]) ** 2 <= rc ** 2
         lab[ball] = 1
         img[ball] = lumen * float(rng.uniform(0.9, 1.1))
+    elif pool < 0.6:  # a blood pool larger than a patch (a heart chamber, the aortic root at 1.5 mm)
+        line = np.asarray(ang.image.world_to_index(np.asarray(ang.centrelines_xyz_mm[0], float)), float)
+        at = int(rng.uniform(0.25, 0.55) * (len(line) - 1))  # the vessel leaves the pool here
+        _blood_pool(img, lab, (k, j, i), line[at], line[min(at + 3, len(line) - 1)], lumen, tissue, rng)
     if rng.random() < 0.3:  # lung or air in one corner
         corner = (j > shape_zyx[1] * float(rng.uniform(0.75, 0.9))) & (i > shape_zyx[2] * float(rng.uniform(0.75, 0.9)))
         corner &= ~ndimage.binary_dilation(lab > 0, iterations=2)
@@ -246,10 +271,45 @@ def synthetic_case(seed: int, *, shape_zyx=(48, 48, 48), spacing_mm=None, hard: 
     if psf > 0:
         img = ndimage.gaussian_filter(img, psf / 2.3548 / np.asarray(spacing_mm))
     img += np.random.default_rng(seed + 1).normal(0.0, noise, img.shape).astype(np.float32)
-    params = {"seed": seed, "geometry": geometry, "radius_mm": radius, "spacing_mm": float(spacing_mm[0]),
-              "lumen_hu": lumen, "tissue_hu": tissue, "noise_hu": noise, "psf_fwhm_mm": psf, "stenosis": stenosis is not None, "calcium": calc is not None,
-              "hard": hard}
     return ang.image.with_array(img), ang.lumen.with_array(lab), params
+
+
+def _blood_pool(img, lab, kji, start, ahead, lumen: float, tissue: float, rng) -> None:
+    """Add a contrast-filled pool larger than a training patch that the vessel leaves, in place.
+
+    On a chest CTA at 1.5 mm the heart's chambers and the aortic root are 20 to 60 voxels
+    across: a patch lies wholly inside blood, where no edge is in view. The pool is an
+    ellipsoid of semi-axes 0.4 to 1.1 of the grid, its surface through ``start`` (a point a
+    quarter to half way along the vessel) and its centre behind it (against the vessel's
+    direction, towards ``ahead``), with the uneven contrast of mixing
+    (a smooth field of +-15 %, and in half the cases streaks of undiluted contrast up to 1.6
+    times as bright) and, in half the cases, a septum of tissue 2 to 4 voxels thick across it.
+    """
+    k, j, i = kji
+    shape = img.shape
+    back = start - ahead
+    back = back / max(float(np.linalg.norm(back)), 1e-9)
+    axes = np.asarray(rng.uniform(0.4, 1.1, 3)) * min(shape)
+    centre = start + back * float(axes.min()) * 0.95
+    inside = ((k - centre[0]) / axes[0]) ** 2 + ((j - centre[1]) / axes[1]) ** 2 + ((i - centre[2]) / axes[2]) ** 2 <= 1.0
+    field = ndimage.gaussian_filter(rng.standard_normal(shape), float(rng.uniform(3, 8)))
+    field /= max(float(np.abs(field).max()), 1e-12)
+    level = tissue + (lumen - tissue) * (1.0 + 0.15 * field)
+    if rng.random() < 0.5:
+        streak = ndimage.gaussian_filter(rng.standard_normal(shape), 2.0)
+        streak = np.clip(streak / max(float(streak.std()), 1e-12) - 1.5, 0, None)
+        level += (lumen - tissue) * np.minimum(streak, 1.0) * float(rng.uniform(0.3, 0.6))
+    septum = np.zeros(shape, bool)
+    if rng.random() < 0.5:
+        n = rng.standard_normal(3)
+        n /= np.linalg.norm(n)
+        offset = (k - centre[0]) * n[0] + (j - centre[1]) * n[1] + (i - centre[2]) * n[2]
+        septum = np.abs(offset - float(rng.uniform(-0.3, 0.3)) * float(axes.min())) <= float(rng.uniform(1.0, 2.0))
+        septum &= ~ndimage.binary_dilation(lab > 0, iterations=2)  # (not across the vessel itself)
+    pool = inside & ~septum & (img > tissue - 1.0)  # (not into air or lung already drawn)
+    lab[pool] = 1
+    img[pool] = level[pool].astype(img.dtype)
+    img[inside & septum] = tissue
 
 
 # ----------------------------------------------------------------------------- augmentation

@@ -119,6 +119,9 @@ def _augment(img, lab, rng, warp_probability: float):
     for ax in range(img.ndim):
         if rng.random() < 0.5:
             img, lab = np.flip(img, ax), np.flip(lab, ax)
+    if len(set(img.shape)) == 1:  # a cubic (square) patch: the axes exchanged too (vessels run every way)
+        order = tuple(int(a) for a in rng.permutation(img.ndim))
+        img, lab = np.transpose(img, order), np.transpose(lab, order)
     if rng.random() < warp_probability:
         u = random_diffeomorphism(img.shape, rng, sigma_voxels=max(2.0, min(img.shape) / 8),
                                   max_displacement_voxels=max(1.0, min(img.shape) / 16))

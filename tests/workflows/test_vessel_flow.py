@@ -126,6 +126,42 @@ def test_wall_at_levels_of_the_unet_probability(tmp_path):
         VesselFlowConfig(probability_level=0.5)
 
 
+def test_walls_drawn_at_random_from_the_unet_probability(tmp_path):
+    """The study parameter ``probability_sample_mm``: a wall drawn from the U-Net's probability
+    map, spatially correlated (each voxel lumen with its probability; the physics of the samples
+    is checked in ``tests/workflows/test_sensitivity.py``). Two seeds give two different walls;
+    the same seed reruns from the cache; and the option is refused without the U-Net, beside a
+    fixed level, or shorter than two voxels."""
+    from pipeline.image import read_image
+
+    info = write_synthetic_patient(tmp_path / "patient", geometry="straight", stenosis=0.0, size="small")
+    masks, res = {}, {}
+    for seed in (0, 1):
+        cfg = VesselFlowConfig(flow_rate_ml_s=Q_ML_S, model="stokes", write_fields=False, segmentation_method="unet",
+                               probability_sample_mm=2.0, probability_sample_seed=seed)
+        res[seed] = run_vessel_flow(info["image"], tmp_path / f"s{seed}", cfg, quiet=True)
+        assert res[seed]["segmentation"]["surface_from"] == "probability sample"
+        assert (tmp_path / f"s{seed}" / "segmentation_sample.nii.gz").is_file()
+        masks[seed] = read_image(tmp_path / f"s{seed}" / "segmentation.nii.gz").array > 0
+        print(f"\n[straight vessel, U-Net sample {seed}] {int(masks[seed].sum())} voxels; "
+              f"dP {res[seed]['pressure_drop_Pa']:.3f} Pa")
+    assert (masks[0] != masks[1]).sum() > 0.01 * masks[0].sum()
+    assert res[0]["pressure_drop_Pa"] != res[1]["pressure_drop_Pa"]
+    cfg = VesselFlowConfig(flow_rate_ml_s=Q_ML_S, model="stokes", write_fields=False, segmentation_method="unet",
+                           probability_sample_mm=2.0, probability_sample_seed=1)
+    again = run_vessel_flow(info["image"], tmp_path / "s1", cfg, quiet=True)
+    assert again["pressure_drop_Pa"] == res[1]["pressure_drop_Pa"]
+    cfg = VesselFlowConfig(segmentation_method="unet", probability_sample_mm=0.5, model="stokes")
+    with pytest.raises(WorkflowError, match="shorter than two voxels"):
+        run_vessel_flow(info["image"], tmp_path / "rough", cfg, quiet=True)
+    with pytest.raises(WorkflowError, match="needs segmentation_method='unet'"):
+        VesselFlowConfig(probability_sample_mm=1.0)
+    with pytest.raises(WorkflowError, match="not both"):
+        VesselFlowConfig(segmentation_method="unet", probability_sample_mm=1.0, probability_level=0.5)
+    with pytest.raises(WorkflowError, match="probability_sample_mm"):
+        VesselFlowConfig(segmentation_method="unet", probability_sample_mm=-1.0)
+
+
 def _gaussian_disk_half_max_radius(radius, sigma):
     """Radius of the half-maximum contour of a disk of ``radius`` blurred by a 2-D Gaussian of
     deviation ``sigma``: the blurred value at distance rho is P(|X + rho| < R), a non-central

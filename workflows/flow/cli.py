@@ -83,6 +83,12 @@ def add_flow_options(p: argparse.ArgumentParser) -> None:
                    help="with --segmentation unet: take the wall at this level (0..1) of the network's lumen "
                         "probability instead of the image's half-maximum (the model's own uncertainty; a study "
                         "parameter, probability_level)")
+    g.add_argument("--probability-sample-mm", type=float, default=0.0, metavar="L",
+                   help="with --segmentation unet: draw the wall at random from the network's lumen probability, "
+                        "spatially correlated over L mm (each voxel lumen with its probability; a study parameter, "
+                        "probability_sample_mm; default 0: no sample)")
+    g.add_argument("--probability-sample-seed", type=int, default=0, metavar="S",
+                   help="seed of that sample (default 0)")
     g.add_argument("--modality", choices=("auto", "ct", "mr"), default=d.modality,
                    help="ct: CT angiogram in HU; mr: MR angiogram (signal in arbitrary units, levels measured from "
                         "the image, no calcium bound); auto: the DICOM Modality tag, else CT when the image holds "
@@ -144,6 +150,8 @@ def config_from_args(a: argparse.Namespace) -> VesselFlowConfig:
         segmentation_method=a.segmentation,
         unet_model=a.unet_model,
         probability_level=a.probability_level,
+        probability_sample_mm=a.probability_sample_mm,
+        probability_sample_seed=a.probability_sample_seed,
         modality=a.modality,
         lower_hu=a.lower_hu,
         upper_hu=a.upper_hu,

@@ -132,7 +132,10 @@ class VesselFlowConfig:
     U-Net in ``unet_model`` (a folder made by ``digipat segment train``; None: the shipped vessel
     model); ``probability_level`` then takes the wall at that level of the network's lumen
     probability instead of the image's half-maximum (the model's own uncertainty as a
-    perturbation: a study parameter). ``flow_extension_radii`` adds a straight, circular
+    perturbation: a study parameter); ``probability_sample_mm`` > 0 instead draws a random
+    wall from that map, spatially correlated over that length and seeded by
+    ``probability_sample_seed`` (each voxel lumen with its probability, see
+    :func:`pipeline.perturb.probability_sample`). ``flow_extension_radii`` adds a straight, circular
     tube that many cap radii long to every opening (0: none; VaMPy uses 5): the caps, and so the
     pressure drop and the outlet pressures, are then at the tubes' ends. ``boundary_offset_mm``
     moves the reconstructed wall outwards (> 0) or inwards along its normals, for
@@ -188,6 +191,8 @@ class VesselFlowConfig:
     flow_extension_radii: float = 0.0
     unet_model: str | None = None
     probability_level: float | None = None
+    probability_sample_mm: float = 0.0
+    probability_sample_seed: int = 0
 
     def __post_init__(self) -> None:
         def positive(name):
@@ -213,6 +218,19 @@ class VesselFlowConfig:
             if self.segmentation_method != "unet":
                 raise WorkflowError("probability_level is a level of the U-Net's probability map: it needs "
                                     "segmentation_method='unet' (--segmentation unet)")
+        ps = self.probability_sample_mm
+        if isinstance(ps, bool) or not isinstance(ps, (int, float)) or not np.isfinite(ps) or ps < 0:
+            raise WorkflowError(f"probability_sample_mm must be a correlation length >= 0 mm, got {ps!r}")
+        if ps > 0:
+            if self.segmentation_method != "unet":
+                raise WorkflowError("probability_sample_mm draws the wall from the U-Net's probability map: it "
+                                    "needs segmentation_method='unet' (--segmentation unet)")
+            if pl is not None:
+                raise WorkflowError("give either probability_level (one level of the U-Net's map) or "
+                                    "probability_sample_mm (a random sample of it), not both")
+        seed = self.probability_sample_seed
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise WorkflowError(f"probability_sample_seed must be a non-negative integer, got {seed!r}")
         if self.unet_model is not None and self.segmentation_method != "unet":
             raise WorkflowError("a U-Net model (--unet-model) was given without --segmentation unet: add it, or "
                                 "drop the model")
@@ -341,7 +359,7 @@ class VesselFlowConfig:
 
 
 # ----------------------------------------------------------------------------- stages
-def _at_probability_level(seg, level: float, image):
+def _at_probability_level(seg, level: float, image, what: str | None = None):
     """The U-Net's lumen re-taken at ``level`` of its probability map: the pieces of
     ``probability > level`` that overlap the vessel it chose; the wall's level is then ``level``
     of the map (no calcium bound, no tissue level: the map is no image)."""
@@ -352,6 +370,9 @@ def _at_probability_level(seg, level: float, image):
     lab, _ = ndimage.label(seg.probability > level, structure=ndimage.generate_binary_structure(3, 1))
     keep = np.unique(lab[seg.mask & (lab > 0)])
     if len(keep) == 0:
+        if what is not None:
+            raise WorkflowError(f"{what}: the sample holds none of the U-Net's vessel; use another seed or a "
+                                "longer correlation length")
         raise WorkflowError(f"probability_level={level}: no lumen of the U-Net's vessel lies above that level of "
                             "its probability map; use a lower level")
     seg.mask = fill_holes(np.isin(lab, keep))
@@ -386,6 +407,34 @@ def _segment(image, cfg: VesselFlowConfig, out: Path, truth_path: Path | None, m
         write_image(image.with_array(seg.probability), out / "segmentation_probability.nii.gz")
         if cfg.probability_level is not None:
             seg = _at_probability_level(seg, float(cfg.probability_level), image)
+        elif cfg.probability_sample_mm > 0:
+            from pipeline.perturb import probability_sample
+
+            shortest = 2.0 * float(max(image.spacing_mm))
+            if cfg.probability_sample_mm < shortest:
+                raise WorkflowError(f"probability_sample_mm={cfg.probability_sample_mm} is shorter than two voxels "
+                                    f"({shortest:g} mm): the sampled wall would be rougher than a mesh resolves; "
+                                    f"use a correlation length of at least {shortest:g} mm")
+
+            from scipy import ndimage
+
+            from pipeline.perturb import MASK_SIGMA_VOXELS
+
+            field = probability_sample(seg.probability, image.spacing_mm, cfg.probability_sample_mm,
+                                       cfg.probability_sample_seed)
+            # drawn near the network's own wall only (within two voxels of its 0.5 level): the map's
+            # stray specks elsewhere (window edges, image faces) would become islands and slivers
+            median = seg.probability > 0.5
+            near = ndimage.binary_dilation(median, iterations=2) & ~ndimage.binary_erosion(median, iterations=2)
+            field = np.where(near, field, seg.probability).astype(np.float32)
+            # a network sure of itself has a map that steps from 0 to 1 in a voxel: the sample's
+            # wall is then that staircase, shifted within the voxel. Smoothed as a mask's level
+            # field is, it is a wall the mesher can follow.
+            field = ndimage.gaussian_filter(field, MASK_SIGMA_VOXELS).astype(np.float32)
+            write_image(image.with_array(field), out / "segmentation_sample.nii.gz")
+            seg.probability = field  # (the sample's level field: lumen above 0.5)
+            seg = _at_probability_level(seg, 0.5, image, what=f"probability_sample_mm={cfg.probability_sample_mm} "
+                                                               f"(seed {cfg.probability_sample_seed})")
     else:
         seg = segment_lumen(
             image.array.astype(np.float32),
@@ -398,7 +447,8 @@ def _segment(image, cfg: VesselFlowConfig, out: Path, truth_path: Path | None, m
         )
     write_image(image.with_array(seg.mask.astype(np.uint8)), out / "segmentation.nii.gz")
     record = {
-        "surface_from": "probability" if cfg.probability_level is not None else "image",
+        "surface_from": ("probability" if cfg.probability_level is not None else
+                         "probability sample" if cfg.probability_sample_mm > 0 else "image"),
         "level_hu": float(seg.level_hu),
         "lower_hu": float(seg.lower_hu),
         "upper_hu": None if seg.upper_hu is None else float(seg.upper_hu),
@@ -796,11 +846,13 @@ def _geometry(image, seg_record: dict, cfg: VesselFlowConfig, out: Path) -> dict
     segmentation = read_image(out / "segmentation.nii.gz")
     if seg_record.get("surface_from") == "probability":  # the wall at a level of the U-Net's map
         image = read_image(out / "segmentation_probability.nii.gz")
+    elif seg_record.get("surface_from") == "probability sample":  # a random wall drawn from it
+        image = read_image(out / "segmentation_sample.nii.gz")
     seed = ("the vessel through --seed-mm" if cfg.seed_xyz_mm is not None
             else "the most tube-like wide vessel (found automatically; give --seed-mm to pick another)")
     advice = ("Name where to cut the vessel with --inlet-mm X Y Z and --outlet-mm X Y Z (repeatable), see the "
               "README's 'Your own patient'")
-    ct = image if seg_record.get("modality") == "ct" and seg_record.get("surface_from") != "probability" else None
+    ct = image if seg_record.get("modality") == "ct" and seg_record.get("surface_from", "image") == "image" else None
     # (contrast ranks vessels in HU only)
     mask, plan, region = clip_plan(segmentation, cfg, image=ct)
     try:
@@ -847,7 +899,7 @@ def _model_and_mesh(image, seg_record: dict, cfg: VesselFlowConfig, out: Path, m
         write_image(mask, out / "segmentation_model.nii.gz")
     surf, si = build_surface(image, mask, seg_record["level_hu"], seg_record.get("upper_hu"), cfg, plan=plan,
                              tissue_hu=seg_record.get("tissue_hu"),
-                             blur_correction=seg_record.get("surface_from") != "probability")
+                             blur_correction=seg_record.get("surface_from", "image") == "image")
     if si.reports:
         write_image(si.perturbed_mask, out / "segmentation_perturbed.nii.gz")
     if region is not None:
@@ -859,9 +911,13 @@ def _model_and_mesh(image, seg_record: dict, cfg: VesselFlowConfig, out: Path, m
         vm = mesh_volume(surf, out / "mesh", cells_per_radius=cfg.cells_per_radius, order=cfg.mesh_order)
     except MeshingError as exc:
         # a real scan's clipped lumen whose wall gmsh re-meshes across itself at every size (two
-        # walls almost touching): smoothed twice as long the notch opens. Once, and only for
-        # centreline-clipped models (image-face crops and their studies keep their smoothing).
-        if plan is None or "intersect" not in str(exc) or cfg.smoothing_iterations == 0 or smoothed_again:
+        # walls almost touching), or whose inside gmsh cannot find (no tetrahedra from a closed,
+        # oriented surface: the same near-contact): smoothed twice as long the notch opens. Once,
+        # and only for centreline-clipped models (image-face crops and their studies keep their
+        # smoothing).
+        why = str(exc)
+        if plan is None or ("intersect" not in why and "no tetrahedra" not in why) \
+                or cfg.smoothing_iterations == 0 or smoothed_again:
             raise
         again = replace(cfg, smoothing_iterations=2 * cfg.smoothing_iterations)
         surf, si, vm = _model_and_mesh(image, seg_record, again, out, mask, plan, region, smoothed_again=True)
@@ -1047,6 +1103,8 @@ def run_vessel_flow(
         seg_params["unet_model_sha256"] = model_fingerprint(cfg.unet_model)
         if cfg.probability_level is not None:
             seg_params["probability_level"] = float(cfg.probability_level)
+        if cfg.probability_sample_mm > 0:
+            seg_params["probability_sample"] = [float(cfg.probability_sample_mm), int(cfg.probability_sample_seed)]
     seg_key = hash_params(image_hash, truth_hash, seg_params)
     seg_rec = cache.done("segment", seg_key, [out / "segmentation.nii.gz"])
     if seg_rec is not None and "tissue_hu" not in seg_rec:

@@ -61,6 +61,10 @@ def register(sub) -> None:
                    help="model folder (default: the vessel model shipped with digipat)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--mirror", action="store_true", help="average over mirrored copies (8x slower)")
+    p.add_argument("--modality", choices=("auto", "ct", "mr"), default="auto",
+                   help="mr: an MR image given to a CT-trained model is first mapped onto its scale (tissue and "
+                        "lumen levels to 40 and 415 HU); auto: MR when the image holds no negative values "
+                        "(default auto)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_predict)
 
@@ -114,19 +118,23 @@ def cmd_predict(a) -> int:
 
     from physics.atomic import atomic_path
     from pipeline.image import read_image, write_image
-    from pipeline.segment.infer import predict_volume
+    from pipeline.segment.classical import detect_modality
+    from pipeline.segment.infer import predict_volume, standardise_for_model
     from pipeline.segment.train import load_model
 
     model_dir = Path(a.model) if a.model else shipped_model()
     model, plan, info = load_model(model_dir)
     image = read_image(a.image)
-    prob, mask = predict_volume(model, plan, image, mirror=a.mirror, quiet=a.quiet)
+    modality = detect_modality(np.asarray(image.array)) if a.modality == "auto" else a.modality
+    scaled, standardised = standardise_for_model(image, plan, modality)
+    prob, mask = predict_volume(model, plan, scaled, mirror=a.mirror, quiet=a.quiet)
     out = Path(a.out)
     write_image(prob, out / "probability.nii.gz")
     write_image(mask, out / "lumen.nii.gz")
     n = int((mask.array > 0).sum())
     rec = {"image": str(a.image), "model": str(model_dir), "lumen_voxels": n,
-           "lumen_volume_mm3": n * float(np.prod(image.spacing_mm)), "mirror": bool(a.mirror)}
+           "lumen_volume_mm3": n * float(np.prod(image.spacing_mm)), "mirror": bool(a.mirror),
+           "modality": modality, "standardised": standardised}
     with atomic_path(out / "prediction.json") as tmp:
         tmp.write_text(json.dumps(rec, indent=2))
     print(f"lumen: {n} voxels ({rec['lumen_volume_mm3']:.0f} mm3); wrote {out / 'lumen.nii.gz'} and "

@@ -116,6 +116,10 @@ FLOW_PARAMETERS: dict[str, dict[str, Any]] = {
     "probability_level": {"field": "probability_level", "unit": "", "nominal": 0.5, "minimum": 0.0,
                           "description": "level of the U-Net's lumen probability taken as the wall: the model's "
                                          "own segmentation uncertainty (needs [base] segmentation = \"unet\")"},
+    "probability_sample_mm": {"field": "probability_sample_mm", "unit": "mm", "nominal": 0.0, "minimum": 0.0,
+                              "description": "correlation length of a random wall drawn from the U-Net's lumen "
+                                             "probability (each voxel lumen with its probability; seeded per case; "
+                                             "0: no sample; needs [base] segmentation = \"unet\")"},
 }
 
 
@@ -306,9 +310,13 @@ def parse_study(data: Mapping[str, Any], base_dir: Path) -> dict:
     if not isinstance(ptab, Mapping):
         raise StudyError("[parameters] must be a table of tables, e.g. [parameters.boundary_offset_mm]")
     params = [_parse_parameter(n, t, known, base) for n, t in ptab.items()]
-    if path == "flow" and "probability_level" in ptab and base.get("segmentation") != "unet":
-        raise StudyError("[parameters.probability_level] is a level of the U-Net's probability map: set "
-                         "[base] segmentation = \"unet\"")
+    for name in ("probability_level", "probability_sample_mm"):
+        if path == "flow" and name in ptab and base.get("segmentation") != "unet":
+            raise StudyError(f"[parameters.{name}] draws on the U-Net's probability map: set "
+                             "[base] segmentation = \"unet\"")
+    if path == "flow" and "probability_level" in ptab and "probability_sample_mm" in ptab:
+        raise StudyError("[parameters] give probability_level (levels of the U-Net's map) or probability_sample_mm "
+                         "(random samples of it), not both")
     if "parameter" in d or "values" in d:  # the single-parameter OAT form
         if params:
             raise StudyError("[design] parameter/values is the short form for one parameter: "
@@ -377,7 +385,8 @@ def plan_cases(study: dict) -> list[dict]:
     Each case: ``id``, ``group`` (``nominal``, ``oat``, ``sample``, ``numerics``), ``params``
     (every parameter's value), ``varied`` (OAT: the parameter moved), ``row`` (sample: its
     row in the design matrix), ``seed`` (the boundary-noise seed: one per study, from
-    ``[design] seed``), and for mesh checks ``cells_per_radius``.
+    ``[design] seed``), ``sample_seed`` (with ``probability_sample_mm`` only: a new draw of the
+    U-Net's map per case), and for mesh checks ``cells_per_radius``.
     """
     params = study["parameters"]
     nominal = {p["name"]: _clean(p, p["nominal"]) for p in params}
@@ -406,6 +415,9 @@ def plan_cases(study: dict) -> list[dict]:
         # one noise realisation for the whole study (common random numbers): the cases are then a
         # deterministic function of their inputs, as the Sobol and Morris estimators assume
         c["seed"] = int(zlib.crc32(f"{dz['seed']}:boundary-noise".encode()))
+        if any(p["name"] == "probability_sample_mm" for p in params):
+            # a sample of the U-Net's map is the uncertainty itself: a new draw in every case
+            c["sample_seed"] = int(zlib.crc32(f"{dz['seed']}:probability-sample:{i}".encode()))
     return cases
 
 
@@ -467,6 +479,8 @@ def _run_case(study: dict, ctx: dict, case: dict, case_dir: str, threads: int | 
         kw[FLOW_PARAMETERS[name]["field"]] = v
     if kw.get("boundary_noise_mm"):
         kw.update(boundary_noise_seed=case["seed"], boundary_noise_correlation_mm=base["noise_correlation_mm"])
+    if kw.get("probability_sample_mm"):
+        kw.update(probability_sample_seed=case.get("sample_seed", case["seed"]))
     if kw.get("local_offset_mm"):
         kw.update(local_centre_xyz_mm=tuple(ctx["local_centre_xyz_mm"]), local_radius_mm=base["local_radius_mm"])
     cfg = VesselFlowConfig(flow_rate_ml_s=base["flow_rate_ml_s"], model=base["model"],
@@ -526,7 +540,7 @@ def _case_record(study: dict, case: dict, res: dict, path: Path) -> dict:
         off = res.get("surface", {}).get("report", {}).get("boundary_offset")
         if off:
             pert["boundary_offset"] = off
-    rec = {k: case[k] for k in ("id", "group", "params", "varied", "seed") if k in case}
+    rec = {k: case[k] for k in ("id", "group", "params", "varied", "seed", "sample_seed") if k in case}
     for k in ("row", "cells_per_radius"):
         if k in case:
             rec[k] = case[k]
