@@ -32,7 +32,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import numba
 import numpy as np
@@ -440,7 +440,8 @@ def _check_regions(regions, nvox: int) -> dict[str, tuple[np.ndarray, np.ndarray
 def run(phantom: VoxelPhantom, materials: Mapping[int, Material], source: Source,
         physics: Physics | None = None, settings: Settings | None = None,
         progress: Callable[[int, int], None] | None = None,
-        regions: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None) -> TransportResult:
+        regions: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+        batches: Sequence[int] | None = None) -> TransportResult:
     """Transport ``settings.n_batches × settings.histories_per_batch`` photons.
 
     Parameters
@@ -459,6 +460,11 @@ def run(phantom: VoxelPhantom, materials: Mapping[int, Material], source: Source
         weights (e.g. the fraction of each voxel inside a cylindrical chamber). Each
         region's energy is tallied per batch, so :meth:`TransportResult.region` has an
         honest σ.
+    batches : sequence of int, optional
+        Only these batches (of ``range(settings.n_batches)``): one share of a run split
+        across batch-system tasks, each writing its batches to ``settings.state_dir``; a
+        full run over the same ``state_dir`` then loads them all, and equals the run made in
+        one go (batch b is the random stream ``(seed, b, h)`` wherever it runs).
 
     Returns
     -------
@@ -488,7 +494,10 @@ def run(phantom: VoxelPhantom, materials: Mapping[int, Material], source: Source
     t_compute = 0.0
     n_computed = 0
     try:
-        for b in range(settings.n_batches):
+        todo = range(settings.n_batches) if batches is None else sorted({int(b) for b in batches})
+        if batches is not None and any(not 0 <= b < settings.n_batches for b in todo):
+            raise TransportError(f"batches must lie in 0..{settings.n_batches - 1}, got {list(batches)}")
+        for b in todo:
             rec = None
             path = state / f"batch_{b:06d}.npz" if state is not None else None
             if path is not None and path.is_file():

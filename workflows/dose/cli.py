@@ -37,7 +37,19 @@ def register(sub) -> None:
 
 def cmd_dose(a: argparse.Namespace) -> int:
     out = Path(a.out)
-    results = run_dose(a.scenario, out, threads=a.threads, force=a.force, quiet=a.quiet or a.json)
+    from workflows.study.cli import slurm_overrides
+
+    if a.no_wait and a.executor != "slurm":
+        raise ValueError("--no-wait applies to --executor slurm (a local run always finishes)")
+    if a.tasks is not None and a.executor != "slurm":
+        raise ValueError("--tasks splits the run into Slurm array tasks: it needs --executor slurm")
+    results = run_dose(a.scenario, out, threads=a.threads, force=a.force, quiet=a.quiet or a.json,
+                       executor=a.executor, tasks=a.tasks, slurm=slurm_overrides(a), wait=not a.no_wait)
+    if a.executor == "slurm" and "submitted" in results:  # --no-wait: nothing merged yet
+        if not a.quiet:
+            print(f"submitted {len(results['submitted'])} task(s); run the same command again to merge "
+                  f"(digipat jobs {out})")
+        return 0
     if a.json:
         print(json.dumps(results, indent=2))
     elif not a.quiet and results.get("stage") == "patient_dose":
@@ -75,6 +87,12 @@ def _add_dose(sub) -> None:
     x.add_argument("--force", action="store_true", help="rerun even if OUT holds a run of the same inputs")
     x.add_argument("--quiet", action="store_true", help="no progress lines")
     x.add_argument("--json", action="store_true", help="print results.json to standard output")
+    x.add_argument("--tasks", type=int, metavar="N",
+                   help="with --executor slurm: split the [run] batches into N array tasks (task k runs batches "
+                        "k, k+N, ...; default one task per batch); the merge equals the local run")
+    from workflows.study.cli import add_slurm_options
+
+    add_slurm_options(x)
     x.set_defaults(func=cmd_dose)
 
 

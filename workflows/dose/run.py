@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -281,8 +282,78 @@ def _inputs_hash(scenario: Scenario) -> str:
     return hash_params(*parts)
 
 
+def _dose_task(scenario_path: str, out_dir: str, task: int, tasks: int, threads: int | None) -> str:
+    """One Slurm array task of a split dose run: the batches ``task, task + tasks, ...`` of the
+    scenario, written to ``OUT/batches/`` (then ``OUT/batches/task_K.json`` marks it done)."""
+    import dataclasses
+
+    from physics.transport import run as transport_run
+    from workflows.common import write_json_atomic
+
+    sc = read_dose_scenario(scenario_path)
+    model = build_model(sc)
+    state = Path(out_dir) / "batches"
+    settings = dataclasses.replace(model.settings, state_dir=str(state), threads=threads)
+    mine = list(range(task, settings.n_batches, tasks))
+    transport_run(model.phantom, model.materials, model.source, model.physics, settings, batches=mine)
+    write_json_atomic(state / f"task_{task}.json", {"task": task, "tasks": tasks, "batches": mine})
+    return f"task_{task}"
+
+
+def _dose_on_slurm(scenario_path: Path, sc, out: Path, tasks: int, threads, slurm, wait: bool, poll_s: float,
+                   say) -> dict | None:
+    """Submit the unfinished shares of a split dose run and wait; None when all are done."""
+    from workflows.hpc import HPCError, JobBook, require_slurm, slurm_options, submit_array
+
+    if isinstance(tasks, bool) or not isinstance(tasks, int) or not 1 <= tasks <= sc.run.batches:
+        raise ScenarioError(f"--tasks must be an integer from 1 to the scenario's {sc.run.batches} batches "
+                            f"([run] batches: each task runs whole batches), got {tasks!r}")
+    try:
+        require_slurm()
+        options = slurm_options(None, slurm)
+    except HPCError as exc:
+        raise ScenarioError(str(exc)) from None
+    state = out / "batches"
+    marker = {f"task_{k}": state / f"task_{k}.json" for k in range(tasks)}
+
+    def done(item: str) -> bool:
+        if not marker[item].is_file():
+            return False
+        rec = json.loads(marker[item].read_text())
+        return rec.get("tasks") == tasks
+
+    book = JobBook(out / "jobs.json")
+    active = book.active()
+    todo = [i for i in marker if not done(i)]
+    new = [i for i in todo if i not in active]
+    if new:
+        ids = submit_array(_dose_task, [(str(scenario_path.resolve()), str(out.resolve()), int(i.split("_")[1]), tasks,
+                                         threads) for i in new], out.resolve() / "slurm", options, name="digipat-dose")
+        book.add("dose", new, ids)
+        say(f"dose: submitted {len(new)} of {tasks} task(s) as Slurm job array {ids[0].split('_')[0]} "
+            f"({sc.run.batches} batches of {sc.run.histories_per_batch} histories); status: digipat jobs {out}")
+    if not wait:
+        return {"submitted": new, "queued": sorted(set(active) | set(new)), "jobs": str(out / "jobs.json")}
+    t0, shown = time.perf_counter(), -1
+    while True:
+        n = sum(done(i) for i in marker)
+        if n != shown:
+            say(f"dose: Slurm: {n}/{tasks} task(s) finished, {time.perf_counter() - t0:.0f} s")
+            shown = n
+        if n == tasks:
+            return None
+        queued = book.active()
+        lost = [i for i in marker if not done(i) and i not in queued]
+        if lost:
+            raise ScenarioError(f"{len(lost)} dose task(s) left the Slurm queue without finishing (cancelled, timed "
+                                f"out or preempted: {', '.join(lost)}); run the same command again (finished "
+                                f"batches are kept in {state})")
+        time.sleep(poll_s)
+
+
 def run_dose(scenario: Scenario | str | Path, out_dir: str | Path, *, threads: int | None = None,
-             force: bool = False, quiet: bool = False) -> dict:
+             force: bool = False, quiet: bool = False, executor: str = "local", tasks: int | None = None,
+             slurm: Mapping | None = None, wait: bool = True, poll_s: float = 2.0) -> dict:
     """Run a dose scenario and write its outputs to ``out_dir``.
 
     Parameters
@@ -297,6 +368,12 @@ def run_dose(scenario: Scenario | str | Path, out_dir: str | Path, *, threads: i
         Rerun even if ``results.json`` holds a run of the same inputs.
     quiet : bool
         No progress lines on standard error.
+    executor, tasks, slurm, wait : optional
+        ``executor="slurm"`` splits the scenario's batches into ``tasks`` shares (task k runs
+        batches k, k + tasks, ...: the same random streams as the local run), submits them as
+        one Slurm job array (``slurm``: the ``--slurm-*`` settings, see :mod:`workflows.hpc`),
+        waits (or returns at once with ``wait=False``; a later call merges) and merges the
+        batch records exactly as the local run adds its batches: the result equals it.
 
     Returns
     -------
@@ -324,7 +401,9 @@ def run_dose(scenario: Scenario | str | Path, out_dir: str | Path, *, threads: i
         raise
     if isinstance(sc, ProtocolScenario):
         # a CT protocol on a digital patient: organ doses in mGy, per CTDIvol, effective dose
-
+        if executor != "local":
+            raise ScenarioError("--executor slurm splits a Monte Carlo scenario file ([source], [run] batches); a "
+                                "CT protocol on a patient runs locally for now (or as cases of a dose study)")
         return run_patient_dose(sc, out, threads=threads, force=force, quiet=quiet)
     if threads is not None:
         import dataclasses
@@ -339,7 +418,21 @@ def run_dose(scenario: Scenario | str | Path, out_dir: str | Path, *, threads: i
         return old
     cache.invalidate()  # never leave a stale result beside new (or failed) outputs
 
+    if executor not in ("local", "slurm"):
+        raise ScenarioError(f"executor must be 'local' or 'slurm', got {executor!r}")
+    if executor == "slurm":
+        if not isinstance(scenario, (str, Path)):
+            raise ScenarioError("a dose run on Slurm needs the scenario's file (its tasks read it)")
+        left = _dose_on_slurm(Path(scenario), sc, out, tasks if tasks is not None else sc.run.batches, threads,
+                              slurm, wait, poll_s, say)
+        if left is not None:
+            return left
     model = build_model(sc)
+    if executor == "slurm":  # the batches are on disk: the run below loads them (and computes none)
+        import dataclasses
+
+        model = dataclasses.replace(model, settings=dataclasses.replace(model.settings,
+                                                                        state_dir=str(out / "batches")))
     say(f"dose: {sc.run.histories} histories in {sc.run.batches} batches, grid {model.phantom.shape}")
     t0 = time.perf_counter()
     progress = None if quiet else (lambda b, n: say(f"  batch {b}/{n}"))

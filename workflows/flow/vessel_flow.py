@@ -1017,17 +1017,22 @@ def _solve(msh: Path, problem: dict, out: Path, cfg: VesselFlowConfig) -> dict:
 
         solve_to_json(msh, problem, flow_json, fields_dir)
     else:
+        from workflows.hpc import mpi_command
+
         mpiexec = Path(sys.executable).with_name("mpiexec")
-        cmd = [str(mpiexec) if mpiexec.exists() else "mpiexec", "-n", str(cfg.n_procs),
-               sys.executable, "-m", "workflows.flow.solve_stage", str(msh), json.dumps(problem),
-               str(flow_json)] + ([str(fields_dir)] if fields_dir else [])
+        launch = mpi_command(cfg.n_procs, str(mpiexec) if mpiexec.exists() else "mpiexec")  # srun in a Slurm job
+        cmd = launch + [sys.executable, "-m", "workflows.flow.solve_stage", str(msh), json.dumps(problem),
+                        str(flow_json)] + ([str(fields_dir)] if fields_dir else [])
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
             raise WorkflowError(
-                f"the flow solve under {' '.join(cmd[:3])} failed (exit {proc.returncode}): "
+                f"the flow solve under {' '.join(launch)} failed (exit {proc.returncode}): "
                 + " | ".join(tail)
             )
+        flow = json.loads(flow_json.read_text())
+        flow["mpi_launcher"] = Path(launch[0]).name
+        return flow
     return json.loads(flow_json.read_text())
 
 
@@ -1206,6 +1211,8 @@ def _assemble_results(cfg, image_path, image_hash, seg_rec, geo_rec, flow, timin
         "provenance": provenance(image=str(image_path), image_sha256=image_hash),
     }
     res["outlets"] = _outlet_table(geo_rec, flow, tag_to_name)
+    if "mpi_launcher" in flow:  # (runs on several ranks: mpiexec, or srun inside a Slurm job)
+        res["mpi_launcher"] = flow["mpi_launcher"]
     if "centerline" in geo_rec:
         res["centerline"] = geo_rec["centerline"]
     truth = seg_rec.get("metrics_vs_truth")

@@ -360,12 +360,23 @@ def parse_study(data: Mapping[str, Any], base_dir: Path) -> dict:
         raise StudyError("[numerics] mesh_cells_per_radius applies to flow studies only (a dose study's "
                          "numerical uncertainty is its Monte Carlo σ)")
     r = _C.table(data, "run", required=False)
-    _C.no_unknown("run", r, ("workers",))
+    _C.no_unknown("run", r, ("workers", "slurm"))
     workers = _C.integer("run", "workers", r.get("workers", 1), 1)
-    return {"name": st.get("name", "study"), "question": st.get("question", ""), "path": path,
-            "outputs": list(outputs), "output": outputs[0], "base": base, "parameters": params,
-            "design": design, "decision": decision, "numerics": {"mesh_cells_per_radius": mesh_levels},
-            "workers": workers}
+    out = {"name": st.get("name", "study"), "question": st.get("question", ""), "path": path,
+           "outputs": list(outputs), "output": outputs[0], "base": base, "parameters": params,
+           "design": design, "decision": decision, "numerics": {"mesh_cells_per_radius": mesh_levels},
+           "workers": workers}
+    if "slurm" in r:  # (absent otherwise: studies without it keep their plan files as they were)
+        from workflows.hpc import HPCError, slurm_options
+
+        if not isinstance(r["slurm"], Mapping):
+            raise StudyError("[run.slurm] must be a table of sbatch settings (partition, time_min, ...)")
+        try:
+            slurm_options(r["slurm"])
+        except HPCError as exc:
+            raise StudyError(str(exc)) from None
+        out["slurm"] = dict(r["slurm"])
+    return out
 
 
 # ----------------------------------------------------------------------------- planning
@@ -550,9 +561,17 @@ def _case_record(study: dict, case: dict, res: dict, path: Path) -> dict:
     return rec
 
 
+def _slurm_case(out_dir: str, case_id: str) -> str:
+    """One Slurm array task: run one case of the study planned in ``out_dir`` (its plan.json)."""
+    plan = json.loads((Path(out_dir) / "plan.json").read_text())
+    run_study(plan["study"], out_dir, quiet=True, cases=[case_id], analyse=False, report=False)
+    return case_id
+
+
 def run_study(study: dict | str | os.PathLike, out_dir: str | os.PathLike, *, quiet: bool = False,
               cases: Sequence[str] | None = None, analyse: bool = True, report: bool = True,
-              plan_only: bool = False, retry_failed: bool = False) -> dict:
+              plan_only: bool = False, retry_failed: bool = False, executor: str = "local",
+              slurm: Mapping | None = None, wait: bool = True, poll_s: float = 2.0) -> dict:
     """Run (or resume) a study; writes ``OUT/study.json`` (and the report) and returns it.
 
     ``cases`` restricts the run to those case ids (e.g. one batch-array task); with
@@ -561,6 +580,14 @@ def run_study(study: dict | str | os.PathLike, out_dir: str | os.PathLike, *, qu
     returns the case list without running any case. A case that fails (a diverging solver, an
     offset that empties an organ) is recorded as finished with an ``error`` and no outputs,
     so the rest of the study goes on; ``retry_failed`` runs such cases again.
+
+    ``executor="slurm"`` submits the unfinished cases as one Slurm job array (sbatch settings
+    from the study's ``[run.slurm]`` table, then ``slurm``: see :mod:`workflows.hpc`), skipping
+    cases whose job is still queued or running; it then waits for them (polling every
+    ``poll_s`` seconds) and analyses, or with ``wait=False`` returns at once (a later call
+    analyses what finished). A case whose job left the queue without a result (cancelled,
+    timed out, preempted) is submitted again by the next call; ``OUT/jobs.json`` records
+    every submission (``digipat jobs OUT``).
     """
     if not isinstance(study, dict):
         study = read_study(study)
@@ -602,7 +629,22 @@ def run_study(study: dict | str | os.PathLike, out_dir: str | os.PathLike, *, qu
     todo = [c for c in selected if not finished(c)]
     say(f"[study] {study['name']}: {len(plan)} cases ({study['design']['type']} design), "
         f"{sum(1 for c in plan if finished(c))} already finished")
+    if executor not in ("local", "slurm"):
+        raise StudyError(f"executor must be 'local' or 'slurm', got {executor!r}")
     ctx = _prepare(study, out, say)
+    if executor == "slurm" and todo:
+        left = _on_slurm(study, out, todo, slurm, wait, poll_s, say, finished)
+        if left is not None:
+            return left
+        todo = []
+    elif todo and cases is None and (out / "jobs.json").is_file():  # a whole local run beside cases on Slurm
+        from workflows.hpc import JobBook
+
+        active = JobBook(out / "jobs.json").active()
+        if active:
+            say(f"[study] {len(active)} case(s) still queued or running on Slurm: left to them")
+            todo = [c for c in todo if c["id"] not in active]
+            analyse = False
     workers = min(study["workers"], max(1, len(todo)))
     threads = 1 if workers > 1 else None
     done = 0
@@ -663,6 +705,50 @@ def run_study(study: dict | str | os.PathLike, out_dir: str | os.PathLike, *, qu
     if "report" in summary:
         say(f"[study] report: {summary['report']}")
     return summary
+
+
+def _on_slurm(study: dict, out: Path, todo: list[dict], slurm: Mapping | None, wait: bool, poll_s: float, say,
+              finished) -> dict | None:
+    """Submit ``todo`` (less what is still queued) as a job array and wait for it; returns None
+    when every case has its result, else the summary to return (``wait=False``)."""
+    from workflows.hpc import HPCError, JobBook, require_slurm, slurm_options, submit_array
+
+    try:
+        require_slurm()
+        options = slurm_options(study.get("slurm"), slurm)
+    except HPCError as exc:
+        raise StudyError(str(exc)) from None
+    book = JobBook(out / "jobs.json")
+    active = book.active()
+    new = [c["id"] for c in todo if c["id"] not in active]
+    if active:
+        say(f"[study] {sum(1 for c in todo if c['id'] in active)} case(s) already queued or running on Slurm")
+    if new:
+        again = sum(1 for i in new if book.latest(i) is not None)
+        ids = submit_array(_slurm_case, [(str(out.resolve()), i) for i in new], out.resolve() / "slurm", options,
+                           name=f"digipat-{study['name']}"[:60])
+        book.add("case", new, ids)
+        say(f"[study] submitted {len(new)} case(s) as Slurm job array {ids[0].split('_')[0]}"
+            + (f" ({again} again: they had left the queue without a result)" if again else "")
+            + f"; status: digipat jobs {out}")
+    if not wait:
+        return {"schema_version": SCHEMA_VERSION, "name": study["name"], "submitted": new,
+                "queued": sorted(set(active) | set(new)), "jobs": str(out / "jobs.json")}
+    t0, shown = time.perf_counter(), -1
+    while True:
+        done = sum(1 for c in todo if finished(c))
+        if done != shown:
+            say(f"[study] Slurm: {done}/{len(todo)} case(s) finished, {time.perf_counter() - t0:.0f} s")
+            shown = done
+        if done == len(todo):
+            return None
+        queued = book.active()
+        if not any(c["id"] in queued for c in todo if not finished(c)):
+            lost = [c["id"] for c in todo if not finished(c)]
+            raise StudyError(f"{len(lost)} case(s) left the Slurm queue without a result (cancelled, timed out or "
+                             f"preempted: {', '.join(lost[:5])}{' ...' if len(lost) > 5 else ''}); run the same "
+                             f"command again to submit them anew (digipat jobs {out} lists them)")
+        time.sleep(poll_s)
 
 
 # ----------------------------------------------------------------------------- analysis
