@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping, Sequence
 from workflows.common import write_json_atomic
 
 __all__ = ["HPCError", "SlurmOptions", "SBATCH_OPTION", "slurm_options", "require_slurm", "submit_array",
-           "queue_states", "JobBook", "item_state", "mpi_command"]
+           "queue_states", "JobBook", "item_state", "mpi_command", "wait_for"]
 
 #: Each [run.slurm] key and the sbatch option it becomes.
 SBATCH_OPTION = {
@@ -202,3 +202,22 @@ def mpi_command(n: int, mpiexec: str = "mpiexec") -> list[str]:
     if os.environ.get("SLURM_JOB_ID") and shutil.which("srun"):
         return ["srun", "--overlap", "--mpi=pmi2", "--ntasks", str(int(n))]
     return [mpiexec, "-n", str(int(n))]
+
+
+def wait_for(items: Sequence[str], finished: Callable[[str], bool], book: JobBook, say: Callable[[str], None],
+             what: str, poll_s: float = 2.0) -> list[str]:
+    """Wait until every item is finished or has left the queue without finishing; returns the
+    latter (empty when all finished), saying ``"<what>: k/n finished"`` as the count moves."""
+    t0, shown = time.perf_counter(), -1
+    while True:
+        n = sum(1 for i in items if finished(i))
+        if n != shown:
+            say(f"{what}: {n}/{len(items)} finished, {time.perf_counter() - t0:.0f} s")
+            shown = n
+        if n == len(items):
+            return []
+        queued = book.active()
+        left = [i for i in items if not finished(i)]
+        if not any(i in queued for i in left):
+            return left
+        time.sleep(poll_s)

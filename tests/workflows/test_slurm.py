@@ -66,7 +66,7 @@ def test_a_study_on_slurm_equals_the_local_run(slurm, tmp_path, capsys):
     local = S.run_study(f, tmp_path / "local", quiet=True, report=False)
     assert main(["study", "run", str(f), "--out", str(tmp_path / "slurm"), "--executor", "slurm", "--no-report"]) == 0
     log = capsys.readouterr().out
-    assert "as Slurm job array" in log and "6/6 case(s) finished" in log, log
+    assert "as Slurm job array" in log and "cases: 6/6 finished" in log, log
     batch = json.loads((tmp_path / "slurm" / "study.json").read_text())
     assert len(batch["cases"]) == 6
     assert _outputs(batch) == pytest.approx(_outputs(local), rel=1e-9)

@@ -303,7 +303,7 @@ def _dose_task(scenario_path: str, out_dir: str, task: int, tasks: int, threads:
 def _dose_on_slurm(scenario_path: Path, sc, out: Path, tasks: int, threads, slurm, wait: bool, poll_s: float,
                    say) -> dict | None:
     """Submit the unfinished shares of a split dose run and wait; None when all are done."""
-    from workflows.hpc import HPCError, JobBook, require_slurm, slurm_options, submit_array
+    from workflows.hpc import HPCError, JobBook, require_slurm, slurm_options, submit_array, wait_for
 
     if isinstance(tasks, bool) or not isinstance(tasks, int) or not 1 <= tasks <= sc.run.batches:
         raise ScenarioError(f"--tasks must be an integer from 1 to the scenario's {sc.run.batches} batches "
@@ -334,21 +334,12 @@ def _dose_on_slurm(scenario_path: Path, sc, out: Path, tasks: int, threads, slur
             f"({sc.run.batches} batches of {sc.run.histories_per_batch} histories); status: digipat jobs {out}")
     if not wait:
         return {"submitted": new, "queued": sorted(set(active) | set(new)), "jobs": str(out / "jobs.json")}
-    t0, shown = time.perf_counter(), -1
-    while True:
-        n = sum(done(i) for i in marker)
-        if n != shown:
-            say(f"dose: Slurm: {n}/{tasks} task(s) finished, {time.perf_counter() - t0:.0f} s")
-            shown = n
-        if n == tasks:
-            return None
-        queued = book.active()
-        lost = [i for i in marker if not done(i) and i not in queued]
-        if lost:
-            raise ScenarioError(f"{len(lost)} dose task(s) left the Slurm queue without finishing (cancelled, timed "
-                                f"out or preempted: {', '.join(lost)}); run the same command again (finished "
-                                f"batches are kept in {state})")
-        time.sleep(poll_s)
+    lost = wait_for(list(marker), done, book, say, "dose: Slurm: tasks", poll_s)
+    if lost:
+        raise ScenarioError(f"{len(lost)} dose task(s) left the Slurm queue without finishing (cancelled, timed "
+                            f"out or preempted: {', '.join(lost)}); run the same command again (finished "
+                            f"batches are kept in {state})")
+    return None
 
 
 def run_dose(scenario: Scenario | str | Path, out_dir: str | Path, *, threads: int | None = None,

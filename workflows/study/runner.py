@@ -711,7 +711,7 @@ def _on_slurm(study: dict, out: Path, todo: list[dict], slurm: Mapping | None, w
               finished) -> dict | None:
     """Submit ``todo`` (less what is still queued) as a job array and wait for it; returns None
     when every case has its result, else the summary to return (``wait=False``)."""
-    from workflows.hpc import HPCError, JobBook, require_slurm, slurm_options, submit_array
+    from workflows.hpc import HPCError, JobBook, require_slurm, slurm_options, submit_array, wait_for
 
     try:
         require_slurm()
@@ -734,21 +734,13 @@ def _on_slurm(study: dict, out: Path, todo: list[dict], slurm: Mapping | None, w
     if not wait:
         return {"schema_version": SCHEMA_VERSION, "name": study["name"], "submitted": new,
                 "queued": sorted(set(active) | set(new)), "jobs": str(out / "jobs.json")}
-    t0, shown = time.perf_counter(), -1
-    while True:
-        done = sum(1 for c in todo if finished(c))
-        if done != shown:
-            say(f"[study] Slurm: {done}/{len(todo)} case(s) finished, {time.perf_counter() - t0:.0f} s")
-            shown = done
-        if done == len(todo):
-            return None
-        queued = book.active()
-        if not any(c["id"] in queued for c in todo if not finished(c)):
-            lost = [c["id"] for c in todo if not finished(c)]
-            raise StudyError(f"{len(lost)} case(s) left the Slurm queue without a result (cancelled, timed out or "
-                             f"preempted: {', '.join(lost[:5])}{' ...' if len(lost) > 5 else ''}); run the same "
-                             f"command again to submit them anew (digipat jobs {out} lists them)")
-        time.sleep(poll_s)
+    byid = {c["id"]: c for c in todo}
+    lost = wait_for(list(byid), lambda i: finished(byid[i]), book, say, "[study] Slurm: cases", poll_s)
+    if lost:
+        raise StudyError(f"{len(lost)} case(s) left the Slurm queue without a result (cancelled, timed out or "
+                         f"preempted: {', '.join(lost[:5])}{' ...' if len(lost) > 5 else ''}); run the same "
+                         f"command again to submit them anew (digipat jobs {out} lists them)")
+    return None
 
 
 # ----------------------------------------------------------------------------- analysis
