@@ -177,15 +177,29 @@ def normalise(array: np.ndarray, plan: Plan) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- synthetic training cases
-def synthetic_case(seed: int, *, shape_zyx=(48, 48, 48), spacing_mm=None, hard: bool = False, clean: bool = False):
+#: The held-out difficulty levels of :func:`synthetic_case` beside training's own draw:
+#: (radius in voxels, lumen-tissue contrast in HU, noise sigma in HU), each drawn uniformly.
+#: Training draws radius 2-10 voxels, contrast 200-550 HU, noise 5-30 HU.
+DIFFICULTY = {
+    False: ((2.0, 10.0), (200.0, 550.0), (5.0, 30.0)),
+    # thinner, lower contrast, noisier than training, yet wide enough that the truth can be meshed:
+    # the set for the pressure-drop check
+    "moderate": ((1.8, 3.0), (150.0, 250.0), (30.0, 45.0)),
+    # beyond: vessels 1.3-2.2 voxels with noise about equal to their contrast (segmentation check)
+    True: ((1.3, 2.2), (120.0, 250.0), (25.0, 45.0)),
+}
+
+
+def synthetic_case(seed: int, *, shape_zyx=(48, 48, 48), spacing_mm=None, hard: bool | str = False,
+                   clean: bool = False):
     """One randomised synthetic angiogram with its truth: ``(image Volume, label Volume, params)``.
 
-    The vessel's radius is drawn in voxels (2 to 8; the network works on voxels, and real
+    The vessel's radius is drawn in voxels (2 to 10; the network works on voxels, and real
     vessels come at every size) on an isotropic grid of 0.4 to 1.0 mm unless ``spacing_mm`` is
     given; some cases get a contrast-filled chamber the vessel comes out of (lumen too) or a
     corner of lung or air. ``hard`` draws a harder case than training sees (lower contrast, more noise,
-    thinner vessels: 1.3 to 2.2 voxels), for checking generalisation with seeds training
-    never used. ``clean`` gives the same case's vessel alone, unblurred and noise-free (its
+    thinner vessels: 1.3 to 2.2 voxels; ``"moderate"``: 1.8 to 3 voxels, see :data:`DIFFICULTY`), for
+    checking generalisation with seeds training never used. ``clean`` gives the same case's vessel alone, unblurred and noise-free (its
     partial-volume image has the wall at the half-maximum: the truth geometry for the physics;
     chambers and the other distractors are left out, ``params["chamber"]`` says whether the
     full case has one).
@@ -196,7 +210,10 @@ def synthetic_case(seed: int, *, shape_zyx=(48, 48, 48), spacing_mm=None, hard: 
     geometry = str(rng.choice(["straight", "curved", "bifurcation"]))
     if spacing_mm is None:
         spacing_mm = (float(rng.uniform(0.4, 1.0)),) * 3
-    r_vox = float(rng.uniform(1.3, 2.2) if hard else rng.uniform(2.0, 10.0))
+    if hard not in DIFFICULTY:
+        raise ValueError(f"unknown difficulty {hard!r}: use one of {sorted(map(str, DIFFICULTY))}")
+    r_range, contrast_range, noise_range = DIFFICULTY[hard]
+    r_vox = float(rng.uniform(*r_range))
     radius = r_vox * float(min(spacing_mm[1:]))
     stenosis = Stenosis(area_reduction=float(rng.uniform(0.2, 0.75)), length_mm=float(rng.uniform(3, 8)) * radius,
                         position=float(rng.uniform(0.3, 0.7)),
@@ -205,8 +222,8 @@ def synthetic_case(seed: int, *, shape_zyx=(48, 48, 48), spacing_mm=None, hard: 
                          thickness_mm=float(rng.uniform(0.2, 0.5)) * radius, hu=float(rng.uniform(700, 1400))) \
         if rng.random() < 0.3 else None
     tissue = float(rng.uniform(0, 80))
-    lumen = tissue + float(rng.uniform(120, 250) if hard else rng.uniform(200, 550))
-    noise = float(rng.uniform(25, 45) if hard else rng.uniform(5, 30))
+    lumen = tissue + float(rng.uniform(*contrast_range))
+    noise = float(rng.uniform(*noise_range))
     psf = float(rng.uniform(0.4, 1.0))
     angle = float(rng.uniform(30, 80))
     while True:

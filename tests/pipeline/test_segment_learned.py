@@ -182,3 +182,24 @@ def test_an_mr_angiogram_is_standardised_onto_the_ct_models_scale():
     assert dice(raw, truth) < 0.8
     assert dice(ok, truth) > 0.95
     assert standardise_for_model(mr.image, plan, "ct") == (mr.image, None)  # CT on a CT model: as it is
+
+
+def test_held_out_difficulties_are_harder_than_training():
+    """The held-out levels draw thinner, fainter, noisier vessels than training (table
+    DIFFICULTY), and the drawn case holds what its parameters say."""
+    from pipeline.segment.learn_data import DIFFICULTY, synthetic_case
+
+    train_r, train_c, train_n = DIFFICULTY[False]
+    for level in ("moderate", True):
+        r, c, n = DIFFICULTY[level]
+        assert r[0] < train_r[0] and r[1] < 0.5 * (train_r[0] + train_r[1])
+        assert c[0] < train_c[0] and c[1] < 0.5 * (train_c[0] + train_c[1])
+        assert n[1] > train_n[1] and n[0] > 0.5 * (train_n[0] + train_n[1])
+        for seed in (100000, 100001, 100002):
+            image, label, p = synthetic_case(seed, shape_zyx=(32, 32, 32), spacing_mm=(0.5, 0.5, 0.5), hard=level)
+            r_vox = p["radius_mm"] / p["spacing_mm"]
+            assert r_vox <= r[1] + 1e-9 and r_vox >= 0.85 ** 3 * r[0]  # (bifurcations may be thinned to fit)
+            assert c[0] <= p["lumen_hu"] - p["tissue_hu"] <= c[1] and n[0] <= p["noise_hu"] <= n[1]
+            assert np.asarray(label.array).any() and np.asarray(image.array).std() > 0
+    with pytest.raises(ValueError, match="unknown difficulty"):
+        synthetic_case(1, hard="extreme")
