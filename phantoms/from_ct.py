@@ -58,6 +58,9 @@ __all__ = ["CTPhantomError", "HU_LABEL_OFFSET", "SCHNEIDER_TABLE", "SchneiderBin
 
 #: HU-derived voxels get label ``HU_LABEL_OFFSET + bin``; organ labels must be below it.
 HU_LABEL_OFFSET = 1000
+#: ``label_map_path`` value that reads the label map as TotalSegmentator's "total" classes
+#: (:mod:`phantoms.totalsegmentator`).
+TOTALSEGMENTATOR = "totalsegmentator"
 #: The calibration table shipped with digipat.
 SCHNEIDER_TABLE = DATA_DIR / "schneider2000_hu_bins.csv"
 
@@ -395,7 +398,11 @@ def phantom_from_ct(ct_path, out_dir, age, labels_path=None, label_map_path=None
     labels_path : str or path-like, optional
         Integer organ label map on exactly the CT grid (0 = unlabelled, organs 1..999).
     label_map_path : str or path-like, optional
-        Required with ``labels_path``: CSV ``label_id,organ,tissue`` (:func:`read_label_map_table`).
+        Required with ``labels_path``: CSV ``label_id,organ,tissue`` (:func:`read_label_map_table`),
+        or ``"totalsegmentator"``: the labels are TotalSegmentator's "total" classes, mapped to
+        dosimetry organs by the shipped table (:mod:`phantoms.totalsegmentator`: lobes to lungs,
+        hollow organs to walls with CT-number contents, bones to the spongiosa of their marrow
+        site, lungs and bone with densities from the CT number).
     assign_all_from_hu : bool, optional
         If True every voxel's density comes from its CT number; labelled voxels keep their
         organ label and tissue composition (one material row per label), unlabelled voxels get
@@ -411,7 +418,9 @@ def phantom_from_ct(ct_path, out_dir, age, labels_path=None, label_map_path=None
         ``hu_min`` / ``hu_max``, ``n_voxels_below_calibration`` / ``n_voxels_above_calibration``
         (HU outside the density knots, where the density is clamped), ``total_mass_g``,
         ``organs`` (per output label: ``label_id, name, tissue, kind ('organ' or 'hu_bin'), n_voxels,
-        volume_cm3, mass_g, mean_density_g_cm3``) and ``table_labels_not_in_image``.
+        volume_cm3, mass_g, mean_density_g_cm3``), ``table_labels_not_in_image`` and ``coverage``
+        (TotalSegmentator maps: which ICRP 103 tissues the CT holds whole, cut off or not at all,
+        :func:`phantoms.totalsegmentator.coverage`; else None).
 
     Notes
     -----
@@ -449,7 +458,15 @@ def phantom_from_ct(ct_path, out_dir, age, labels_path=None, label_map_path=None
     rho_hu = cal.density(hu)
 
     table: dict[int, tuple[str, str]] = {}
-    if labels_path is not None:
+    density_from_hu: set[int] = set()
+    ts = None  # a TotalSegmentator map, turned into dosimetry organs
+    if labels_path is not None and str(label_map_path).lower() == TOTALSEGMENTATOR:
+        from phantoms.totalsegmentator import organ_labels
+
+        ts = organ_labels(_read_labels(labels_path, ct), ct.spacing_mm)
+        organ_lab, table, density_from_hu = ts.labels.astype(np.int64), dict(ts.organs), set(ts.density_from_hu)
+        present = sorted(table)
+    elif labels_path is not None:
         organ_lab = _read_labels(labels_path, ct)
         table = read_label_map_table(label_map_path)
         present = [int(v) for v in np.unique(organ_lab) if v != 0]
@@ -469,9 +486,11 @@ def phantom_from_ct(ct_path, out_dir, age, labels_path=None, label_map_path=None
         density = rho_hu
     else:
         lut = np.zeros(HU_LABEL_OFFSET, dtype=np.float64)
+        hu_density = np.zeros(HU_LABEL_OFFSET, dtype=bool)
         for L in present:
             lut[L] = tissue(table[L][1], age).density_g_cm3
-        density = np.where(labelled, lut[organ_lab], rho_hu)
+            hu_density[L] = L in density_from_hu
+        density = np.where(labelled & ~hu_density[organ_lab], lut[organ_lab], rho_hu)
     for L in present:
         organ, tname = table[L]
         materials[L] = tissue(tname, age)
@@ -489,6 +508,17 @@ def phantom_from_ct(ct_path, out_dir, age, labels_path=None, label_map_path=None
             "labels_path": None if labels_path is None else str(labels_path),
             "label_map_path": None if label_map_path is None else str(label_map_path),
             "hu_label_offset": HU_LABEL_OFFSET, "hu_calibration": cal.source}
+    cover = None
+    if ts is not None:
+        from phantoms.totalsegmentator import TOTALSEGMENTATOR_TABLE, coverage
+
+        cover = coverage(organ_lab, table, ts.icrp103)
+        for L in present:
+            info[L].update(icrp103_tissue=ts.icrp103.get(L), density_from="ct_number" if L in density_from_hu
+                           else "tissue", cut_by=cover["organs"][table[L][0]]["cut_by"])
+        meta.update(label_map=TOTALSEGMENTATOR, class_table=str(TOTALSEGMENTATOR_TABLE.name),
+                    totalsegmentator_classes=ts.classes, hollow_contents_voxels=ts.contents_voxels,
+                    coverage=cover)
     exported = export_phantom(vol, density, materials, out_dir, label_info=info, metadata=meta)
     return {
         "out_dir": str(Path(out_dir)),
@@ -507,5 +537,6 @@ def phantom_from_ct(ct_path, out_dir, age, labels_path=None, label_map_path=None
         "total_mass_g": exported["total_mass_g"],
         "organs": exported["organs"],
         "table_labels_not_in_image": sorted(set(table) - set(present)),
+        "coverage": cover,
     }
 

@@ -8,11 +8,13 @@
     The stylised ICRP reference phantom of :mod:`phantoms.stylized`; writes
     ``DIR/labels.nii.gz``, ``DIR/materials.csv``, ``DIR/organs.json`` and ``DIR/phantom.png``
     and prints each organ's mass against its ICRP Publication 89 reference.
-``digipat phantom from-ct CT_IMAGE [--labels SEG --label-map TABLE] --age AGE --out DIR [--all-hu]``
+``digipat phantom from-ct CT_IMAGE [--labels SEG --label-map TABLE|totalsegmentator] --age AGE --out DIR [--all-hu]``
     A phantom from a CT image (and optionally an organ segmentation) via
     :func:`phantoms.from_ct.phantom_from_ct`.
 ``digipat ctdi PROTOCOL (--phantom-diameter-cm 16|32 | --free-in-air)``
     CTDI100, CTDIw and CTDIvol of a protocol (:mod:`workflows.dose.ctdi`).
+``digipat ssde CT_IMAGE [--ctdivol MGY] [--phantom-diameter-cm 16|32] [--json]``
+    Water-equivalent diameters and the size-specific dose estimate (:mod:`workflows.dose.ssde`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+import numpy as np
 
 from workflows.dose.ctdi import CTDI_NAME, DEFAULT_HISTORIES, run_ctdi, summary_text
 from workflows.dose.run import run_dose
@@ -33,6 +37,41 @@ def register(sub) -> None:
     _add_dose(sub)
     _add_phantom(sub)
     _add_ctdi(sub)
+    _add_ssde(sub)
+
+
+def cmd_ssde(a: argparse.Namespace) -> int:
+    """``digipat ssde CT``: water-equivalent diameters and SSDE (AAPM 204/220) of a CT. Returns 0."""
+    from pipeline.image import read_image
+    from workflows.dose.ssde import ssde
+
+    img = read_image(a.ct_image)
+    r = ssde(np.asarray(img.array, np.float32), img.spacing_mm, a.ctdivol, phantom_cm=a.phantom_diameter_cm)
+    if a.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    dw = [d for d in r["water_equivalent_diameter_cm"] if d > 0]
+    print(f"water-equivalent diameter (AAPM 220): mean {r['mean_dw_cm']:.1f} cm, range {min(dw):.1f}-{max(dw):.1f} "
+          f"cm over {len(dw)} slices; centre slice {r['centre_dw_cm']:.1f} cm")
+    print(f"conversion factor f (AAPM 204, {a.phantom_diameter_cm} cm phantom): mean {r['mean_conversion_factor']:.3f}")
+    if a.ctdivol is not None:
+        print(f"SSDE {r['ssde_mGy']:.3g} mGy for CTDIvol {a.ctdivol:g} mGy")
+    for note in r["notes"]:
+        print(f"note: {note}")
+    return 0
+
+
+def _add_ssde(sub) -> None:
+    c = sub.add_parser("ssde", help="size-specific dose estimate of a CT (AAPM Reports 204 and 220)",
+                       description="Water-equivalent diameter of every axial slice of a CT (AAPM Report 220: the "
+                                   "patient region above -500 HU, its attenuation as water) and the AAPM Report 204 "
+                                   "conversion factor from CTDIvol to the size-specific dose estimate.")
+    c.add_argument("ct_image", help="CT in HU: NIfTI, NRRD, MHA or a DICOM series folder")
+    c.add_argument("--ctdivol", type=float, default=None, metavar="MGY", help="the scan's CTDIvol (mGy): print SSDE")
+    c.add_argument("--phantom-diameter-cm", type=int, choices=(16, 32), default=32,
+                   help="CTDI phantom the CTDIvol refers to (default 32)")
+    c.add_argument("--json", action="store_true", help="print every number as JSON")
+    c.set_defaults(func=cmd_ssde)
 
 
 def cmd_dose(a: argparse.Namespace) -> int:
@@ -167,6 +206,17 @@ def cmd_phantom_from_ct(a: argparse.Namespace) -> int:
             for key, value in result.items():
                 if isinstance(value, (str, Path, int, float)):
                     print(f"{key}: {value}")
+            cover = result.get("coverage")
+            if cover:
+                print("organs (mass g; cut = reaches the scan's ends or the field of view):")
+                for r in result["organs"]:
+                    if r.get("kind") == "organ":
+                        cut = cover["organs"].get(r["name"], {}).get("cut_by") or []
+                        print(f"  {r['name']:<30} {r['mass_g']:>10.1f}" + ("  cut by " + ", ".join(cut) if cut else ""))
+                icrp = cover["icrp103"]
+                print("ICRP 103 tissues in the CT, whole: " + (", ".join(icrp["whole"]) or "none"))
+                print("  partly (cut off): " + (", ".join(icrp["partial"]) or "none"))
+                print("  missing: " + (", ".join(icrp["missing"]) or "none"))
         print(f"phantom written to {out}")
     return 0
 
@@ -201,7 +251,10 @@ def _add_phantom(subparsers) -> None:
                                    "optional segmentation; writes the phantom files to OUT.")
     f.add_argument("ct_image", help="CT image in HU: NIfTI, NRRD, MHA or a DICOM series folder")
     f.add_argument("--labels", metavar="SEG", help="organ segmentation (integer labels) on the CT grid")
-    f.add_argument("--label-map", metavar="TABLE", help="table naming the organ of each label id in SEG")
+    f.add_argument("--label-map", metavar="TABLE",
+                   help="table naming the organ of each label id in SEG (CSV label_id,organ,tissue), or "
+                        "'totalsegmentator': SEG holds TotalSegmentator's 117 'total' classes, mapped to ICRP "
+                        "organs by the shipped table")
     f.add_argument("--age", required=True, metavar="AGE", help=f"reference age for the tissues: one of {ages}")
     f.add_argument("--out", required=True, help="output folder")
     f.add_argument("--all-hu", action="store_true",

@@ -65,8 +65,12 @@ def _norm(name: str) -> str:
 
 
 def icrp_tissue(organ_name: str) -> str | None:
-    """ICRP 103 tissue of a phantom organ name, or None (e.g. soft tissue, air)."""
-    return SYNONYMS.get(_norm(organ_name))
+    """ICRP 103 tissue of a phantom organ name, or None (e.g. soft tissue, air).
+
+    ``spongiosa_<site>`` (the marrow-bone mixture of one skeletal site, as a TotalSegmentator
+    map gives it) stands for red marrow: several sites combine mass-weighted."""
+    n = _norm(organ_name)
+    return "red_marrow" if n.startswith("spongiosa_") else SYNONYMS.get(n)
 
 
 def effective_dose(organ_dose: Mapping[str, tuple[float, float]], sex: str = "male",
@@ -118,7 +122,7 @@ def effective_dose(organ_dose: Mapping[str, tuple[float, float]], sex: str = "ma
         skel = [(o, float(d), float(s) if s is not None and math.isfinite(s) else 0.0,
                  float(organ_mass_g[o]) if organ_mass_g and o in organ_mass_g else 1.0)
                 for o, (d, s) in organ_dose.items()
-                if _norm(o) in _SKELETAL and d is not None and math.isfinite(d)]
+                if (_norm(o) in _SKELETAL or _norm(o).startswith("spongiosa_")) and d is not None and math.isfinite(d)]
         if skel:
             d, s = combine(skel)
             tissues["bone_surface"] = {"dose": d, "sigma": s, "organs": [o for o, *_ in skel]}

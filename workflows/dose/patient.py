@@ -101,7 +101,7 @@ def _load_phantom(spec: dict, out: Path, quiet: bool):
                     names[int(i)] = rec.get("name", name)
         elif isinstance(organs, list):
             for rec in organs:
-                for i in rec.get("label_ids", [rec.get("label")]):
+                for i in rec.get("label_ids", [rec.get("label", rec.get("label_id"))]):
                     if i is not None:
                         names[int(i)] = rec.get("name", str(i))
     world = 0 if 0 in mats and mats[0].density_g_cm3 < 0.01 else None
@@ -109,8 +109,63 @@ def _load_phantom(spec: dict, out: Path, quiet: bool):
     return phantom, mats, names, vol
 
 
+def body_isocentre(phantom_labels, mats, density_threshold_g_cm3: float = 0.5) -> list[float]:
+    """The body's centre in x, y (world mm) on the grid's middle slice, z = 0: where a patient lies on
+    the rotation axis. ``phantom_labels`` is the labels Volume, ``mats`` its materials."""
+    lab = np.asarray(phantom_labels.array)
+    rho = np.zeros(int(lab.max()) + 1)
+    for k, m in mats.items():
+        if 0 <= k < rho.size:
+            rho[k] = m.density_g_cm3
+    mid = lab.shape[0] // 2
+    body = rho[lab[mid]] > density_threshold_g_cm3
+    if not body.any():
+        raise ScenarioError("[phantom] isocentre_mm = \"body\": no tissue on the middle slice of the phantom")
+    j, i = np.nonzero(body)
+    xyz = phantom_labels.index_to_world([float(mid), float(j.mean()), float(i.mean())])
+    return [float(xyz[0]), float(xyz[1]), 0.0]
+
+
+def size_specific_dose(vol, mats, protocol, ctdivol_mGy, isocentre, organs_path=None) -> dict | None:
+    """AAPM 204/220 SSDE over the scanned slices of the phantom (:mod:`workflows.dose.ssde`).
+
+    CT numbers come from the CT the phantom was made from (``organs.json``'s ``ct_path``, when
+    it exists on the same grid), else from the phantom's densities as ``1000 (rho - 1)`` HU
+    (water-equivalent by mass density, which for tissues follows electron density within a
+    few per cent). Slices whose centre lies in the scan range count. None if none does.
+    """
+    from pipeline.image import read_image
+    from workflows.dose.ssde import ssde
+
+    lab = np.asarray(vol.array)
+    hu, source = None, "phantom densities (1000 (rho - 1) HU)"
+    if organs_path is not None:
+        meta = json.loads(Path(organs_path).read_text())
+        ct = meta.get("ct_path")
+        if ct and Path(ct).exists():
+            img = read_image(ct)
+            if img.shape == lab.shape and np.allclose(img.spacing_mm, vol.spacing_mm, rtol=1e-4):
+                hu, source = np.asarray(img.array, np.float32), f"CT numbers of {ct}"
+    if hu is None:
+        rho = np.zeros(int(lab.max()) + 1)
+        for k, m in mats.items():
+            if 0 <= k < rho.size:
+                rho[k] = m.density_g_cm3
+        hu = (1000.0 * (rho[lab] - 1.0)).astype(np.float32)
+    zc = np.array([vol.index_to_world([float(k), 0.0, 0.0])[2] for k in range(lab.shape[0])]) - isocentre[2]
+    lo, hi = sorted((protocol.z_start_mm, protocol.z_end_mm))
+    inside = (zc >= lo) & (zc <= hi)
+    if not inside.any():
+        return None
+    diameter = protocol.ctdi_phantom_diameter_cm or 32
+    out = ssde(hu[inside], vol.spacing_mm, ctdivol_mGy, phantom_cm=int(diameter))
+    out.update(hu_source=source, slices=int(inside.sum()),
+               slice_z_mm=[float(z) for z in zc[inside]])
+    return out
+
+
 def run_scan(phantom, mats, protocol, physics_opts: Mapping, histories: int, batches: int, seed: int,
-              threads: int | None, state_dir=None, progress=None, spectrum=None):
+              threads: int | None, state_dir=None, progress=None, spectrum=None, isocentre_xyz_mm=(0.0, 0.0, 0.0)):
     """Transport the protocol's helical scan through ``phantom``; returns the engine's TransportResult.
 
     ``physics_opts`` are :class:`physics.transport.Physics` keywords (``e_max_keV`` is set
@@ -119,7 +174,7 @@ def run_scan(phantom, mats, protocol, physics_opts: Mapping, histories: int, bat
     """
     from physics.transport import Physics, Settings, run
 
-    source = protocol.source(phantom=phantom, spectrum=spectrum)
+    source = protocol.source(isocentre_xyz_mm=tuple(isocentre_xyz_mm), phantom=phantom, spectrum=spectrum)
     e_max = max(150.0, source.max_energy_keV * 1.001)
     physics = Physics(**{**dict(physics_opts), "e_max_keV": e_max})
     settings = Settings(histories // batches, batches, seed, threads, state_dir=state_dir)
@@ -193,9 +248,11 @@ def run_patient_dose(spec: ProtocolScenario, out_dir: str | Path, *,
     if not quiet:
         print(f"[dose] {spec.histories:.3g} photons, {protocol.n_rotations:.2f} rotations, "
               f"{protocol.kvp:g} kVp, pitch {protocol.pitch:g}", flush=True)
+    iso = spec.phantom.get("isocentre_mm", [0.0, 0.0, 0.0])
+    iso = body_isocentre(vol, mats) if iso == "body" else [float(v) for v in iso]
     try:
         res = run_scan(phantom, mats, protocol, spec.physics, spec.histories, spec.batches, spec.seed,
-                        th, state_dir=out / ".batches",
+                        th, state_dir=out / ".batches", isocentre_xyz_mm=iso,
                         progress=None if quiet else (lambda b, n: print(f"[dose] batch {b}/{n}", flush=True)))
     except TransportError as exc:
         raise ScenarioError(str(exc)) from None
@@ -208,6 +265,8 @@ def run_patient_dose(spec: ProtocolScenario, out_dir: str | Path, *,
     ctdivol_mGy, n_scan = norm["ctdivol_mGy"], norm["photons_in_scan"]
     rows, organ_dose_mGy, organ_mass = organ_table(res, mats, names, n_scan, ctdivol_mGy)
     eff = effective_dose(organ_dose_mGy, spec.phantom["sex"], organ_mass)
+    organs_json = (out / "phantom" / "organs.json") if "builtin" in spec.phantom else spec.phantom.get("organs")
+    size = size_specific_dose(vol, mats, protocol, ctdivol_mGy, iso, organs_json) if ctdivol_mGy else None
     # maps: mGy per voxel for the whole scan (or Gy per photon when the tube output is unknown)
     dose_pp, sig_pp = res.dose_Gy_per_photon()
     scale = n_scan * 1e3 if n_scan is not None else 1.0
@@ -255,6 +314,8 @@ def run_patient_dose(spec: ProtocolScenario, out_dir: str | Path, *,
                                                    if n_scan is not None and ctdivol_mGy else None),
         "effective_dose_detail": eff,
         "flagged_organs": [r["organ"] for r in rows if r["sigma_flag"]],
+        "isocentre_xyz_mm": iso,
+        "ssde": size,
         "wall_time_s": time.perf_counter() - t0,
         "provenance": provenance(seed=spec.seed, inputs_sha256=key),
     }
@@ -263,4 +324,7 @@ def run_patient_dose(spec: ProtocolScenario, out_dir: str | Path, *,
         print(f"[dose] CTDIvol {ctdivol_mGy if ctdivol_mGy is not None else float('nan'):.3g} mGy; "
               f"effective dose {results['effective_dose_mSv'] or float('nan'):.3g} mSv; results: {res_path}",
               flush=True)
+        if size:
+            print(f"[dose] SSDE {size['ssde_mGy']:.3g} mGy (water-equivalent diameter {size['mean_dw_cm']:.1f} cm "
+                  f"over {size['slices']} slices, f = {size['mean_conversion_factor']:.2f}; AAPM 204/220)", flush=True)
     return results

@@ -92,6 +92,7 @@ This module only reads and checks the file (:func:`read_scenario` → :class:`Sc
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,7 +115,7 @@ DEFAULT_FILTRATION_MM = {"Al": 2.5}
 
 _SECTIONS = ("phantom", "source", "physics", "run")
 #: ``[source] type = "protocol"`` scenarios (a CT protocol on a digital patient, :mod:`workflows.dose.patient`).
-PROTOCOL_PHANTOM_KEYS = ("builtin", "sex", "voxel_mm", "labels", "materials", "organs")
+PROTOCOL_PHANTOM_KEYS = ("builtin", "sex", "voxel_mm", "labels", "materials", "organs", "isocentre_mm")
 _PROTOCOL_SOURCE_KEYS = ("type", "protocol")
 _PROTOCOL_RUN_KEYS = ("histories", "ctdi_histories", "seed", "batches", "threads")
 _PHANTOM_KEYS = ("labels", "materials", "world_material", "world_margin_mm")
@@ -555,6 +556,12 @@ def parse_protocol_scenario(data: Mapping[str, Any], base: Path) -> ProtocolScen
         phantom["sex"] = ph.get("sex", "male")
         if phantom["sex"] not in ("male", "female"):
             raise _err(f"[phantom] sex must be 'male' or 'female', got {phantom['sex']!r}")
+    iso = ph.get("isocentre_mm", [0.0, 0.0, 0.0])
+    if iso != "body" and not (isinstance(iso, list) and len(iso) == 3 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in iso)):
+        raise _err(f"[phantom] isocentre_mm must be [x, y, z] in mm (world) or \"body\" (the body's centre in x, y "
+                   f"on the scan's middle slice, z = 0), got {iso!r}")
+    phantom["isocentre_mm"] = iso if iso == "body" else [float(v) for v in iso]
     if "histories" not in run:
         raise _err("[run] histories is required")
     hist = _int("run", "histories", run["histories"], 1)
