@@ -6,8 +6,8 @@ bases down through liver, spleen and kidneys; it is placed on the full CT's grid
 phantom built with ``--label-map totalsegmentator``. A 120 kVp helical scan with a body bowtie
 covers the whole CT (33 cm, isocentre at the body's centre). Reference: AAPM Report 204's
 size-specific dose estimate for this patient (water-equivalent diameter by AAPM Report 220),
-the dose that organs fully inside an abdominal scan receive within about 10-30 % (Moore et
-al., Med. Phys. 41 (2014) 071917; AAPM 204 §1). Checked: liver, kidneys and spleen doses per
+AAPM 204's estimate of the dose at the centre of the scanned volume, proposed as the estimate
+of the dose to organs inside the scan (Moore et al., Med. Phys. 41 (2014) 071917). Checked: liver, kidneys and spleen doses per
 CTDIvol within 30 % of SSDE / CTDIvol; the effective dose counts red marrow (from the
 vertebrae and ribs in the map).
 """
