@@ -96,3 +96,27 @@ def _write_dicom_series(folder, vol, modality: str = "CT"):
 def write_dicom_series():
     """``write_dicom_series(folder, volume, modality="CT")``: a Volume as a DICOM series, one file per slice."""
     return _write_dicom_series
+
+
+@pytest.fixture
+def body_ct_protocol():
+    """:func:`_body_ct_protocol`, for tests that write CT protocol files."""
+    return _body_ct_protocol
+
+
+def _body_ct_protocol(z_start_mm: float, z_end_mm: float) -> str:
+    """A 120 kVp helical body protocol (body bowtie, 6 mm Al, 40 mm collimation, pitch 1, 200 mAs)
+    over ``[z_start_mm, z_end_mm]``, as protocol TOML text."""
+    return f"""
+[scanner]
+bowtie = "body"
+[tube]
+kvp = 120.0
+filtration_mm = {{Al = 6.0}}
+mAs_per_rotation = 200.0
+[scan]
+collimation_mm = 40.0
+pitch = 1.0
+z_start_mm = {z_start_mm}
+z_end_mm = {z_end_mm}
+"""

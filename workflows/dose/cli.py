@@ -8,7 +8,7 @@
     The stylised ICRP reference phantom of :mod:`phantoms.stylized`; writes
     ``DIR/labels.nii.gz``, ``DIR/materials.csv``, ``DIR/organs.json`` and ``DIR/phantom.png``
     and prints each organ's mass against its ICRP Publication 89 reference.
-``digipat phantom from-ct CT_IMAGE [--labels SEG --label-map TABLE|totalsegmentator] --age AGE --out DIR [--all-hu]``
+``digipat phantom from-ct CT_IMAGE [--labels SEG --label-map TABLE|totalsegmentator | --atlas] --age AGE --out DIR [--all-hu]``
     A phantom from a CT image (and optionally an organ segmentation) via
     :func:`phantoms.from_ct.phantom_from_ct`.
 ``digipat ctdi PROTOCOL (--phantom-diameter-cm 16|32 | --free-in-air)``
@@ -196,10 +196,18 @@ def cmd_phantom_from_ct(a: argparse.Namespace) -> int:
     """Make a phantom from a CT image with :func:`phantoms.from_ct.phantom_from_ct`. Returns 0."""
     if a.label_map is not None and a.labels is None:
         raise ValueError("--label-map TABLE needs --labels SEG (the segmentation whose label ids the table names)")
+    if a.atlas and a.labels is not None:
+        raise ValueError("--atlas segments the organs itself: give it or --labels SEG, not both")
     from phantoms.from_ct import phantom_from_ct
 
     out = Path(a.out)
-    result = phantom_from_ct(a.ct_image, out, a.age, labels_path=a.labels, label_map_path=a.label_map,
+    labels, label_map = a.labels, a.label_map
+    if a.atlas:
+        from workflows.segment.atlas import atlas_segment
+
+        seg = atlas_segment(a.ct_image, out / "atlas", a.age, a.sex, atlases=a.atlas_extra, quiet=a.quiet)
+        labels, label_map = seg["files"]["labels"], seg["files"]["label_table"]
+    result = phantom_from_ct(a.ct_image, out, a.age, labels_path=labels, label_map_path=label_map,
                              assign_all_from_hu=a.all_hu)
     if not a.quiet:
         if isinstance(result, dict):
@@ -257,6 +265,12 @@ def _add_phantom(subparsers) -> None:
                         "organs by the shipped table")
     f.add_argument("--age", required=True, metavar="AGE", help=f"reference age for the tissues: one of {ages}")
     f.add_argument("--out", required=True, help="output folder")
+    f.add_argument("--atlas", action="store_true",
+                   help="no segmentation at hand: segment the organs by registering the age- and sex-matched "
+                        "reference phantom to the CT (digipat segment atlas; written to OUT/atlas/)")
+    f.add_argument("--sex", default="male", choices=("male", "female"), help="with --atlas: the patient's sex")
+    f.add_argument("--atlas-extra", action="append", default=[], metavar="AGE:SEX",
+                   help="with --atlas: another atlas to fuse by majority vote (repeat)")
     f.add_argument("--all-hu", action="store_true",
                    help="assign every voxel's tissue from its CT number, even inside segmented organs")
     f.add_argument("--quiet", action="store_true", help="print nothing")

@@ -1,4 +1,4 @@
-"""``digipat segment synth | train | predict | evaluate``: the learned segmenter from the command line.
+"""``digipat segment synth | train | predict | evaluate | atlas``: segmentation from the command line.
 
 * ``synth DATASET --cases N``: a synthetic training set in nnU-Net's layout (randomised
   angiograms with known truth, :func:`pipeline.segment.learn_data.synthetic_case`).
@@ -6,6 +6,8 @@
   after an interruption and it continues from the last checkpoint).
 * ``predict IMAGE --model MODEL_DIR --out DIR``: ``DIR/lumen.nii.gz`` (mask),
   ``DIR/probability.nii.gz`` (lumen probability) and ``DIR/prediction.json``.
+* ``atlas CT --age A [--sex S] --out DIR``: organs by registering reference phantoms
+  (:mod:`workflows.segment.atlas`).
 * ``evaluate PRED TRUTH``: Dice, IoU, HD95, ASSD, sensitivity, specificity, precision, and the
   precision at a stated prevalence (``--prevalence``), printed or as JSON.
 """
@@ -24,7 +26,7 @@ class SegmentCliError(ValueError):
 
 def register(sub) -> None:
     """Add ``segment`` (with its four commands) to the ``digipat`` subparsers."""
-    seg = sub.add_parser("segment", help="learned lumen segmentation: synth, train, predict, evaluate",
+    seg = sub.add_parser("segment", help="segmentation: synth, train, predict, evaluate (U-Net); atlas (organs)",
                          description="The U-Net lumen segmenter (PyTorch, CPU).")
     s = seg.add_subparsers(dest="segment_command", metavar="SEGMENT_COMMAND")
     s.required = True
@@ -68,12 +70,47 @@ def register(sub) -> None:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_predict)
 
+    p = s.add_parser("atlas", help="organs of a CT by registering reference phantoms to it",
+                     description="Atlas segmentation: the reference phantom of the patient's age and sex (and any "
+                                 "--atlas AGE:SEX), rendered as a CT, registered to the CT (affine, then "
+                                 "diffeomorphic demons or a B-spline), its labels carried over and fused. Writes "
+                                 "DIR/labels.nii.gz, DIR/label_table.csv and DIR/atlas.json (registration quality).")
+    p.add_argument("ct_image", help="CT in HU: NIfTI, NRRD, MHA or a DICOM series folder")
+    p.add_argument("--age", required=True, help="patient's reference age: newborn, 1y, 5y, 10y, 15y or adult")
+    p.add_argument("--sex", default="male", choices=("male", "female"), help="patient's sex (default male)")
+    p.add_argument("--atlas", action="append", default=[], metavar="AGE:SEX",
+                   help="another atlas to fuse (repeat), e.g. --atlas adult:female --atlas 15y:male")
+    p.add_argument("--fusion", choices=("majority", "staple"), default="majority",
+                   help="how several atlases are fused (default majority)")
+    p.add_argument("--deformable", choices=("demons", "bspline", "none"), default="demons",
+                   help="deformable stage after the affine one (default demons)")
+    p.add_argument("--kvp", type=float, default=120.0, help="tube potential the atlas is rendered at (default 120)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the metric's random sampling (default 0)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--force", action="store_true", help="rerun even if DIR/atlas.json has the same inputs")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_atlas)
+
     p = s.add_parser("evaluate", help="compare a segmentation with a reference")
     p.add_argument("pred", help="predicted mask (non-zero = lumen)")
     p.add_argument("truth", help="reference mask on the same grid")
     p.add_argument("--prevalence", type=float, help="also report the precision at this lumen prevalence (0..1)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_atlas(a) -> int:
+    """``digipat segment atlas``: :func:`workflows.segment.atlas.atlas_segment`. Returns 0."""
+    from workflows.segment.atlas import atlas_segment
+
+    r = atlas_segment(a.ct_image, a.out, a.age, a.sex, atlases=a.atlas, fusion=a.fusion, deformable=a.deformable,
+                      kvp=a.kvp, seed=a.seed, force=a.force, quiet=a.quiet)
+    if not a.quiet:
+        vols = r["organ_volumes_cm3"]
+        print("organ volumes (cm³): " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(vols.items(), key=lambda x: -x[1])
+                                                if k not in ("soft_tissue", "air")))
+        print(f"labels: {r['files']['labels']}; table: {r['files']['label_table']}")
+    return 0
 
 
 def shipped_model() -> Path:
