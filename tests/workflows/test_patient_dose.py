@@ -107,6 +107,10 @@ def test_outputs_rerun_and_effective_dose(tmp_path):
     ("bad sex", ('sex = "male"', 'sex = "x"'), ["[phantom] sex"]),
     ("missing protocol", ('protocol = "', 'protocol = "no_'), ["[source] protocol", "does not exist"]),
     ("unknown key", ("seed = 3", "seed = 3\nbogus = 1"), ["[run]", "'bogus'"]),
+    ("bad isocentre", ('sex = "male"', 'sex = "male"\nisocentre_mm = [0, 0]'), ["[phantom] isocentre_mm", "body"]),
+    ("coverage on a built-in phantom", ("seed = 3", "seed = 3\ncoverage_check = true"),
+     ["[run] coverage_check", "from-ct"]),
+    ("coverage not a flag", ("seed = 3", "seed = 3\ncoverage_check = 1"), ["[run] coverage_check", "true or false"]),
 ])
 def test_bad_scenarios(tmp_path, capsys, case, edit, words):
     p = _protocol(tmp_path, 100.0, 250.0)

@@ -117,3 +117,34 @@ def test_atlas_against_totalsegmentator_on_the_real_ct(shared_reference, tmp_pat
         f"{n} {o_at[n]:.3f} vs {o_ts[n]:.3f} ({o_at[n] / o_ts[n] - 1:+.1%})" for n in ("liver", "spleen", "kidneys")
         if n in o_at and n in o_ts))
     assert scores["liver"] > 0.5  # (the atlas finds the liver; the other organs are reported)
+
+
+@pytest.mark.slow
+def test_what_the_ct_truncation_takes_from_the_organ_doses(shared_reference, tmp_path, body_ct_protocol):
+    """``[run] coverage_check``: the same scan on the adult reference phantom, whole and cut to the
+    CT's extent (placed by the lung base). Removing anatomy can only remove dose (each ratio
+    <= 1 within 3 sigma); organs cut by the CT's top (liver, lungs, stomach) lose more than
+    the kidneys, which lie inside the CT; nothing loses more than a third."""
+    import json
+
+    from phantoms.from_ct import phantom_from_ct
+    from workflows.cli import main
+
+    folder = shared_reference("real", "abdomen_ct")
+    phantom_from_ct(folder / "example_ct.nii.gz", tmp_path / "ph", "adult",
+                    labels_path=_ts_map_on_full_ct(folder, tmp_path), label_map_path="totalsegmentator")
+    _scan(tmp_path, body_ct_protocol(*SCAN_Z_MM), "ph")  # writes the scenario
+    toml = tmp_path / "scan_ph.toml"
+    toml.write_text(toml.read_text().replace("batches = 10", "batches = 10\ncoverage_check = true"))
+    assert main(["dose", str(toml), "--out", str(tmp_path / "cov"), "--quiet"]) == 0
+    r = json.loads((tmp_path / "cov" / "results.json").read_text())["truncation"]
+    t = r["tissues"]
+    print("\n[truncation of the real CT, adult reference phantom] alignment "
+          f"{r['alignment']['method']}, atlas z {r['atlas_z_range_mm'][0]:.0f}-{r['atlas_z_range_mm'][1]:.0f} mm; "
+          + ", ".join(f"{k} {v['underestimate']:+.1%}" for k, v in sorted(t.items()) if k in
+                      ("liver", "lung", "stomach", "kidneys", "spleen", "colon", "red_marrow")))
+    for k, v in t.items():
+        assert v["ratio"] <= 1.0 + 3 * v["sigma"] + 1e-9, k
+    assert t["liver"]["underestimate"] > t["kidneys"]["underestimate"]
+    assert t["lung"]["underestimate"] > t["kidneys"]["underestimate"]
+    assert max(v["underestimate"] for k, v in t.items() if k in ("liver", "kidneys", "spleen", "stomach")) < 1 / 3

@@ -231,9 +231,11 @@ def test_pressure_drop_grows_with_stenosis_severity(tmp_path):
     assert dps[0] < dps[1] < dps[2], dps
 
 
+@pytest.mark.slow
 def test_stenosis_agrees_with_refined_mesh(tmp_path):
     """Low Re (0.05 ml/s), 50 % stenosis: 3 cells per radius against 5 on the same geometry,
-    within 3 % (measured +1.2 %)."""
+    within 3 % (measured +1.2 %). In ``make validate`` beside the 4-against-7 check (51 s: moved
+    out of ``make test`` to keep it under 15 minutes)."""
     coarse = _stenosis_dp(tmp_path, 0.5, cells_per_radius=3.0)
     fine = _stenosis_dp(tmp_path, 0.5, cells_per_radius=5.0)
     print(f"\n[50 % stenosis, low Re] dP {coarse['pressure_drop_Pa']:.5f} Pa (3 cells/radius, {coarse['n_dofs']} DOFs)"

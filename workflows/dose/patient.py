@@ -165,7 +165,8 @@ def size_specific_dose(vol, mats, protocol, ctdivol_mGy, isocentre, organs_path=
 
 
 def run_scan(phantom, mats, protocol, physics_opts: Mapping, histories: int, batches: int, seed: int,
-              threads: int | None, state_dir=None, progress=None, spectrum=None, isocentre_xyz_mm=(0.0, 0.0, 0.0)):
+              threads: int | None, state_dir=None, progress=None, spectrum=None, isocentre_xyz_mm=(0.0, 0.0, 0.0),
+              regions=None):
     """Transport the protocol's helical scan through ``phantom``; returns the engine's TransportResult.
 
     ``physics_opts`` are :class:`physics.transport.Physics` keywords (``e_max_keV`` is set
@@ -178,7 +179,7 @@ def run_scan(phantom, mats, protocol, physics_opts: Mapping, histories: int, bat
     e_max = max(150.0, source.max_energy_keV * 1.001)
     physics = Physics(**{**dict(physics_opts), "e_max_keV": e_max})
     settings = Settings(histories // batches, batches, seed, threads, state_dir=state_dir)
-    return run(phantom, mats, source, physics, settings, progress=progress)
+    return run(phantom, mats, source, physics, settings, progress=progress, regions=regions)
 
 
 def normalisation(protocol, ctdi: Mapping) -> dict:
@@ -224,6 +225,20 @@ def organ_table(res, mats, names: Mapping[int, str], n_scan: float | None, ctdiv
     return rows, organ_dose, organ_mass
 
 
+def _truncation(spec: ProtocolScenario, protocol, iso, threads, quiet: bool) -> dict:
+    """:func:`workflows.dose.coverage.truncation_effect` for a phantom made from a CT."""
+    from pipeline.image import read_image
+    from workflows.dose.coverage import truncation_effect
+
+    meta = json.loads(Path(spec.phantom["organs"]).read_text())
+    ct_path, age = meta.get("ct_path"), meta.get("age")
+    if not ct_path or not Path(ct_path).exists() or not age:
+        raise ScenarioError(f"[run] coverage_check: {spec.phantom['organs']} names no readable CT (ct_path) and age: "
+                            "make the phantom with digipat phantom from-ct")
+    return truncation_effect(read_image(ct_path), protocol, age, spec.phantom["sex"], iso, histories=spec.histories,
+                             batches=spec.batches, seed=spec.seed, threads=threads, quiet=quiet)
+
+
 def run_patient_dose(spec: ProtocolScenario, out_dir: str | Path, *,
                      threads: int | None = None, force: bool = False, quiet: bool = False) -> dict:
     """Run a protocol scenario (module docstring) and write its outputs; returns results."""
@@ -267,6 +282,13 @@ def run_patient_dose(spec: ProtocolScenario, out_dir: str | Path, *,
     eff = effective_dose(organ_dose_mGy, spec.phantom["sex"], organ_mass)
     organs_json = (out / "phantom" / "organs.json") if "builtin" in spec.phantom else spec.phantom.get("organs")
     size = size_specific_dose(vol, mats, protocol, ctdivol_mGy, iso, organs_json) if ctdivol_mGy else None
+    truncation = None
+    if spec.coverage_check:
+        truncation = _truncation(spec, protocol, iso, th, quiet)
+        for row in rows:
+            t = truncation["tissues"].get(row["icrp103_tissue"] or "")
+            if t is not None:
+                row["truncation_underestimate"] = t["underestimate"]
     # maps: mGy per voxel for the whole scan (or Gy per photon when the tube output is unknown)
     dose_pp, sig_pp = res.dose_Gy_per_photon()
     scale = n_scan * 1e3 if n_scan is not None else 1.0
@@ -316,6 +338,7 @@ def run_patient_dose(spec: ProtocolScenario, out_dir: str | Path, *,
         "flagged_organs": [r["organ"] for r in rows if r["sigma_flag"]],
         "isocentre_xyz_mm": iso,
         "ssde": size,
+        "truncation": truncation,
         "wall_time_s": time.perf_counter() - t0,
         "provenance": provenance(seed=spec.seed, inputs_sha256=key),
     }

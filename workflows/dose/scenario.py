@@ -117,7 +117,7 @@ _SECTIONS = ("phantom", "source", "physics", "run")
 #: ``[source] type = "protocol"`` scenarios (a CT protocol on a digital patient, :mod:`workflows.dose.patient`).
 PROTOCOL_PHANTOM_KEYS = ("builtin", "sex", "voxel_mm", "labels", "materials", "organs", "isocentre_mm")
 _PROTOCOL_SOURCE_KEYS = ("type", "protocol")
-_PROTOCOL_RUN_KEYS = ("histories", "ctdi_histories", "seed", "batches", "threads")
+_PROTOCOL_RUN_KEYS = ("histories", "ctdi_histories", "seed", "batches", "threads", "coverage_check")
 _PHANTOM_KEYS = ("labels", "materials", "world_material", "world_margin_mm")
 _PHYSICS_KEYS = ("compton", "rayleigh", "cutoff_keV", "fluorescence")
 _RUN_KEYS = ("histories", "seed", "batches", "threads")
@@ -499,6 +499,7 @@ class ProtocolScenario:
     seed: int
     threads: int | None
     data: dict = field(default_factory=dict, compare=False)
+    coverage_check: bool = False
 
 
 def _section(data: Mapping, name: str, allowed, required=True) -> dict:
@@ -576,8 +577,15 @@ def parse_protocol_scenario(data: Mapping[str, Any], base: Path) -> ProtocolScen
     for k in ("rayleigh", "fluorescence"):
         if k in phys and not isinstance(phys[k], bool):
             raise _err(f"[physics] {k} must be true or false, got {phys[k]!r}")
+    coverage = run.get("coverage_check", False)
+    if not isinstance(coverage, bool):
+        raise _err(f"[run] coverage_check must be true or false, got {coverage!r}")
+    if coverage and ("builtin" in phantom or "organs" not in phantom):
+        raise _err("[run] coverage_check = true estimates what a CT's truncation takes from the organ doses: it needs a "
+                   "phantom made from a CT (digipat phantom from-ct) with its organs.json ([phantom] organs)")
     return ProtocolScenario(phantom=phantom, protocol=proto, physics=dict(phys), histories=hist, batches=batches,
-                            ctdi_histories=ctdi_h, seed=seed, threads=threads, data=dict(data))
+                            ctdi_histories=ctdi_h, seed=seed, threads=threads, data=dict(data),
+                            coverage_check=coverage)
 
 
 def check_threads(threads: Any) -> int:
