@@ -126,6 +126,7 @@ def test_wall_at_levels_of_the_unet_probability(tmp_path):
         VesselFlowConfig(probability_level=0.5)
 
 
+@pytest.mark.slow  # (make validate: keeps make test under 15 minutes)
 def test_walls_drawn_at_random_from_the_unet_probability(tmp_path):
     """The study parameter ``probability_sample_mm``: a wall drawn from the U-Net's probability
     map, spatially correlated (each voxel lumen with its probability; the physics of the samples
@@ -226,6 +227,7 @@ def _stenosis_dp(tmp_path, severity, cells_per_radius=3.0):
     return run_vessel_flow(info["image"], tmp_path / f"f{severity}-{cells_per_radius}", cfg, quiet=True)
 
 
+@pytest.mark.slow  # (make validate: keeps make test under 15 minutes)
 def test_pressure_drop_grows_with_stenosis_severity(tmp_path):
     dps = [_stenosis_dp(tmp_path, s)["pressure_drop_Pa"] for s in (0.0, 0.3, 0.6)]
     assert dps[0] < dps[1] < dps[2], dps

@@ -27,10 +27,11 @@ VOXEL_MM = 4.0
 
 
 def truncation_effect(ct, protocol, age: str, sex: str, isocentre_xyz_mm, *, histories: int, batches: int,
-                      seed: int, threads: int | None = None, quiet: bool = True) -> dict:
+                      seed: int, run_scan, threads: int | None = None, quiet: bool = True) -> dict:
     """Per ICRP tissue, the dose to its part inside the CT's extent on the reference phantom cut to
     that extent, over the same on the whole phantom, for the same scan (module docstring).
-    ``ct`` is the patient's CT Volume (HU).
+    ``ct`` is the patient's CT Volume (HU); ``run_scan`` is :func:`workflows.dose.patient.run_scan`
+    (passed in: the patient dose run calls this module).
 
     Returns ``{"alignment", "atlas_z_range_mm", "reference", "tissues": {icrp tissue: {"ratio",
     "sigma", "underestimate", "mass_in_ct_g"}}, "note"}``.
@@ -40,7 +41,6 @@ def truncation_effect(ct, protocol, age: str, sex: str, isocentre_xyz_mm, *, his
     from physics.transport import Material, VoxelPhantom
     from pipeline.segment.atlas import z_alignment
     from workflows.dose.effective_dose import icrp_tissue
-    from workflows.dose.patient import run_scan
 
     ref = build_reference_phantom(age, sex, VOXEL_MM)
     mats = {k: e.tissue for k, e in ref.organs.items()}

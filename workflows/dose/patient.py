@@ -236,7 +236,7 @@ def _truncation(spec: ProtocolScenario, protocol, iso, threads, quiet: bool) -> 
         raise ScenarioError(f"[run] coverage_check: {spec.phantom['organs']} names no readable CT (ct_path) and age: "
                             "make the phantom with digipat phantom from-ct")
     return truncation_effect(read_image(ct_path), protocol, age, spec.phantom["sex"], iso, histories=spec.histories,
-                             batches=spec.batches, seed=spec.seed, threads=threads, quiet=quiet)
+                             batches=spec.batches, seed=spec.seed, run_scan=run_scan, threads=threads, quiet=quiet)
 
 
 def run_patient_dose(spec: ProtocolScenario, out_dir: str | Path, *,
