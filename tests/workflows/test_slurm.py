@@ -90,18 +90,26 @@ def test_a_cancelled_case_is_submitted_again_and_nothing_runs_twice(slurm, tmp_p
     assert main(["study", "run", str(f), "--out", str(out), "--executor", "slurm", "--no-wait", "--quiet"]) == 0
     assert not (out / "study.json").exists()
     entries = json.loads((out / "jobs.json").read_text())["entries"]
-    victim = None
+    victim, tried = None, set()
     t0 = time.time()
-    while victim is None and time.time() - t0 < 120:  # cancel the first case seen running
+    # cancel a case seen running before its result is written; a case that finishes between
+    # the look and the cancel (its result appears anyway) does not count: try the next one
+    while victim is None and time.time() - t0 < 240:
         r = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T"], capture_output=True, text=True).stdout
         running = [line.split("|")[0] for line in r.split() if line.endswith("|RUNNING")]
-        victim = next((e for e in entries if e["job_id"] in running), None)
-        time.sleep(0.2)
-    assert victim is not None, "no case was seen running"
-    subprocess.run(["scancel", victim["job_id"]], check=True)
-    while subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True).stdout.split().count(
-            victim["job_id"]) and time.time() - t0 < 180:
-        time.sleep(0.2)
+        cands = [e for e in entries if e["job_id"] in running and e["item"] not in tried
+                 and not (out / "cases" / e["item"] / "results.json").exists()]
+        if not cands:
+            time.sleep(0.2)
+            continue
+        tried.add(cands[-1]["item"])
+        subprocess.run(["scancel", cands[-1]["job_id"]], check=True)
+        while subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True).stdout.split().count(
+                cands[-1]["job_id"]) and time.time() - t0 < 240:
+            time.sleep(0.2)
+        if not (out / "cases" / cands[-1]["item"] / "results.json").exists():
+            victim = cands[-1]
+    assert victim is not None, f"no case could be cancelled while running (tried {sorted(tried)})"
     capsys.readouterr()
     assert main(["jobs", str(out)]) == 0
     assert f"{victim['item']}  lost" in capsys.readouterr().out
