@@ -70,8 +70,8 @@ organs = "{name}/organs.json"
 type = "protocol"
 protocol = "p.toml"
 [run]
-histories = 1000000
-ctdi_histories = 200000
+histories = 400000
+ctdi_histories = 100000
 seed = 5
 batches = 10
 """)
