@@ -21,7 +21,8 @@ by majority vote (:func:`pipeline.segment.raters`'s SimpleITK label voting) or b
 STAPLE. Each registration reports its similarity (mutual information, negative: lower is
 better, before and after), the Jacobian determinant of the deformable part on the patient's
 grid (range, and the fraction of voxels where it is <= 0: folding) and its run time.
-Random sampling of the metric is seeded, so a rerun gives the same transform.
+Random sampling of the metric is seeded and its sums run on one thread, so a rerun gives the
+same transform.
 """
 
 from __future__ import annotations
@@ -179,9 +180,10 @@ def _register_affine(fixed, moving, seed: int, iterations: int, linear: str = "a
                                                  else sitk.Similarity3DTransform(),
                                                  sitk.CenteredTransformInitializerFilter.MOMENTS)
     R = sitk.ImageRegistrationMethod()
+    R.SetNumberOfThreads(1)  # (the metric's sums in one order: the same transform on every run)
     R.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     R.SetMetricSamplingStrategy(R.RANDOM)
-    R.SetMetricSamplingPercentage(_fraction(fx), seed)
+    R.SetMetricSamplingPercentage(_fraction(fx), seed + 1)  # (SimpleITK's seed 0 is the wall clock)
     R.SetInterpolator(sitk.sitkLinear)
     R.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-3, numberOfIterations=iterations,
                                                gradientMagnitudeTolerance=1e-6)
@@ -204,9 +206,10 @@ def _register_bspline(fixed, moving, affine, spacing_mm: float, seed: int, itera
     mesh = [max(1, int(round(s / spacing_mm))) for s in size_mm]
     bs = sitk.BSplineTransformInitializer(fx, mesh, order=3)
     R = sitk.ImageRegistrationMethod()
+    R.SetNumberOfThreads(1)  # (the metric's sums in one order: the same transform on every run)
     R.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     R.SetMetricSamplingStrategy(R.RANDOM)
-    R.SetMetricSamplingPercentage(_fraction(fx), seed)
+    R.SetMetricSamplingPercentage(_fraction(fx), seed + 1)  # (SimpleITK's seed 0 is the wall clock)
     R.SetInterpolator(sitk.sitkLinear)
     R.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=1e-5, numberOfIterations=iterations,
                            maximumNumberOfCorrections=5, maximumNumberOfFunctionEvaluations=4 * iterations)
@@ -225,6 +228,7 @@ def _register_demons(fixed, moving, affine, iterations: int, sigma_mm: float):
     mv = sitk.Resample(sitk.Cast(moving, sitk.sitkFloat32), fixed, affine, sitk.sitkLinear, -1000.0)
     mv = sitk.HistogramMatching(mv, fx, numberOfHistogramLevels=256, numberOfMatchPoints=16)
     d = sitk.DiffeomorphicDemonsRegistrationFilter()
+    d.SetNumberOfThreads(1)  # (its global statistics in one order: the same field on every run)
     d.SetNumberOfIterations(iterations)
     d.SetSmoothDisplacementField(True)
     d.SetStandardDeviations(sigma_mm / min(fixed.GetSpacing()))
