@@ -153,6 +153,20 @@ def _fraction(img) -> float:
     return float(min(0.5, METRIC_SAMPLES / n))
 
 
+def _mi_registration(fx, seed: int):
+    """A registration method on Mattes MI with seeded random sampling, its sums on one thread (the
+    same transform on every run; SimpleITK's seed 0 would be the wall clock, hence seed + 1)."""
+    import SimpleITK as sitk
+
+    R = sitk.ImageRegistrationMethod()
+    R.SetNumberOfThreads(1)
+    R.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+    R.SetMetricSamplingStrategy(R.RANDOM)
+    R.SetMetricSamplingPercentage(_fraction(fx), seed + 1)
+    R.SetInterpolator(sitk.sitkLinear)
+    return R
+
+
 def _classes(img):
     """CT numbers as tissue classes (air 0, lung 1, fat 2, soft tissue 3, bone 4), x 100, for the
     linear stage: each class then weighs alike in the similarity, whatever the scanner's numbers."""
@@ -179,12 +193,7 @@ def _register_affine(fixed, moving, seed: int, iterations: int, linear: str = "a
                                                  sitk.AffineTransform(3) if linear == "affine"
                                                  else sitk.Similarity3DTransform(),
                                                  sitk.CenteredTransformInitializerFilter.MOMENTS)
-    R = sitk.ImageRegistrationMethod()
-    R.SetNumberOfThreads(1)  # (the metric's sums in one order: the same transform on every run)
-    R.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
-    R.SetMetricSamplingStrategy(R.RANDOM)
-    R.SetMetricSamplingPercentage(_fraction(fx), seed + 1)  # (SimpleITK's seed 0 is the wall clock)
-    R.SetInterpolator(sitk.sitkLinear)
+    R = _mi_registration(fx, seed)
     R.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-3, numberOfIterations=iterations,
                                                gradientMagnitudeTolerance=1e-6)
     R.SetOptimizerScalesFromPhysicalShift()
@@ -205,12 +214,7 @@ def _register_bspline(fixed, moving, affine, spacing_mm: float, seed: int, itera
     size_mm = [sz * sp for sz, sp in zip(fixed.GetSize(), fixed.GetSpacing())]
     mesh = [max(1, int(round(s / spacing_mm))) for s in size_mm]
     bs = sitk.BSplineTransformInitializer(fx, mesh, order=3)
-    R = sitk.ImageRegistrationMethod()
-    R.SetNumberOfThreads(1)  # (the metric's sums in one order: the same transform on every run)
-    R.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
-    R.SetMetricSamplingStrategy(R.RANDOM)
-    R.SetMetricSamplingPercentage(_fraction(fx), seed + 1)  # (SimpleITK's seed 0 is the wall clock)
-    R.SetInterpolator(sitk.sitkLinear)
+    R = _mi_registration(fx, seed)
     R.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=1e-5, numberOfIterations=iterations,
                            maximumNumberOfCorrections=5, maximumNumberOfFunctionEvaluations=4 * iterations)
     R.SetShrinkFactorsPerLevel([4, 2, 1])
