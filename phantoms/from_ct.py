@@ -384,7 +384,7 @@ def _read_labels(labels_path, ct: Volume) -> np.ndarray:
 
 
 def phantom_from_ct(ct_path, out_dir, age, labels_path=None, label_map_path=None,
-                    assign_all_from_hu=False) -> dict:
+                    assign_all_from_hu=False, labels_transform=None) -> dict:
     """Build a voxel phantom from a CT and an optional organ label map, and write it.
 
     Parameters
@@ -408,6 +408,12 @@ def phantom_from_ct(ct_path, out_dir, age, labels_path=None, label_map_path=None
         organ label and tissue composition (one material row per label), unlabelled voxels get
         the Schneider bin material. If False (default) labelled voxels get their tissue's
         nominal density.
+    labels_transform : callable, optional
+        ``f(organ_labels, table) -> organ_labels``: changes the organ label map (0 =
+        unlabelled, else a dosimetry organ id of ``table``, ``{id: (organ, tissue)}``) before
+        the materials are assigned, e.g. a contour offset of some organs
+        (:func:`phantoms.perturb_labels.offset_organs`); it must keep the grid and may only
+        use ids of ``table`` (and 0).
 
     Returns
     -------
@@ -477,6 +483,15 @@ def phantom_from_ct(ct_path, out_dir, age, labels_path=None, label_map_path=None
     else:
         organ_lab = np.zeros(hu.shape, dtype=np.int64)
         present = []
+    if labels_transform is not None:
+        new = np.asarray(labels_transform(organ_lab, dict(table)))
+        if new.shape != organ_lab.shape:
+            raise CTPhantomError(f"labels_transform changed the grid {organ_lab.shape} to {new.shape}")
+        unknown = sorted(set(np.unique(new).tolist()) - set(table) - {0})
+        if unknown:
+            raise CTPhantomError(f"labels_transform put label ids {unknown[:10]} that the table does not have")
+        organ_lab = new.astype(np.int64)
+        present = sorted(set(np.unique(organ_lab).tolist()) - {0}) if ts is None else present
 
     labelled = organ_lab > 0
     out_lab = np.where(labelled, organ_lab, HU_LABEL_OFFSET + bins.astype(np.int64))

@@ -310,7 +310,7 @@ def _interact(st, e, u, v, w, m, ie, fe, mu_rho_t, mu_tab, sz_tab, ray_cum, hx, 
 def transport(pos_cm, dir_, energy_keV, weight, mat, dens, nx, ny, nz, dx, dy, dz,
               mu_tab, majorant, ln_e0, inv_dln_e, sz_tab, ray_cum, hx,
               cutoff_keV, seed, batch, history_offset, n_threads,
-              world_row, world_rho, world_margin_cm, fl_cum, fl_e):
+              world_row, world_rho, world_margin_cm, fl_cum, fl_e, conv_tab):
     """Transport photons through a voxel grid by Woodcock tracking.
 
     Parameters
@@ -347,6 +347,11 @@ def transport(pos_cm, dir_, energy_keV, weight, mat, dens, nx, ny, nz, dx, dy, d
         The world is the grid box grown by this margin on every side; beyond it is vacuum.
     fl_cum, fl_e : float64 (n_mat, n_E, L), (n_mat, L)
         K-fluorescence tables (:func:`.xsection.fluorescence_tables`); zeros switch it off.
+    conv_tab : float64 (n_mat, n_E) or (0, n_E)
+        Dose-to-medium factors: each collision deposit in a voxel of material row m is also
+        tallied per row, weighted by ``conv_tab[m]`` at the photon's energy before the
+        collision (μen of another medium over μen of row m: the kerma approximation of that
+        medium's dose at the same fluence). No rows: no such tally.
 
     Returns
     -------
@@ -358,12 +363,16 @@ def transport(pos_cm, dir_, energy_keV, weight, mat, dens, nx, ny, nz, dx, dy, d
         energy, uncollided count. With a world, a photon escapes when it leaves the world.
     world_keV : float
         Weighted energy deposited in the world medium.
+    conv_keV : float64 (n_mat,) or (0,)
+        Weighted, converted deposits per material row (``conv_tab``).
     """
     n = energy_keV.shape[0]
     nvox = nx * ny * nz
     stride = ((nvox + 7) // 8) * 8 + 8
     local = np.zeros((n_threads, stride))
     esc = np.zeros((n_threads, _ESC_ROW))
+    n_conv = conv_tab.shape[0]
+    cloc = np.zeros((n_threads, n_conv + 1))
     lx = nx * dx
     ly = ny * dy
     lz = nz * dz
@@ -486,6 +495,9 @@ def transport(pos_cm, dir_, energy_keV, weight, mat, dens, nx, ny, nz, dx, dy, d
                 st, e, u, v, w, m, ie, fe, mu_rho_t, mu_tab, sz_tab, ray_cum, hx, hx_inv, nx_tab,
                 cutoff_keV, fl_cum, fl_e)
             local[tid, vox] += wt * dep
+            if n_conv > 0:
+                c0 = conv_tab[m, ie]
+                cloc[tid, m] += wt * dep * (c0 + fe * (conv_tab[m, ie + 1] - c0))
             if not alive:
                 break
             te = (math.log(e) - ln_e0) * inv_dln_e
@@ -502,7 +514,11 @@ def transport(pos_cm, dir_, energy_keV, weight, mat, dens, nx, ny, nz, dx, dy, d
             for q in range(N_ESCAPE_QUANTITIES):
                 escape[c, q] += esc[t, c * 4 + q]
         world_keV += esc[t, 28]
-    return edep, escape, world_keV
+    conv = np.zeros(n_conv)
+    for t in range(n_threads):
+        for i in range(n_conv):
+            conv[i] += cloc[t, i]
+    return edep, escape, world_keV, conv
 
 
 @njit(**NJIT_FLAGS)

@@ -41,7 +41,7 @@ from . import _kernels
 from .materials import Material, TransportError
 from .sources import Source, Spectrum
 from .tallies import BatchRecord, TransportResult
-from .xsection import build_tables, fluorescence_tables
+from .xsection import build_tables, fluorescence_tables, mu_en_rho
 
 __all__ = ["VoxelPhantom", "Physics", "Settings", "run", "COMPTON_MODELS"]
 
@@ -255,7 +255,7 @@ def _describe(obj):
     return obj
 
 
-def _fingerprint(phantom, materials, source, physics, settings) -> str:
+def _fingerprint(phantom, materials, source, physics, settings, dose_to=None) -> str:
     h = hashlib.sha256()
     for a in (phantom.material_id, phantom.density_g_cm3, phantom.labels):
         if a is not None:
@@ -270,6 +270,8 @@ def _fingerprint(phantom, materials, source, physics, settings) -> str:
         "world": [phantom.world_material_id, phantom.world_margin_mm],
         "kernel": 2,
     }
+    if dose_to:  # (absent otherwise: earlier batch files keep their fingerprint)
+        meta["dose_to"] = {str(k): m.to_dict() for k, m in sorted(dose_to.items())}
     h.update(json.dumps(meta, sort_keys=True, default=str).encode())
     return h.hexdigest()[:24]
 
@@ -288,10 +290,29 @@ class _Prepared:
     world_rho: float = 0.0
     fl_cum: np.ndarray = None
     fl_e: np.ndarray = None
+    conv_tab: np.ndarray = None
+    medium_ids: tuple = ()
+    medium_rows: np.ndarray = None
+    medium_mass_g: np.ndarray = None
+
+
+def _check_dose_to(dose_to, materials) -> dict[int, Material]:
+    if dose_to is None:
+        return {}
+    if not isinstance(dose_to, Mapping):
+        raise TransportError("dose_to must be a mapping {material_id: Material of the medium to score}")
+    out = {}
+    for k, m in dose_to.items():
+        if not isinstance(m, Material):
+            raise TransportError(f"dose_to[{k!r}] must be a Material, got {type(m).__name__}")
+        if int(k) not in materials:
+            raise TransportError(f"dose_to names material id {k!r}, which materials does not have")
+        out[int(k)] = m
+    return out
 
 
 def _prepare(phantom: VoxelPhantom, materials: Mapping[int, Material], source: Source,
-             physics: Physics) -> _Prepared:
+             physics: Physics, dose_to: Mapping[int, Material] | None = None) -> _Prepared:
     if not isinstance(phantom, VoxelPhantom):
         raise TransportError(f"phantom must be a VoxelPhantom, got {type(phantom).__name__}")
     if not isinstance(materials, Mapping) or not materials:
@@ -339,6 +360,9 @@ def _prepare(phantom: VoxelPhantom, materials: Mapping[int, Material], source: S
         else:
             world_row = len(mats)
             mats.append(materials[int(wid)])
+    media = [(k, m) for k, m in (dose_to or {}).items() if k in used]  # ids with no voxel score nothing
+    n_grid_rows = len(mats)
+    mats += [m for _, m in media]  # rows after the grid's: tables only, no voxel uses them
     tables = build_tables(mats, physics.compton, physics.rayleigh, physics.e_min_keV, physics.e_max_keV,
                           physics.n_energy)
     nominal = tables.densities_g_cm3.astype(np.float32)
@@ -362,9 +386,15 @@ def _prepare(phantom: VoxelPhantom, materials: Mapping[int, Material], source: S
         fl_cum, fl_e = fluorescence_tables(mats, tables.energy_keV, tables.mu_rho_cm2_g[:, :, 1])
     else:
         fl_cum, fl_e = np.zeros((len(mats), tables.energy_keV.size, 1)), np.zeros((len(mats), 1))
+    conv = np.zeros((len(mats) if media else 0, tables.energy_keV.size))
+    rows = np.array([used.index(k) for k, _ in media], dtype=np.int64)
+    for j, (k, _) in enumerate(media):
+        conv[rows[j]] = mu_en_rho(tables, n_grid_rows + j) / mu_en_rho(tables, rows[j])
+    row_mass = np.bincount(mat.astype(np.int64), weights=voxel_mass, minlength=len(mats))
     return _Prepared(np.ascontiguousarray(mat), dens, tables, np.ascontiguousarray(majorant),
                      labels_flat.astype(np.int64), label_ids, voxel_mass, label_mass, world_row, world_rho,
-                     np.ascontiguousarray(fl_cum), np.ascontiguousarray(fl_e))
+                     np.ascontiguousarray(fl_cum), np.ascontiguousarray(fl_e), np.ascontiguousarray(conv),
+                     tuple(k for k, _ in media), rows, row_mass[rows] if media else np.zeros(0))
 
 
 def _run_batch(prep: _Prepared, phantom: VoxelPhantom, source: Source, physics: Physics,
@@ -378,6 +408,7 @@ def _run_batch(prep: _Prepared, phantom: VoxelPhantom, source: Source, physics: 
     incident = 0.0
     world = 0.0
     filtered = 0.0
+    conv = np.zeros(prep.conv_tab.shape[0])
     n = settings.histories_per_batch
     hx = float(t.x_per_angstrom[1] - t.x_per_angstrom[0])
     for c, start in enumerate(range(0, n, settings.chunk_size)):
@@ -396,13 +427,14 @@ def _run_batch(prep: _Prepared, phantom: VoxelPhantom, source: Source, physics: 
                 raise TransportError(f"{type(source).__name__} returned photon weights outside (0, 1]")
             filtered += float(np.sum((1.0 - wgt) * e))
         with np.errstate(over="ignore"):
-            v, esc, wk = _kernels.transport(
+            v, esc, wk, cv = _kernels.transport(
                 pos, dirs, e, wgt, prep.mat, prep.dens, nx, ny, nz, dx, dy, dz,
                 t.mu_rho_cm2_g, prep.majorant, t.ln_e0, 1.0 / t.dln_e, t.compton_s_over_z,
                 t.rayleigh_cum, hx, float(physics.cutoff_keV), int(settings.seed), int(batch), int(start),
                 numba.get_num_threads(), prep.world_row, prep.world_rho,
-                float(phantom.world_margin_mm) / 10.0, prep.fl_cum, prep.fl_e)
+                float(phantom.world_margin_mm) / 10.0, prep.fl_cum, prep.fl_e, prep.conv_tab)
         voxel += v
+        conv += cv
         escape += esc
         world += wk
         incident += float(e.sum())
@@ -411,7 +443,8 @@ def _run_batch(prep: _Prepared, phantom: VoxelPhantom, source: Source, physics: 
     escape[:, 2] *= 1000.0
     label = np.bincount(prep.labels_flat, weights=voxel, minlength=len(prep.label_ids))
     return BatchRecord(batch, n, fingerprint, voxel, label, escape, incident * 1000.0,
-                       world * 1000.0, filtered * 1000.0)
+                       world * 1000.0, filtered * 1000.0,
+                       conv[prep.medium_rows] * 1000.0 if len(prep.medium_ids) else None)
 
 
 def _check_regions(regions, nvox: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -441,7 +474,8 @@ def run(phantom: VoxelPhantom, materials: Mapping[int, Material], source: Source
         physics: Physics | None = None, settings: Settings | None = None,
         progress: Callable[[int, int], None] | None = None,
         regions: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
-        batches: Sequence[int] | None = None) -> TransportResult:
+        batches: Sequence[int] | None = None,
+        dose_to: Mapping[int, Material] | None = None) -> TransportResult:
     """Transport ``settings.n_batches × settings.histories_per_batch`` photons.
 
     Parameters
@@ -465,6 +499,16 @@ def run(phantom: VoxelPhantom, materials: Mapping[int, Material], source: Source
         across batch-system tasks, each writing its batches to ``settings.state_dir``; a
         full run over the same ``state_dir`` then loads them all, and equals the run made in
         one go (batch b is the random stream ``(seed, b, h)`` wherever it runs).
+    dose_to : mapping of int to Material, optional
+        Dose to another medium in the voxels of these material ids, e.g. red marrow in a
+        spongiosa (bone and marrow mixture) that the phantom does not resolve: every
+        collision deposit there is also tallied weighted by μen/ρ of the medium over μen/ρ
+        of the voxel's material at the photon's energy (:func:`.xsection.mu_en_rho`), which
+        estimates, without bias in the kerma approximation, the dose the medium would receive
+        in the same photon fluence. Results: :meth:`TransportResult.medium_dose_table`.
+        (Below about 100 keV the secondary electrons of bone trabeculae raise the dose to the
+        marrow between them above this estimate: ICRP Publication 116's dose-response
+        functions; not modelled.)
 
     Returns
     -------
@@ -482,11 +526,14 @@ def run(phantom: VoxelPhantom, materials: Mapping[int, Material], source: Source
     settings = settings if settings is not None else Settings()
     if not isinstance(settings, Settings):
         raise TransportError(f"settings must be a Settings, got {type(settings).__name__}")
-    prep = _prepare(phantom, materials, source, physics)
-    fp = _fingerprint(phantom, materials, source, physics, settings)
+    media = _check_dose_to(dose_to, materials)
+    prep = _prepare(phantom, materials, source, physics, media)
+    fp = _fingerprint(phantom, materials, source, physics, settings, media)
     regs = _check_regions(regions, int(np.prod(phantom.shape)))
     result = TransportResult(tuple(phantom.shape), prep.label_ids, fp, prep.voxel_mass_g, prep.label_mass_g,
-                             region_names=tuple(regs))
+                             region_names=tuple(regs), medium_ids=prep.medium_ids,
+                             medium_names=tuple(media[k].name for k in prep.medium_ids),
+                             medium_mass_g=prep.medium_mass_g)
     state = Path(settings.state_dir) if settings.state_dir is not None else None
     old_threads = numba.get_num_threads()
     if settings.threads is not None:

@@ -55,6 +55,8 @@ class BatchRecord:
         Energy deposited in the world medium around the grid (eV; 0 in vacuum).
     filtered_eV : float
         Energy removed at the source by filtration weights, ``Σ (1 − w) E`` (eV).
+    medium_eV : float64 (n_media,) or None
+        Dose-to-medium tallies (``run(dose_to=...)``): converted energy (eV) per material id.
     """
 
     batch: int
@@ -66,13 +68,15 @@ class BatchRecord:
     incident_eV: float
     world_eV: float = 0.0
     filtered_eV: float = 0.0
+    medium_eV: np.ndarray | None = None
 
     def save(self, path: str | Path) -> None:
         """Write atomically (temporary file, then rename)."""
         write_npz(Path(path), batch=self.batch, histories=self.histories,
                       fingerprint=np.array(self.fingerprint), voxel_eV=self.voxel_eV,
                       label_eV=self.label_eV, escape=self.escape, incident_eV=self.incident_eV,
-                      world_eV=self.world_eV, filtered_eV=self.filtered_eV)
+                      world_eV=self.world_eV, filtered_eV=self.filtered_eV,
+                      **({"medium_eV": self.medium_eV} if self.medium_eV is not None else {}))
 
     @classmethod
     def load(cls, path: str | Path) -> "BatchRecord":
@@ -80,7 +84,8 @@ class BatchRecord:
             return cls(int(z["batch"]), int(z["histories"]), str(z["fingerprint"]), z["voxel_eV"].copy(),
                        z["label_eV"].copy(), z["escape"].copy(), float(z["incident_eV"]),
                        float(z["world_eV"]) if "world_eV" in z else 0.0,
-                       float(z["filtered_eV"]) if "filtered_eV" in z else 0.0)
+                       float(z["filtered_eV"]) if "filtered_eV" in z else 0.0,
+                       z["medium_eV"].copy() if "medium_eV" in z else None)
 
 
 def _mean_sigma(s: np.ndarray, s2: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -138,6 +143,11 @@ class TransportResult:
     region_names: tuple = ()
     region_sum: np.ndarray = field(default=None)
     region_sum_sq: np.ndarray = field(default=None)
+    medium_ids: tuple = ()
+    medium_names: tuple = ()
+    medium_mass_g: np.ndarray | None = None
+    medium_sum: np.ndarray = field(default=None)
+    medium_sum_sq: np.ndarray = field(default=None)
 
     def __post_init__(self):
         nvox = int(np.prod(self.shape))
@@ -152,6 +162,10 @@ class TransportResult:
         for name in ("region_sum", "region_sum_sq"):
             if getattr(self, name) is None:
                 setattr(self, name, np.zeros(len(self.region_names)))
+        self.medium_ids = tuple(int(i) for i in self.medium_ids)
+        for name in ("medium_sum", "medium_sum_sq"):
+            if getattr(self, name) is None:
+                setattr(self, name, np.zeros(len(self.medium_ids)))
 
     # ------------------------------------------------------------------ accumulate
     def add_batch(self, rec: BatchRecord, region_eV: np.ndarray | None = None) -> None:
@@ -173,6 +187,13 @@ class TransportResult:
             xr = np.asarray(region_eV, float) / float(rec.histories)
             self.region_sum += xr
             self.region_sum_sq += xr * xr
+        if self.medium_ids:
+            if rec.medium_eV is None or np.shape(rec.medium_eV) != (len(self.medium_ids),):
+                raise TransportError(f"batch {rec.batch}: dose-to-medium tallies for material ids "
+                                     f"{list(self.medium_ids)} are missing")
+            xm = np.asarray(rec.medium_eV, float) / float(rec.histories)
+            self.medium_sum += xm
+            self.medium_sum_sq += xm * xm
         n = float(rec.histories)
         xv = rec.voxel_eV / n
         xl = rec.label_eV / n
@@ -294,6 +315,20 @@ class TransportResult:
         i = self.region_names.index(name)
         m, s = _mean_sigma(self.region_sum[i], self.region_sum_sq[i], self.n_batches)
         return float(m), float(s)
+
+    def medium_dose_table(self) -> list[dict]:
+        """Per material id of ``run(dose_to=...)``: ``material_id``, ``medium``, ``mass_g`` (of
+        the voxels of that material), ``edep_eV_per_photon`` and σ (converted to the medium),
+        ``dose_Gy_per_photon`` and ``dose_sigma_Gy_per_photon`` (dose to the medium)."""
+        m, s = _mean_sigma(self.medium_sum, self.medium_sum_sq, self.n_batches)
+        rows = []
+        for i, k in enumerate(self.medium_ids):
+            mass = float(self.medium_mass_g[i]) if self.medium_mass_g is not None else float("nan")
+            f = 1.602176634e-19 / (mass * 1e-3) if mass > 0 else float("nan")
+            rows.append({"material_id": k, "medium": self.medium_names[i] if i < len(self.medium_names) else "",
+                         "mass_g": mass, "edep_eV_per_photon": float(m[i]), "edep_sigma_eV_per_photon": float(s[i]),
+                         "dose_Gy_per_photon": float(m[i]) * f, "dose_sigma_Gy_per_photon": float(s[i]) * f})
+        return rows
 
     def label_table(self) -> list[dict]:
         """Per label: ``label``, ``edep_eV_per_photon``, ``edep_sigma_eV_per_photon``,

@@ -337,3 +337,27 @@ def build_tables(materials: Sequence[Material], compton: str = "binding", raylei
         densities_g_cm3=np.array([m.density_g_cm3 for m in materials]),
         names=tuple(m.name for m in materials),
     )
+
+
+def klein_nishina_transfer_fraction(energy_keV) -> np.ndarray:
+    """Mean fraction of a photon's energy given to the electron in a free-electron Compton
+    scattering, σ_tr / σ of the Klein–Nishina cross section (Attix, *Introduction to
+    Radiological Physics and Radiation Dosimetry*, 1986, eqs. 7.9 and 7.14)."""
+    a = np.asarray(energy_keV, float) / 510.99895
+    l2 = np.log1p(2 * a)
+    sigma = ((1 + a) / a ** 2 * (2 * (1 + a) / (1 + 2 * a) - l2 / a) + l2 / (2 * a)
+             - (1 + 3 * a) / (1 + 2 * a) ** 2)
+    sigma_tr = (2 * (1 + a) ** 2 / (a ** 2 * (1 + 2 * a)) - (1 + 3 * a) / (1 + 2 * a) ** 2
+                - (1 + a) * (2 * a ** 2 - 2 * a - 1) / (a ** 2 * (1 + 2 * a) ** 2)
+                - 4 * a ** 2 / (3 * (1 + 2 * a) ** 3) - ((1 + a) / a ** 3 - 1 / (2 * a) + 1 / (2 * a ** 3)) * l2)
+    return sigma_tr / sigma
+
+
+def mu_en_rho(tables: "CrossSectionTables", row: int) -> np.ndarray:
+    """Mass energy-absorption coefficient (cm²/g) of material ``row`` on ``tables.energy_keV``,
+    as the engine deposits energy: photoabsorption deposits the photon's energy, Compton
+    scattering the Klein–Nishina mean energy transfer (:func:`klein_nishina_transfer_fraction`),
+    Rayleigh nothing; fluorescence escape and bremsstrahlung are neglected (below 150 keV in
+    tissues they are under 1 % of μen)."""
+    mu = tables.mu_rho_cm2_g[row]
+    return mu[:, 1] + mu[:, 2] * klein_nishina_transfer_fraction(tables.energy_keV)

@@ -81,6 +81,15 @@ def test_organ_doses_of_a_real_abdominal_ct_agree_with_ssde(shared_reference, tm
         assert organs[n]["sigma_relative"] < 0.05
     tissues = r["effective_dose_detail"]["tissues"]
     assert "spongiosa_lumbar_vertebrae" in tissues["red_marrow"]["organs"]
+    # red marrow: the dose to marrow in the spongiosa's fluence (tests/physics/test_dose_to_medium.py)
+    sp = [o for o in r["organs"] if o["organ"].startswith("spongiosa_")]
+    assert sp and all(o["dose_to"] == "red_marrow" for o in sp)
+    m = sum(o["mass_g"] for o in sp)
+    d_sp = sum(o["dose_mGy"] * o["mass_g"] for o in sp) / m
+    d_rm = sum(o["medium_dose_mGy"] * o["mass_g"] for o in sp) / m
+    print(f"[real abdominal CT] spongiosa {d_sp:.1f} mGy, red marrow in it {d_rm:.1f} mGy (ratio {d_rm / d_sp:.2f})")
+    assert tissues["red_marrow"]["dose"] == pytest.approx(d_rm, rel=1e-9)
+    assert d_rm < 0.6 * d_sp  # bone absorbs about twice what marrow does at CT energies
 
 
 #: Organs compared between the atlas and TotalSegmentator: atlas (reference phantom) label ids,

@@ -92,6 +92,8 @@ def effective_dose(organ_dose: Mapping[str, tuple[float, float]], sex: str = "ma
     dict
         ``effective_dose`` and ``effective_dose_sigma`` (the organ doses' unit; σ from
         independent organ σ), ``tissues`` (per ICRP tissue: w_T, dose, σ, organs),
+        ``tissue_doses`` (every ICRP tissue present, remainder tissues included, each alone:
+        dose, σ, organs),
         ``remainder`` (tissues used), ``missing`` (tissue → w_T), ``weight_covered``,
         ``notes``.
     """
@@ -157,4 +159,6 @@ def effective_dose(organ_dose: Mapping[str, tuple[float, float]], sex: str = "ma
                      + ", ".join(f"{t} (w_T {w})" for t, w in missing.items()))
     notes.append(f"single-phantom estimate for the reference {sex} (ICRP 103 averages male and female)")
     return {"effective_dose": total, "effective_dose_sigma": math.sqrt(var), "tissues": table,
+            "tissue_doses": {t: {"dose": v["dose"], "sigma": v["sigma"], "organs": v["organs"]}
+                             for t, v in tissues.items()},
             "remainder": rem_present, "missing": missing, "weight_covered": covered, "sex": sex, "notes": notes}

@@ -67,7 +67,7 @@ __all__ = ["run_patient_dose", "run_scan", "normalisation", "organ_table", "SIGM
 SIGMA_FLAG = 0.10
 
 
-def _load_phantom(spec: dict, out: Path, quiet: bool):
+def load_phantom(spec: dict, out: Path, quiet: bool):
     """Voxel phantom, materials, organ names per label, label masses (g)."""
     from physics.transport import VoxelPhantom, read_materials_csv
     from pipeline.image import read_image
@@ -107,6 +107,17 @@ def _load_phantom(spec: dict, out: Path, quiet: bool):
     world = 0 if 0 in mats and mats[0].density_g_cm3 < 0.01 else None
     phantom = VoxelPhantom(arr, vol.spacing_mm, vol.origin_xyz_mm, vol.direction_xyz, world_material_id=world)
     return phantom, mats, names, vol
+
+
+def _phantom_age(phantom: Mapping) -> str | None:
+    """The age a phantom's organs.json records (phantom_from_ct writes it), else None."""
+    path = phantom.get("organs")
+    if "builtin" in phantom:
+        return phantom["builtin"]
+    try:
+        return json.loads(Path(path).read_text()).get("age") if path else None
+    except (OSError, ValueError):
+        return None
 
 
 def body_isocentre(phantom_labels, mats, density_threshold_g_cm3: float = 0.5) -> list[float]:
@@ -164,14 +175,30 @@ def size_specific_dose(vol, mats, protocol, ctdivol_mGy, isocentre, organs_path=
     return out
 
 
+def marrow_media(names: Mapping[int, str], age: str | None) -> dict:
+    """``{label: Material}`` of red marrow (``age``'s composition) for every label named
+    ``spongiosa_<site>`` (a bone and marrow mixture, as TotalSegmentator maps give bones): the
+    labels whose red-marrow dose :func:`run_scan` scores with ``dose_to`` (μen ratio)."""
+    from physics.transport import Material
+    from phantoms.tissues import tissue
+
+    ids = [k for k, n in names.items() if str(n).startswith("spongiosa_")]
+    if not ids:
+        return {}
+    t = tissue("red_marrow", age or "adult")
+    rm = Material(t.name, t.density_g_cm3, dict(t.mass_fractions))
+    return {int(k): rm for k in ids}
+
+
 def run_scan(phantom, mats, protocol, physics_opts: Mapping, histories: int, batches: int, seed: int,
               threads: int | None, state_dir=None, progress=None, spectrum=None, isocentre_xyz_mm=(0.0, 0.0, 0.0),
-              regions=None):
+              regions=None, dose_to=None):
     """Transport the protocol's helical scan through ``phantom``; returns the engine's TransportResult.
 
     ``physics_opts`` are :class:`physics.transport.Physics` keywords (``e_max_keV`` is set
     from the spectrum); ``spectrum`` (optional) replaces the protocol's SpekPy spectrum (a
-    cached copy). Raises TransportError / ProtocolError as the engine does.
+    cached copy); ``dose_to`` (``{label: Material}``, e.g. :func:`marrow_media`) also scores the
+    dose to that medium in those labels. Raises TransportError / ProtocolError as the engine does.
     """
     from physics.transport import Physics, Settings, run
 
@@ -179,7 +206,7 @@ def run_scan(phantom, mats, protocol, physics_opts: Mapping, histories: int, bat
     e_max = max(150.0, source.max_energy_keV * 1.001)
     physics = Physics(**{**dict(physics_opts), "e_max_keV": e_max})
     settings = Settings(histories // batches, batches, seed, threads, state_dir=state_dir)
-    return run(phantom, mats, source, physics, settings, progress=progress, regions=regions)
+    return run(phantom, mats, source, physics, settings, progress=progress, regions=regions, dose_to=dose_to or None)
 
 
 def normalisation(protocol, ctdi: Mapping) -> dict:
@@ -195,8 +222,12 @@ def organ_table(res, mats, names: Mapping[int, str], n_scan: float | None, ctdiv
 
     Returns ``(rows, organ_dose, organ_mass_g)``: ``organ_dose`` maps organ name to
     (dose, σ) in mGy (Gy per photon when ``n_scan`` is None), for :func:`effective_dose`.
+    A label scored as another medium (``run_scan(dose_to=...)``: red marrow in spongiosa)
+    keeps the dose to its own material in ``dose_*`` and gets ``dose_to`` (the medium) and
+    ``medium_dose_*``; ``organ_dose`` then holds the medium's dose (what the organ stands for).
     """
 
+    media = {r["material_id"]: r for r in res.medium_dose_table()} if getattr(res, "medium_ids", ()) else {}
     rows = []
     organ_dose = {}
     organ_mass = {}
@@ -216,11 +247,23 @@ def organ_table(res, mats, names: Mapping[int, str], n_scan: float | None, ctdiv
             if ctdivol_mGy:
                 row["dose_per_ctdivol"] = row["dose_mGy"] / ctdivol_mGy
                 row["dose_per_ctdivol_sigma"] = row["dose_sigma_mGy"] / ctdivol_mGy
+        if lab in media:  # the dose the organ stands for: its medium's (red marrow in spongiosa)
+            md = media[lab]
+            row["dose_to"] = md["medium"]
+            row["medium_dose_Gy_per_photon"] = md["dose_Gy_per_photon"]
+            row["medium_dose_sigma_Gy_per_photon"] = md["dose_sigma_Gy_per_photon"]
+            d, s = md["dose_Gy_per_photon"], md["dose_sigma_Gy_per_photon"]
+            if n_scan is not None:
+                row["medium_dose_mGy"] = d * n_scan * 1e3
+                row["medium_dose_sigma_mGy"] = s * n_scan * 1e3
+                if ctdivol_mGy:
+                    row["medium_dose_per_ctdivol"] = row["medium_dose_mGy"] / ctdivol_mGy
         rel = s / d if d > 0 and math.isfinite(s) else math.inf
         row["sigma_relative"] = rel if math.isfinite(rel) else None
         row["sigma_flag"] = bool(rel > SIGMA_FLAG)
         rows.append(row)
-        organ_dose[name] = (row.get("dose_mGy", d), row.get("dose_sigma_mGy", s))
+        organ_dose[name] = ((row.get("medium_dose_mGy", d), row.get("medium_dose_sigma_mGy", s)) if lab in media
+                            else (row.get("dose_mGy", d), row.get("dose_sigma_mGy", s)))
         organ_mass[name] = r["mass_g"]
     return rows, organ_dose, organ_mass
 
@@ -258,16 +301,17 @@ def run_patient_dose(spec: ProtocolScenario, out_dir: str | Path, *,
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     protocol = read_protocol(spec.protocol)
-    phantom, mats, names, vol = _load_phantom(spec.phantom, out, quiet)
+    phantom, mats, names, vol = load_phantom(spec.phantom, out, quiet)
     th = threads if threads is not None else spec.threads
     if not quiet:
         print(f"[dose] {spec.histories:.3g} photons, {protocol.n_rotations:.2f} rotations, "
               f"{protocol.kvp:g} kVp, pitch {protocol.pitch:g}", flush=True)
     iso = spec.phantom.get("isocentre_mm", [0.0, 0.0, 0.0])
     iso = body_isocentre(vol, mats) if iso == "body" else [float(v) for v in iso]
+    media = marrow_media(names, _phantom_age(spec.phantom))
     try:
         res = run_scan(phantom, mats, protocol, spec.physics, spec.histories, spec.batches, spec.seed,
-                        th, state_dir=out / ".batches", isocentre_xyz_mm=iso,
+                        th, state_dir=out / ".batches", isocentre_xyz_mm=iso, dose_to=media,
                         progress=None if quiet else (lambda b, n: print(f"[dose] batch {b}/{n}", flush=True)))
     except TransportError as exc:
         raise ScenarioError(str(exc)) from None
@@ -310,7 +354,7 @@ def run_patient_dose(spec: ProtocolScenario, out_dir: str | Path, *,
     buf = io.StringIO()
     cols = ["label", "organ", "tissue", "icrp103_tissue", "mass_g", "dose_mGy", "dose_sigma_mGy",
             "dose_per_ctdivol", "dose_per_ctdivol_sigma", "dose_Gy_per_photon", "dose_sigma_Gy_per_photon",
-            "sigma_flag"]
+            "sigma_flag", "dose_to", "medium_dose_mGy", "medium_dose_sigma_mGy"]
     w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     w.writerows(rows)

@@ -52,7 +52,7 @@ def cmd_study_run(a: argparse.Namespace) -> int:
                     executor=a.executor, slurm=slurm_overrides(a), wait=not a.no_wait)
     if a.plan_only and not (a.quiet or a.json):
         for c in res["cases"]:
-            moved = ", ".join(f"{k}={v:g}" for k, v in c["params"].items())
+            moved = ", ".join(f"{k}={v}" if isinstance(v, str) else f"{k}={v:g}" for k, v in c["params"].items())
             print(f"{c['id']}  {c['group']:<8} {moved}")
     if a.json:
         print(json.dumps(res, indent=2))

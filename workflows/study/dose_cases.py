@@ -18,6 +18,10 @@ digital patient is a little wrong. This module evaluates one case of such a stud
     organs = ["liver", "lungs"] # QoI organs (label names); default DEFAULT_ORGANS
     perturbed_organs = ["liver"]# organs moved by organ_offset_mm; default: the QoI organs that can move
 
+A ``[base]`` that names a CT (``ct = "scan.nii.gz"``) studies a real patient instead: its
+parameters are the organ segmentation method (``organ_labels``) and contour offsets
+(:mod:`workflows.study.ct_cases`).
+
 The perturbations (:data:`DOSE_PARAMETERS`), applied in this order to the label map of
 :func:`phantoms.stylized.build_reference_phantom` built at ``voxel_mm``:
 
@@ -61,7 +65,6 @@ same inputs returns it without computing).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from pathlib import Path
@@ -70,16 +73,13 @@ from typing import Any, Mapping
 import numpy as np
 
 from workflows.common import SCHEMA_VERSION, ResultCache, hash_file, hash_params, provenance
-from workflows.dose.ctdi import run_ctdi
-from workflows.dose.effective_dose import effective_dose
 from workflows.dose.effective_dose import icrp_tissue
 from workflows.dose.figures import plot_dose_overlay
-from workflows.dose.patient import normalisation
-from workflows.dose.patient import organ_table, run_scan
 from workflows.dose.protocol import ProtocolError, read_protocol
+from workflows.study.dose_common import ctdi_normalisation, protocol_over, scan_case, spectrum_json
 from workflows.toml_checks import Checks
 
-__all__ = ["DOSE_PARAMETERS", "DEFAULT_BASE", "DEFAULT_ORGANS", "GRID_PAD_MM", "DoseCaseError", "parse_dose_base",
+__all__ = ["DOSE_PARAMETERS", "dose_parameters", "DEFAULT_BASE", "DEFAULT_ORGANS", "GRID_PAD_MM", "DoseCaseError", "parse_dose_base",
            "prepare_dose_base", "run_dose_case", "valid_organs", "perturbable_organs"]
 
 
@@ -128,6 +128,17 @@ class DoseCaseError(ValueError):
 
 
 # ----------------------------------------------------------------------------- organs
+def dose_parameters(base: Mapping) -> dict[str, dict]:
+    """The perturbation parameters a dose study's base allows: :data:`DOSE_PARAMETERS` for a
+    stylised phantom, :data:`workflows.study.ct_cases.CT_PARAMETERS` for a patient's CT."""
+    if base.get("kind") == "ct":
+        from workflows.study.ct_cases import CT_PARAMETERS
+
+        return {k: ({**v, "nominal": base["nominal_labels"]} if k == "organ_labels" else v)
+                for k, v in CT_PARAMETERS.items()}
+    return DOSE_PARAMETERS
+
+
 def valid_organs(sex: str) -> list[str]:
     """Organ (label) names of the stylised phantom of ``sex`` that can be QoI organs."""
     from phantoms.stylized import LABELS
@@ -172,6 +183,10 @@ def parse_dose_base(table: Mapping, base_dir: Path, error_cls: type[Exception]) 
     c = Checks(error_cls)
     if not isinstance(table, Mapping):
         raise error_cls(f"[base] must be a table (section), got {table!r}")
+    if "ct" in table:  # a real patient's CT (workflows.study.ct_cases)
+        from workflows.study.ct_cases import parse_ct_base
+
+        return parse_ct_base(table, base_dir, error_cls, _DEFAULT_PROTOCOL)
     c.no_unknown("base", table, _BASE_KEYS)
     t = {**DEFAULT_BASE, **table}
     if t["age"] not in SUPPORTED_AGES:
@@ -234,12 +249,6 @@ def _organ_list(error_cls, key: str, v, valid: list[str]) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- once per study
-def _protocol(base: Mapping, scan: Mapping):
-
-    p = read_protocol(base["protocol"])
-    return dataclasses.replace(p, z_start_mm=float(scan["z_start_mm"]), z_end_mm=float(scan["z_end_mm"]))
-
-
 def _scan_range(base: Mapping, ph) -> dict:
     """The scan range: the base's override, else the trunk of the phantom (z = 0 to its height)."""
     trunk = (0.0, round(float(ph.body["trunk_height_cm"]) * 10.0, 1))
@@ -284,6 +293,10 @@ def prepare_dose_base(base: dict, work_dir: Path, *, quiet: bool = True) -> dict
     """
     from phantoms.stylized import build_reference_phantom
 
+    if base.get("kind") == "ct":
+        from workflows.study.ct_cases import prepare_ct_base
+
+        return prepare_ct_base(base, work_dir, quiet=quiet)
     work = Path(work_dir)
     key = _base_key(base)
     path = work / "prepared.json"
@@ -294,26 +307,11 @@ def prepare_dose_base(base: dict, work_dir: Path, *, quiet: bool = True) -> dict
     t0 = time.perf_counter()
     ph = build_reference_phantom(base["age"], base["sex"], base["voxel_mm"])
     scan = _scan_range(base, ph)
-    protocol = _protocol(base, scan)
-    spec = protocol.spectrum()
-    diameter = protocol.ctdi_phantom_diameter_cm or 32
-    if not quiet:
-        print(f"[dose study] CTDI of the protocol in the {diameter} cm phantom, {base['ctdi_histories']:.3g} photons",
-              flush=True)
-    ctdi = run_ctdi(protocol, diameter, base["ctdi_histories"], base["seed"], base["threads"], work / "ctdi")
-    norm = normalisation(protocol, ctdi)
-    rel = (ctdi["ctdivol_sigma_Gy_per_photon"] / ctdi["ctdivol_Gy_per_photon"]
-           if ctdi.get("ctdivol_Gy_per_photon") else None)
-    norm["relative_sigma"] = rel
-    if ctdi["tube_output"].get("source", "").startswith("measured"):
-        norm["ctdivol_sigma_mGy"] = 0.0  # CTDIvol is the measurement; the MC σ sits in the photons per mAs
-    else:
-        norm["ctdivol_sigma_mGy"] = norm["ctdivol_mGy"] * rel if norm["ctdivol_mGy"] is not None and rel else None
+    protocol = protocol_over(base, scan)
+    ctdi, norm, diameter = ctdi_normalisation(protocol, base, work, quiet)
     prepared = {
         "schema_version": SCHEMA_VERSION, "inputs_sha256": key, "scan": scan,
-        "spectrum": {"energy_keV": spec.energy_keV.tolist(), "relative_fluence": spec.relative_fluence.tolist(),
-                     "bin_low_keV": None if spec.bin_low_keV is None else spec.bin_low_keV.tolist(),
-                     "bin_high_keV": None if spec.bin_high_keV is None else spec.bin_high_keV.tolist()},
+        "spectrum": spectrum_json(protocol.spectrum()),
         "ctdi": {k: ctdi.get(k) for k in ("ctdivol_Gy_per_photon", "ctdivol_sigma_Gy_per_photon",
                                           "ctdivol_mGy_per_100mAs", "ctdivol_sigma_mGy_per_100mAs", "ctdivol_mGy",
                                           "ctdiw_Gy_per_photon", "centre_to_periphery_ratio")},
@@ -355,12 +353,6 @@ def _params(params: Mapping | None, base: Mapping) -> dict:
         raise DoseCaseError(f"voxel_mm = {out['voxel_mm']:g} mm is outside [{lo:g}, {hi:g}] mm (the phantom "
                             f"builder's range); choose a voxel size in that range")
     return out
-
-
-def _spectrum(d: Mapping):
-    from physics.transport import Spectrum
-
-    return Spectrum(d["energy_keV"], d["relative_fluence"], d.get("bin_low_keV"), d.get("bin_high_keV"))
 
 
 def _perturbed_phantom(base: Mapping, p: Mapping):
@@ -501,10 +493,14 @@ def run_dose_case(base: dict, params: dict, case_dir: Path, *, prepared: dict | 
         An unknown parameter, a non-numeric value, ``voxel_mm`` outside [1, 10] mm, an
         offset that empties a QoI or perturbed organ (the message names the parameter).
     """
-    from physics.transport import Material, TransportError, VoxelPhantom
+    from physics.transport import Material, VoxelPhantom
     from phantoms.stylized import LABELS
     from pipeline.image import Volume, write_image
 
+    if base.get("kind") == "ct":
+        from workflows.study.ct_cases import run_ct_case
+
+        return run_ct_case(base, params, case_dir, prepared=prepared, quiet=quiet, figures=figures)
     p = _params(params, base)
     case = Path(case_dir)
     if prepared is None:
@@ -525,21 +521,15 @@ def run_dose_case(base: dict, params: dict, case_dir: Path, *, prepared: dict | 
 
     mats = {k: Material(t.name, t.density_g_cm3, dict(t.mass_fractions)) for k, t in ph.materials()}
     phantom = VoxelPhantom(lab, sp, origin, ph.labels.direction_xyz, world_material_id=0)
-    protocol = _protocol(base, prepared["scan"])
+    protocol = protocol_over(base, prepared["scan"])
     t1 = time.perf_counter()
     if not quiet:
         print(f"[dose case] {case.name}: {base['histories']:.3g} photons, grid {lab.shape}, params {p}", flush=True)
-    try:
-        res = run_scan(phantom, mats, protocol, {}, base["histories"], base["batches"], base["seed"],
-                        base["threads"], spectrum=_spectrum(prepared["spectrum"]))
-    except TransportError as exc:
-        raise DoseCaseError(f"transport: {exc}") from None
+    res, rows, organ_dose, organ_mass, eff = scan_case(phantom, mats, names, protocol, base, prepared, DoseCaseError)
     times["transport"] = time.perf_counter() - t1
 
     norm = prepared["normalisation"]
-    n_scan, ctdivol = norm["photons_in_scan"], norm["ctdivol_mGy"]
-    rows, organ_dose, organ_mass = organ_table(res, mats, names, n_scan, ctdivol)
-    eff = effective_dose(organ_dose, base["sex"], organ_mass)
+    n_scan = norm["photons_in_scan"]
     unit = "mGy" if n_scan is not None else "Gy per photon"
     qoi, sig, rel = _qoi(base, rows, eff, norm, n_scan is not None)
     summ = _phantom_summary(ph, lab)

@@ -592,11 +592,15 @@ def organ_dose_changes(summary: Mapping) -> list[dict]:
     ``100 (Q/Q₀ − 1)`` % and its 1σ (Monte Carlo, independent runs) is
     ``100 (Q/Q₀) √((σ/Q)² + (σ₀/Q₀)²)`` %.
 
+    A parameter with named choices (e.g. ``organ_labels``) gives one group per choice, with
+    ``end = "choice"`` and ``value`` the choice's name.
+
     Returns
     -------
     list of dict
-        ``{"parameter", "end" ("low"|"high"), "value", "case", "organ", "qoi", "change_percent",
-        "sigma_percent"}`` in parameter order (as in ``summary["parameters"]``), low before high.
+        ``{"parameter", "end" ("low"|"high"|"choice"), "value", "case", "organ", "qoi",
+        "change_percent", "sigma_percent"}`` in parameter order (as in ``summary["parameters"]``),
+        low before high.
     """
     q0, s0 = nominal_case(summary)
     organs = [k for k in (summary.get("outputs") or q0.keys()) if k.startswith(ORGAN_PREFIX) and finite(q0.get(k))
@@ -605,13 +609,17 @@ def organ_dose_changes(summary: Mapping) -> list[dict]:
     by_par: dict[str, list[dict]] = {}
     for c in summary.get("cases") or []:
         par = c.get("varied")
-        if par and finite((c.get("params") or {}).get(par)):
+        v = (c.get("params") or {}).get(par)
+        if par and (finite(v) or isinstance(v, str)):
             by_par.setdefault(par, []).append(c)
     pars = [p for p in order if p in by_par] + sorted(p for p in by_par if p not in order)
     rows = []
     for par in pars:
-        cs = sorted(by_par[par], key=lambda c: float(c["params"][par]))
-        if len(cs) > 1:
+        cs = by_par[par]
+        if any(isinstance(c["params"][par], str) for c in cs):  # named choices: one group each
+            ends = [("choice", c) for c in cs if isinstance(c["params"][par], str)]
+        elif len(cs) > 1:
+            cs = sorted(cs, key=lambda c: float(c["params"][par]))
             ends = [("low", cs[0]), ("high", cs[-1])]
         else:
             nv = _nominal_value(summary, par)
@@ -625,7 +633,9 @@ def organ_dose_changes(summary: Mapping) -> list[dict]:
                 ratio = q / qn
                 rs = (float(sig[k]) / q if finite(sig.get(k)) and q else 0.0)
                 rs0 = float(s0[k]) / qn if finite(s0.get(k)) else 0.0
-                rows.append({"parameter": par, "end": end, "value": float(c["params"][par]), "case": c.get("id"),
+                v = c["params"][par]
+                rows.append({"parameter": par, "end": end, "value": v if isinstance(v, str) else float(v),
+                             "case": c.get("id"),
                              "organ": k[len(ORGAN_PREFIX):], "qoi": k, "change_percent": 100 * (ratio - 1),
                              "sigma_percent": 100 * abs(ratio) * math.hypot(rs, rs0)})
     return rows
@@ -675,7 +685,8 @@ def organ_dose_change_png(summary: Mapping, out_png: str | os.PathLike, *, band_
                 es.append(2 * r["sigma_percent"])
         ax.bar(xs, ys, w * 0.92, yerr=es, color=cmap(n % cmap.N), capsize=1.5, label=o,
                error_kw={"elinewidth": 0.8})
-    ax.set_xticks(np.arange(len(groups)), [f"{p}\n{e} ({v:.3g})" for p, e, v in groups], fontsize=8)
+    ax.set_xticks(np.arange(len(groups)), [f"{p}\n{v}" if isinstance(v, str) else f"{p}\n{e} ({v:.3g})"
+                                          for p, e, v in groups], fontsize=8)
     ax.axhline(0, color="black", lw=0.8)
     ax.set_ylabel("change of organ dose (%)\nerror bars ±2σ (Monte Carlo)")
     ax.legend(fontsize=7, ncol=max(1, math.ceil(len(organs) / 8)), bbox_to_anchor=(1.01, 1), loc="upper left")

@@ -252,13 +252,19 @@ def bottom_line(summary: Mapping) -> list[dict]:
         kind = short = ""
         d = a.get("distribution") or {}
         torn = [r for r in a.get("tornado") or [] if finite(r.get("q_low")) and finite(r.get("q_high"))]
+        cats = a.get("categories") if isinstance(a.get("categories"), Mapping) else {}
+        for par, lst in cats.items():  # a parameter with named choices: its choices' outputs as the two ends
+            qs = [float(r["q"]) for r in lst if isinstance(r, Mapping) and finite(r.get("q"))]
+            if qs and finite(q0):
+                torn.append({"parameter": par, "q_low": min(qs), "q_high": max(qs),
+                             "swing": max(abs(v - float(q0)) for v in qs)})
         if finite(d.get("p2_5")) and finite(d.get("p97_5")):
             lo, hi = float(d["p2_5"]), float(d["p97_5"])
             kind, short = f"95 % range of {d.get('n', '?')} sampled inputs", f"95 % range, n = {d.get('n', '?')}"
         elif torn:
             ends = [float(r[k]) for r in torn for k in ("q_low", "q_high")] + ([float(q0)] if finite(q0) else [])
             lo, hi = min(ends), max(ends)
-            top = sf.tornado_order(torn)[0]["parameter"]
+            top = max(torn, key=lambda r: r.get("swing", abs(r["q_high"] - r["q_low"])))["parameter"]
             kind = f"range over the one-at-a-time input ends (largest effect: {top})"
             short = f"one-at-a-time ends; largest: {top}"
         else:
@@ -569,6 +575,11 @@ def _inputs_html(s: dict) -> str:
     rows = []
     for p in pars:
         u = p.get("unit", "")
+        if p.get("categorical"):
+            rng = "choices: " + ", ".join(str(v) for v in p.get("values") or [])
+            rows.append([_Raw(f"<code>{_esc(str(p.get('name')))}</code>"), str(p.get("nominal")), rng, u,
+                         p.get("description", ""), p.get("origin", "—")])
+            continue
         if p.get("distribution") == "normal":
             rng = f"normal, mean {format_number(p.get('mean'))}, sd {format_number(p.get('sd'))}"
             if finite(p.get("low")) or finite(p.get("high")):
@@ -762,8 +773,52 @@ def _organ_html(s: dict, figs: _Figures, sid: str) -> str:
             r = val.get((*g, o))
             line.append("—" if r is None else f"{r['change_percent']:+.1f} ± {2 * r['sigma_percent']:.1f}")
         body.append(line)
-    head = ["organ (change %, ± 2σ)"] + [f"{p} {e} ({format_number(v)})" for p, e, v in groups]
+    head = ["organ (change %, ± 2σ)"] + [f"{p} = {v}" if isinstance(v, str) else f"{p} {e} ({format_number(v)})"
+                                         for p, e, v in groups]
     return "<h3>Organ-dose change per perturbation</h3>" + fig + _table(head, body, "small")
+
+
+def _categories_html(s: dict) -> str:
+    """Per parameter with named choices (e.g. organ_labels): for each choice and QoI organ the
+    overlap with the nominal labels (Dice), the mass change and the dose change."""
+    pars = [p for p in s.get("parameters") or [] if p.get("categorical")]
+    if not pars:
+        return ""
+    q0, sig0 = sf.nominal_case(s)
+    out = ""
+    for p in pars:
+        name = str(p.get("name"))
+        cases = [c for c in s.get("cases") or [] if c.get("varied") == name]
+        if not cases:
+            continue
+        rows = []
+        for c in cases:
+            choice = str((c.get("params") or {}).get(name))
+            if c.get("error"):
+                rows.append([choice, "—", "—", "—", "—", f"failed: {c['error']}"])
+                continue
+            tis = ((c.get("perturbation") or {}).get(name) or {}).get("tissues") or {}
+            for q in _qois(s):
+                v, v0 = (c.get("outputs") or {}).get(q), q0.get(q)
+                t = tis.get(q[len(sf.ORGAN_PREFIX):], {}) if q.startswith(sf.ORGAN_PREFIX) else {}
+                if finite(v) and finite(v0) and float(v0):
+                    sv, s0 = (c.get("sigma") or {}).get(q), sig0.get(q)
+                    rel = math.hypot(float(sv) / float(v) if finite(sv) and float(v) else 0.0,
+                                     float(s0) / float(v0) if finite(s0) else 0.0)
+                    ch = f"{100 * (float(v) / float(v0) - 1):+.1f} ± {200 * abs(float(v) / float(v0)) * rel:.1f}"
+                else:
+                    ch = "—"
+                rows.append([choice, sf.qoi_label(q), format_number(t.get("dice_vs_nominal"), 3),
+                             _pct(t.get("mass_change_percent")) if finite(t.get("mass_change_percent")) else "—",
+                             ch, f"{_q(v, q)} (nominal {_q(v0, q)})" if finite(v) else "no value"])
+        out += (f"<h3>{_esc(name)}: each choice against the nominal ({_esc(str(p.get('nominal')))})</h3>"
+                "<p>Per organ: the overlap of the choice's organ with the nominal one (Dice), its mass change "
+                "and the change of its dose (± 2σ Monte Carlo; the cases share their photons). A segmentation "
+                "that differs (low Dice) can still give the same dose where the dose is uniform; a dose change "
+                "beyond the decision band is the segmentation method's effect on this patient.</p>"
+                + _table(["choice", "quantity", "Dice vs nominal", "mass change", "dose change % (± 2σ)",
+                          "value"], rows, "small"))
+    return out
 
 
 def _cases_html(s: dict) -> str:
@@ -781,7 +836,8 @@ def _cases_html(s: dict) -> str:
     rows = []
     for c in cases[:MAX_CASE_ROWS]:
         pr, ou = c.get("params") or {}, c.get("outputs") or {}
-        r = [c.get("id", ""), c.get("varied") or "—"] + [format_number(pr.get(p)) for p in pars]
+        r = [c.get("id", ""), c.get("varied") or "—"] + [pr[p] if isinstance(pr.get(p), str) else
+                                                         format_number(pr.get(p)) for p in pars]
         r += [format_number(ou.get(q)) for q in qs]
         if len(head) > len(r):
             r.append(_pct(100 * (float(ou[q1]) / float(q0[q1]) - 1)) if finite(ou.get(q1)) else "—")
@@ -838,7 +894,8 @@ def _failed_html(s: dict) -> str:
     failed = s.get("failed_cases") or []
     if not isinstance(failed, list) or not failed:
         return ""
-    rows = [[str(f.get("id", "?")), ", ".join(f"{k} = {format_number(v)}" for k, v in (f.get("params") or {}).items()),
+    rows = [[str(f.get("id", "?")), ", ".join(f"{k} = {v if isinstance(v, str) else format_number(v)}"
+                                                    for k, v in (f.get("params") or {}).items()),
              str(f.get("error", ""))] for f in failed if isinstance(f, Mapping)]
     return ("<h3>Failed cases</h3><p class=\"note\">These cases did not finish (their inputs may lie outside "
             "what the model can solve); they are left out of every statistic above. "
@@ -880,7 +937,8 @@ _SECTIONS = [("Question and context of use", _question_html), ("Base case", _bas
              ("Inputs and their origin", _inputs_html), ("Nominal results", _nominal_html),
              ("Output against radius", "elasticity"), ("Tornado chart", "tornado"), ("Sobol indices", "sobol"),
              ("Morris screening", _morris_html), ("Output distribution", "distribution"),
-             ("Decision flip", _flip_html), ("Organ-dose change", "organ"), ("Cases", _cases_html),
+             ("Decision flip", _flip_html), ("Organ-dose change", "organ"),
+             ("Segmentation choices", _categories_html), ("Cases", _cases_html),
              ("Failed cases", _failed_html),
              ("Numerical uncertainty", _numerical_html), ("Limitations", _limitations_html),
              ("Provenance", _provenance_html)]

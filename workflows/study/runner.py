@@ -44,11 +44,17 @@ its name ends in ``.yaml``)::
     [run]
     workers = 1                            # cases run in parallel (processes)
 
+A parameter with named choices (the dose path's ``organ_labels`` on a patient's CT:
+``[parameters.organ_labels] values = ["atlas", "atlas-multi"]``, nominal ``given``) takes
+``values``, ``nominal`` and ``origin`` only and can be varied one at a time only (``[design]
+type = "oat"``); its analysis (``categories``) is each choice's output against the nominal.
+
 The older single-parameter form ``[design] parameter = "boundary_offset_mm"`` with
 ``values = [...]`` (an OAT sweep of those values) is still read.
 
 Flow parameters (:data:`FLOW_PARAMETERS`) map onto :class:`workflows.flow.vessel_flow.VesselFlowConfig`;
-dose parameters are :data:`workflows.study.dose_cases.DOSE_PARAMETERS`.
+dose parameters are :data:`workflows.study.dose_cases.DOSE_PARAMETERS` (a stylised phantom) or
+:data:`workflows.study.ct_cases.CT_PARAMETERS` (``[base] ct = ...``, a patient's CT).
 
 Cases. :func:`plan_cases` lists every case explicitly: the nominal case (``case_000``), the
 one-at-a-time sweeps, the sampled rows, and the numerical checks (mesh refinements of the
@@ -83,7 +89,7 @@ from workflows.flow.vessel_flow import VesselFlowConfig, run_vessel_flow
 from workflows.study import analysis as sa
 from workflows.study import figures as sf
 from workflows.study.analysis import sample_design
-from workflows.study.dose_cases import DOSE_PARAMETERS
+from workflows.study.dose_cases import dose_parameters
 from workflows.study.dose_cases import parse_dose_base
 from workflows.study.dose_cases import prepare_dose_base
 from workflows.study.dose_cases import run_dose_case
@@ -151,9 +157,9 @@ def read_study(path: str | os.PathLike) -> dict:
     return parse_study(data, p.resolve().parent)
 
 
-def _dose_parameters() -> dict:
+def _dose_parameters(base: Mapping) -> dict:
 
-    return DOSE_PARAMETERS
+    return dose_parameters(base)
 
 
 def _parse_flow_base(b: Mapping, base_dir: Path) -> dict:
@@ -209,8 +215,10 @@ def _parse_parameter(name: str, t: Any, known: Mapping[str, dict], base: dict) -
         raise StudyError(f"[parameters] unknown parameter {name!r} for this path (known: {', '.join(known)})")
     if not isinstance(t, Mapping):
         raise StudyError(f"[{sec}] must be a table (low = ..., high = ..., origin = \"...\")")
-    _C.no_unknown(sec, t, ("low", "high", "nominal", "distribution", "sd", "origin", "values"))
     info = known[name]
+    if info.get("categorical"):
+        return _parse_categorical(name, t, info)
+    _C.no_unknown(sec, t, ("low", "high", "nominal", "distribution", "sd", "origin", "values"))
     nominal_default = base.get(name, info.get("nominal", 0.0))
     p: dict[str, Any] = {"name": name, "unit": info.get("unit", ""), "description": info.get("description", ""),
                          "nominal": _C.number(sec, "nominal", t.get("nominal", nominal_default)),
@@ -263,6 +271,36 @@ def _parse_parameter(name: str, t: Any, known: Mapping[str, dict], base: dict) -
     return p
 
 
+def _parse_categorical(name: str, t: Mapping, info: Mapping) -> dict:
+    """A parameter with named choices (e.g. ``organ_labels``): ``values`` (choices to run
+    beside the nominal), ``nominal``, ``origin``; it can only be swept one at a time."""
+    sec = f"parameters.{name}"
+    _C.no_unknown(sec, t, ("values", "nominal", "origin"))
+    choices = list(info["choices"])
+    nominal = t.get("nominal", info.get("nominal"))
+    if nominal not in choices:
+        raise StudyError(f"[{sec}] nominal must be one of {choices}, got {nominal!r}")
+    vals = _C.require(sec, t, "values", f" (a list of choices among {choices})")
+    if not isinstance(vals, list) or not vals or not all(isinstance(v, str) for v in vals):
+        raise StudyError(f"[{sec}] values must be a non-empty list of choices among {choices}, got {vals!r}")
+    bad = [v for v in vals if v not in choices]
+    if bad:
+        raise StudyError(f"[{sec}] values: {bad[0]!r} is not a choice of {name} (choices: {', '.join(choices)})")
+    if len(set(vals)) != len(vals):
+        raise StudyError(f"[{sec}] values must be distinct, got {vals!r}")
+    return {"name": name, "unit": "", "description": info.get("description", ""), "categorical": True,
+            "choices": choices, "nominal": nominal, "values": list(vals), "distribution": "categorical",
+            "origin": str(t.get("origin", "not stated (give origin = \"...\" in the study file)"))}
+
+
+def _categorical(p: Mapping) -> bool:
+    return bool(p.get("categorical"))
+
+
+def _fmt_value(v: Any) -> str:
+    return v if isinstance(v, str) else f"{v:g}"
+
+
 def parse_study(data: Mapping[str, Any], base_dir: Path) -> dict:
     """Validate a parsed study (see the module docstring); every error names its key."""
     sections = ("study", "base", "parameters", "design", "decision", "numerics", "run")
@@ -291,7 +329,7 @@ def parse_study(data: Mapping[str, Any], base_dir: Path) -> dict:
     else:
 
         base = parse_dose_base(b, base_dir, StudyError)
-        known = _dose_parameters()
+        known = _dose_parameters(base)
         organs = base.get("organs") or []
         valid = [f"organ_dose_mGy.{o}" for o in organs] + ["effective_dose_mSv", "ctdivol_mGy"]
         outputs = outputs or valid[:-1]
@@ -334,6 +372,10 @@ def parse_study(data: Mapping[str, Any], base_dir: Path) -> dict:
     if not params:
         raise StudyError("[parameters] name at least one parameter, e.g. [parameters.boundary_offset_mm] "
                          "low = -0.1, high = 0.1")
+    cats = [p["name"] for p in params if _categorical(p)]
+    if cats and kind != "oat":
+        raise StudyError(f"[parameters.{cats[0]}] has named choices, which only a one-at-a-time design can vary: "
+                         f"use [design] type = \"oat\" (got {kind!r})")
     design: dict[str, Any] = {"type": kind, "seed": _C.integer("design", "seed", d.get("seed", 1), 0),
                               "levels": _C.integer("design", "levels", d.get("levels", 3 if kind == "oat" else 4), 2),
                               "bootstrap": _C.integer("design", "bootstrap", d.get("bootstrap", 200), 10),
@@ -380,14 +422,22 @@ def parse_study(data: Mapping[str, Any], base_dir: Path) -> dict:
 
 
 # ----------------------------------------------------------------------------- planning
-def _oat_values(p: dict, levels: int) -> list[float]:
+def _oat_values(p: dict, levels: int) -> list:
     if "values" in p:
         return list(p["values"])
     return [float(v) for v in np.linspace(p["low"], p["high"], levels)]
 
 
-def _clean(p: dict, v: float) -> float | int:
+def _clean(p: dict, v: Any) -> float | int | str:
+    if _categorical(p):
+        return str(v)
     return int(math.floor(v + 0.5)) if p.get("integer") else float(v)
+
+
+def _same(v: Any, w: Any) -> bool:
+    if isinstance(v, str) or isinstance(w, str):
+        return v == w
+    return abs(v - w) <= 1e-12 * max(1.0, abs(v))
 
 
 def plan_cases(study: dict) -> list[dict]:
@@ -409,7 +459,7 @@ def plan_cases(study: dict) -> list[dict]:
             seen = {nominal[p["name"]]}
             for v in _oat_values(p, dz["levels"] if dz["type"] == "oat" else 2):
                 v = _clean(p, v)
-                if any(abs(v - w) <= 1e-12 * max(1.0, abs(v)) for w in seen):
+                if any(_same(v, w) for w in seen):
                     continue  # the nominal point, or a duplicate after rounding
                 seen.add(v)
                 cases.append({"group": "oat", "params": {**nominal, p["name"]: v}, "varied": p["name"]})
@@ -655,7 +705,7 @@ def run_study(study: dict | str | os.PathLike, out_dir: str | os.PathLike, *, qu
         done += 1
         el = time.perf_counter() - tc
         eta = el / done * (len(todo) - done)
-        moved = f"{c['varied']} = {c['params'][c['varied']]:g}" if c["varied"] else c["group"]
+        moved = f"{c['varied']} = {_fmt_value(c['params'][c['varied']])}" if c["varied"] else c["group"]
         state = f"FAILED: {res['error']}" if "error" in res else "done"
         say(f"[study] [{done}/{len(todo)}] {c['id']} {state} ({moved}); {el:.0f} s elapsed, ~{eta:.0f} s left")
 
@@ -802,7 +852,11 @@ def analyse_study(study: dict, out: Path, plan: list[dict], ctx: dict) -> dict:
             continue
         sweeps = {p["name"]: [(nominal["params"][p["name"]], q0)] +
                   [(r["params"][p["name"]], r["outputs"][q]) for r in oat if r["varied"] == p["name"]
-                   and _ok(r["outputs"].get(q))] for p in pars}
+                   and _ok(r["outputs"].get(q))] for p in pars if not _categorical(p)}
+        cats = {p["name"]: _category_changes(nominal, [r for r in oat if r["varied"] == p["name"]], q)
+                for p in pars if _categorical(p)}
+        if cats:
+            a["categories"] = cats
         if oat:
             a["tornado"] = sa.tornado(q0, {k: v for k, v in sweeps.items() if len(v) > 1})
         bo = sweeps.get("boundary_offset_mm", []) if q != "ffr_like" else []  # a ratio near 1: no power law
@@ -889,6 +943,25 @@ def analyse_study(study: dict, out: Path, plan: list[dict], ctx: dict) -> dict:
     return summary
 
 
+def _category_changes(nominal: dict, recs: list[dict], q: str) -> list[dict]:
+    """Output of each choice of a categorical parameter against the nominal case: difference,
+    percent change and its Monte Carlo 1σ (the two cases' σ in quadrature; the cases share
+    their photons, so this bounds the noise of the difference from above)."""
+    q0, s0 = nominal["outputs"].get(q), nominal["sigma"].get(q) or 0.0
+    out = []
+    for r in recs:
+        v, s = r["outputs"].get(q), r["sigma"].get(q) or 0.0
+        row: dict[str, Any] = {"value": r["params"][r["varied"]], "case": r["id"], "q": v if _ok(v) else None,
+                               "q_nominal": q0}
+        if _ok(v) and _ok(q0) and q0:
+            row.update(difference=v - q0, change_percent=100.0 * (v / q0 - 1),
+                       sigma_percent=100.0 * abs(v / q0) * math.hypot(s / v if v else 0.0, s0 / q0))
+        elif "error" in r:
+            row["error"] = r["error"]
+        out.append(row)
+    return out
+
+
 def _ok(v: Any) -> bool:
     return v is not None and isinstance(v, (int, float)) and math.isfinite(v)
 
@@ -906,6 +979,11 @@ def _limitations(study: dict) -> list[str]:
     if study["path"] == "flow":
         return common + ["Steady flow, rigid wall, Newtonian blood, a plug/parabolic inflow and zero-pressure "
                          "outlets: FFR-like = (Pa − ΔP)/Pa with a fixed Pa, not a coupled lumped-parameter model."]
+    if study["base"].get("kind") == "ct":
+        return common + ["A real patient's CT: organ doses are those of ICRP 103 tissues as each label map "
+                         "delimits them; a segmentation method is compared with the nominal labels, which are a "
+                         "peer's answer, not the truth. Tissues outside the CT are not scored; the Monte Carlo σ "
+                         "is the numerical uncertainty of each organ dose."]
     return common + ["Stylised age phantom and a generic CT protocol; the Monte Carlo σ is the numerical "
                      "uncertainty of each organ dose."]
 
