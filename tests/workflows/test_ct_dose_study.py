@@ -146,7 +146,7 @@ def test_segmentation_method_and_contour_offsets_on_a_real_ct(shared_reference, 
         assert row["value"] == "atlas" and row["q"] == atlas["qoi"][q]
         assert row["change_percent"] == pytest.approx(100 * (atlas["qoi"][q] / nom["qoi"][q] - 1))
         assert {r["parameter"] for r in summary["analysis"][q]["tornado"]} == {"organ_offset_mm"}
-    html = (out / "report.html").read_text()
+    html = (out / "report.html").read_text(encoding="utf-8")
     assert "organ_labels: each choice against the nominal (given)" in html and "Dice vs nominal" in html
     # a rerun skips every finished case
     again = run_study(study, out, quiet=True)
