@@ -7,8 +7,14 @@ Everything here takes only arrays and scalars. Units: lengths in cm in the *grid
 * Random numbers: splitmix64 (Steele, Lea & Flood, OOPSLA 2014) as a counter-based
   stream; history ``h`` of batch ``b`` starts from ``mix(mix(mix(seed)+b)+h)``, so a
   result does not depend on how histories are split over threads.
-* Tracking: Woodcock (delta) tracking (Woodcock et al., ANL-7050, 1965) with the
-  energy-dependent majorant ``μ_max(E) = max_m ρ_max,m (μ/ρ)_m(E)``.
+* Tracking: Woodcock (delta) tracking (Woodcock et al., ANL-7050, 1965) with a
+  piecewise-constant majorant over blocks of voxels (a macro grid, as in the majorant
+  grids of volume rendering: Szirmay-Kalos et al., Comput. Graph. Forum 30 (2011) 85):
+  block b's majorant is ``s_b (μ/ρ)_{r_b}(E)`` with ``r_b`` a material row of the block and
+  ``s_b`` the smallest factor that bounds ``ρ μ/ρ`` of every voxel of the block at every
+  energy. A flight that reaches the block's boundary without colliding stops there and a
+  new one starts with the next block's majorant (the exponential has no memory), so the
+  tracking stays exact while air and soft tissue no longer pay for the densest bone.
 * Compton: Klein–Nishina by Kahn's rejection method (Kahn, RAND AECU-3259, 1956; as in
   OpenMC ``klein_nishina``), then rejection on ``S(x)/Z`` (bound electrons, no Doppler).
 * Rayleigh: inverse CDF of ``F²(x)`` in ``x²``, rejection on ``(1 + cos²θ)/2``.
@@ -308,9 +314,10 @@ def _interact(st, e, u, v, w, m, ie, fe, mu_rho_t, mu_tab, sz_tab, ray_cum, hx, 
 
 @njit(parallel=True, **NJIT_FLAGS)
 def transport(pos_cm, dir_, energy_keV, weight, mat, dens, nx, ny, nz, dx, dy, dz,
-              mu_tab, majorant, ln_e0, inv_dln_e, sz_tab, ray_cum, hx,
+              mu_tab, blk_ref, blk_scale, bnx, bny, bnz, bsx, bsy, bsz, kx, ky, kz, ln_e0, inv_dln_e, sz_tab, ray_cum, hx,
               cutoff_keV, seed, batch, history_offset, n_threads,
-              world_row, world_rho, world_margin_cm, fl_cum, fl_e, conv_tab):
+              world_row, world_rho, world_margin_cm, fl_cum, fl_e, conv_tab, score_idx, n_scores, score_mode,
+              row_rho, use_row_rho):
     """Transport photons through a voxel grid by Woodcock tracking.
 
     Parameters
@@ -328,8 +335,12 @@ def transport(pos_cm, dir_, energy_keV, weight, mat, dens, nx, ny, nz, dx, dy, d
         Grid size and voxel size (cm).
     mu_tab : float64 (n_mat, n_E, 4)
         μ/ρ (cm²/g): total, photoelectric, Compton, Rayleigh on a uniform ln E grid.
-    majorant : float64 (n_E,)
-        μ_max (1/cm) of the grid on the same grid.
+    blk_ref, blk_scale : int32, float64 (bnz*bny*bnx,)
+        Majorant of each block of the macro grid: ``blk_scale[b] * mu_tab[blk_ref[b], :, 0]``
+        (1/cm) bounds ρ μ/ρ of every voxel in block b.
+    bnx, bny, bnz : int; bsx, bsy, bsz : float; kx, ky, kz : int
+        Macro grid size, block size (cm) and block size in voxels; blocks tile the grid from
+        its origin, the last ones clipped to it.
     ln_e0, inv_dln_e : float
         ln E of the first node and 1/step.
     sz_tab, ray_cum : float64 (n_mat, n_x)
@@ -352,11 +363,19 @@ def transport(pos_cm, dir_, energy_keV, weight, mat, dens, nx, ny, nz, dx, dy, d
         tallied per row, weighted by ``conv_tab[m]`` at the photon's energy before the
         collision (μen of another medium over μen of row m: the kerma approximation of that
         medium's dose at the same fluence). No rows: no such tally.
+    score_idx, n_scores, score_mode : int32 array, int, int
+        ``score_mode`` 0: deposits tallied per voxel. 1: per score (e.g. label), ``n_scores`` of
+        them, ``score_idx`` giving each voxel's; 2: the same with ``score_idx`` indexed by
+        material row (labels that follow the materials: no per-voxel lookup). Scores need far
+        less memory and reduction than a voxel map.
+    row_rho, use_row_rho : float64 (n_mat,), bool
+        With ``use_row_rho`` every voxel of a row has the row's density (no density map is
+        read: one memory access less per tentative collision on large grids).
 
     Returns
     -------
-    edep_keV : float64 (nz*ny*nx,)
-        Weighted energy deposited per voxel.
+    edep_keV : float64 (nz*ny*nx,) or (n_scores,)
+        Weighted energy deposited per voxel (or per score).
     escape : float64 (7, 4)
         Per category (the grid face -x,+x,-y,+y,-z,+z through which the photon last left
         the grid, or "never entered the grid"): weighted energy (keV), count, uncollided
@@ -368,7 +387,9 @@ def transport(pos_cm, dir_, energy_keV, weight, mat, dens, nx, ny, nz, dx, dy, d
     """
     n = energy_keV.shape[0]
     nvox = nx * ny * nz
-    stride = ((nvox + 7) // 8) * 8 + 8
+    per_voxel = score_mode == 0
+    width = nvox if per_voxel else n_scores
+    stride = ((width + 7) // 8) * 8 + 8
     local = np.zeros((n_threads, stride))
     esc = np.zeros((n_threads, _ESC_ROW))
     n_conv = conv_tab.shape[0]
@@ -379,7 +400,10 @@ def transport(pos_cm, dir_, energy_keV, weight, mat, dens, nx, ny, nz, dx, dy, d
     idx = 1.0 / dx
     idy = 1.0 / dy
     idz = 1.0 / dz
-    n_e = majorant.shape[0]
+    n_e = mu_tab.shape[1]
+    ibx = 1.0 / bsx
+    iby = 1.0 / bsy
+    ibz = 1.0 / bsz
     nx_tab = sz_tab.shape[1]
     hx_inv = 1.0 / hx
     has_world = world_row >= 0
@@ -461,40 +485,121 @@ def transport(pos_cm, dir_, energy_keV, weight, mat, dens, nx, ny, nz, dx, dy, d
                 ie = min(max(int(te), 0), n_e - 2)
                 fe = te - ie
                 continue
-            # inside the grid: Woodcock tracking
-            mu_max = majorant[ie] + fe * (majorant[ie + 1] - majorant[ie])
+            # inside the grid: one flight through the macro grid, block by block (3-D DDA,
+            # Amanatides & Woo 1987), Woodcock tracking against each block's majorant
+            bi = min(int(x * ibx), bnx - 1)
+            bj = min(int(y * iby), bny - 1)
+            bk = min(int(z * ibz), bnz - 1)
+            tx = 1e300
+            ty = 1e300
+            tz = 1e300
+            if u > 0.0:
+                tx = (min((bi + 1) * bsx, lx) - x) / u
+            elif u < 0.0:
+                tx = (bi * bsx - x) / u
+            if v > 0.0:
+                ty = (min((bj + 1) * bsy, ly) - y) / v
+            elif v < 0.0:
+                ty = (bj * bsy - y) / v
+            if w > 0.0:
+                tz = (min((bk + 1) * bsz, lz) - z) / w
+            elif w < 0.0:
+                tz = (bk * bsz - z) / w
+            t = 0.0
             st, r = next_uniform(st)
-            s = -math.log(1.0 - r) / mu_max
-            xn = x + s * u
-            yn = y + s * v
-            zn = z + s * w
-            if xn < 0.0 or xn >= lx or yn < 0.0 or yn >= ly or zn < 0.0 or zn >= lz:
-                last_face, t_out = _exit_face(x, y, z, u, v, w, lx, ly, lz)
-                x += t_out * u
-                y += t_out * v
-                z += t_out * w
+            tau = -math.log(1.0 - r)  # optical depth (in majorant units) to the next tentative collision
+            real = False
+            face = -1
+            m = 0
+            vox = 0
+            mu_rho_t = 0.0
+            b = (bk * bny + bj) * bnx + bi
+            rb = blk_ref[b]
+            a0 = mu_tab[rb, ie, 0]
+            mu_b = blk_scale[b] * (a0 + fe * (mu_tab[rb, ie + 1, 0] - a0))
+            while True:
+                tn = min(tx, min(ty, tz))
+                seg = max(tn - t, 0.0)
+                if mu_b * seg > tau:  # a tentative collision inside this block
+                    t += tau / mu_b
+                    ix = min(max(int((x + t * u) * idx), bi * kx), min((bi + 1) * kx, nx) - 1)
+                    iy = min(max(int((y + t * v) * idy), bj * ky), min((bj + 1) * ky, ny) - 1)
+                    iz = min(max(int((z + t * w) * idz), bk * kz), min((bk + 1) * kz, nz) - 1)
+                    vox = (iz * ny + iy) * nx + ix
+                    m = mat[vox]
+                    a0 = mu_tab[m, ie, 0]
+                    mu_rho_t = a0 + fe * (mu_tab[m, ie + 1, 0] - a0)
+                    st, r = next_uniform(st)
+                    rho = row_rho[m] if use_row_rho else dens[vox]
+                    if r * mu_b < rho * mu_rho_t:
+                        real = True
+                        break
+                    st, r = next_uniform(st)  # virtual collision: a new flight in the same block
+                    tau = -math.log(1.0 - r)
+                    continue
+                tau -= mu_b * seg
+                t = tn
+                if tn == tx:
+                    if u > 0.0:
+                        bi += 1
+                        if bi >= bnx:
+                            face = 1
+                            break
+                        tx = (min((bi + 1) * bsx, lx) - x) / u
+                    else:
+                        bi -= 1
+                        if bi < 0:
+                            face = 0
+                            break
+                        tx = (bi * bsx - x) / u
+                elif tn == ty:
+                    if v > 0.0:
+                        bj += 1
+                        if bj >= bny:
+                            face = 3
+                            break
+                        ty = (min((bj + 1) * bsy, ly) - y) / v
+                    else:
+                        bj -= 1
+                        if bj < 0:
+                            face = 2
+                            break
+                        ty = (bj * bsy - y) / v
+                else:
+                    if w > 0.0:
+                        bk += 1
+                        if bk >= bnz:
+                            face = 5
+                            break
+                        tz = (min((bk + 1) * bsz, lz) - z) / w
+                    else:
+                        bk -= 1
+                        if bk < 0:
+                            face = 4
+                            break
+                        tz = (bk * bsz - z) / w
+                b = (bk * bny + bj) * bnx + bi
+                rb = blk_ref[b]
+                a0 = mu_tab[rb, ie, 0]
+                mu_b = blk_scale[b] * (a0 + fe * (mu_tab[rb, ie + 1, 0] - a0))
+            x = min(max(x + t * u, 0.0), lx)
+            y = min(max(y + t * v, 0.0), ly)
+            z = min(max(z + t * w, 0.0), lz)
+            if not real:  # left the grid through ``face``
+                last_face = face
                 in_grid = False
                 can_enter = False  # a straight ray never re-enters a convex box
                 continue
-            x = xn
-            y = yn
-            z = zn
-            ix = min(int(x * idx), nx - 1)
-            iy = min(int(y * idy), ny - 1)
-            iz = min(int(z * idz), nz - 1)
-            vox = (iz * ny + iy) * nx + ix
-            m = mat[vox]
-            rho = dens[vox]
-            a0 = mu_tab[m, ie, 0]
-            mu_rho_t = a0 + fe * (mu_tab[m, ie + 1, 0] - a0)
-            st, r = next_uniform(st)
-            if r * mu_max >= rho * mu_rho_t:
-                continue  # virtual collision
             collided = True
             st, e, dep, u, v, w, alive = _interact(
                 st, e, u, v, w, m, ie, fe, mu_rho_t, mu_tab, sz_tab, ray_cum, hx, hx_inv, nx_tab,
                 cutoff_keV, fl_cum, fl_e)
-            local[tid, vox] += wt * dep
+            if per_voxel:
+                local[tid, vox] += wt * dep
+            elif score_mode == 1:
+                local[tid, score_idx[vox]] += wt * dep
+            else:
+                local[tid, score_idx[m]] += wt * dep
             if n_conv > 0:
                 c0 = conv_tab[m, ie]
                 cloc[tid, m] += wt * dep * (c0 + fe * (conv_tab[m, ie + 1] - c0))
@@ -503,10 +608,12 @@ def transport(pos_cm, dir_, energy_keV, weight, mat, dens, nx, ny, nz, dx, dy, d
             te = (math.log(e) - ln_e0) * inv_dln_e
             ie = min(max(int(te), 0), n_e - 2)
             fe = te - ie
-    edep = np.zeros(nvox)
-    for t in range(n_threads):
-        for i in range(nvox):
-            edep[i] += local[t, i]
+    edep = np.zeros(width)
+    for i in prange(width):
+        acc = 0.0
+        for t in range(n_threads):
+            acc += local[t, i]
+        edep[i] = acc
     escape = np.zeros((N_ESCAPE_CATEGORIES, N_ESCAPE_QUANTITIES))
     world_keV = 0.0
     for t in range(n_threads):
@@ -553,3 +660,167 @@ def uniform_stream(seed, batch, history, n):
     for i in range(n):
         st, out[i] = next_uniform(st)
     return out
+
+
+# ----------------------------------------------------------------------------- CT fan-beam source
+@njit(**NJIT_FLAGS)
+def _upper_index(cdf, r):
+    """First index k with cdf[k] > r (numpy's searchsorted side='right'), clamped to the last."""
+    lo = 0
+    hi = cdf.shape[0]
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if cdf[mid] <= r:
+            lo = mid + 1
+        else:
+            hi = mid
+    return min(lo, cdf.shape[0] - 1)
+
+
+@njit(parallel=True, **NJIT_FLAGS)
+def sample_fan_beam(n, seed, R, W, H, mode, angles_rad, start_deg, total_deg, z_start, feed,
+                    knots, vals, zcdf, iso, axis, u, v, e_cdf, e_val, e_lo, e_hi, binned,
+                    bt_x0, bt_inv_dx, bt_t, bt_ln_e0, bt_inv_dln, bt_mu, has_bowtie, min_weight):
+    """``n`` photons of a CT fan beam (:class:`.ct.CTFanBeam`), photon ``i`` from the stream ``(seed, 0, i)``.
+
+    Isocentre-plane point (fan x, slice y, mm) by rejection with density ∝ cos³γ; scan
+    position by ``mode``: 0 discrete projection angles (``angles_rad``), 1 continuous
+    (angle uniform over ``total_deg`` from ``start_deg``, helix ``z = z_start + feed·φ/360``),
+    2 tube-current modulation (z from the piecewise-linear density ``vals`` on ``knots`` with
+    segment CDF ``zcdf``, the angle following the helix). Energy from the spectrum's CDF
+    (uniform inside a bin when ``binned``). Bowtie weight ``exp(−μ(E) t(x) / cos β)``
+    (thickness ``bt_t`` on a uniform x grid, μ on the uniform ln E grid), at least ``min_weight``.
+
+    Returns positions (mm), unit directions, energies (keV) and weights, world frame.
+    """
+    pos = np.empty((n, 3))
+    dirs = np.empty((n, 3))
+    energy = np.empty(n)
+    weight = np.ones(n)
+    R2 = R * R
+    n_ang = angles_rad.shape[0]
+    n_bt = bt_t.shape[0]
+    n_mu = bt_mu.shape[0]
+    for i in prange(n):
+        st = stream_start(seed, 0, i)
+        while True:
+            st, r1 = next_uniform(st)
+            st, r2 = next_uniform(st)
+            st, r3 = next_uniform(st)
+            x = (r1 - 0.5) * W
+            y = (r2 - 0.5) * H
+            q = R2 / (R2 + x * x + y * y)
+            if r3 < q * math.sqrt(q):
+                break
+        z = 0.0
+        if mode == 0:
+            th = angles_rad[0]
+            if n_ang > 1:
+                st, r = next_uniform(st)
+                th = angles_rad[min(int(r * n_ang), n_ang - 1)]
+        elif mode == 1:
+            st, r = next_uniform(st)
+            phi = total_deg * r
+            th = math.radians(start_deg + phi)
+            z = z_start + feed * phi / 360.0
+        else:
+            st, r = next_uniform(st)
+            k = min(_upper_index(zcdf, r), zcdf.shape[0] - 1)
+            st, r = next_uniform(st)
+            a = vals[k]
+            b = vals[k + 1]
+            dd = b - a
+            if abs(dd) <= 1e-12 * (a + b):
+                t = r
+            else:
+                t = (-a + math.sqrt(a * a + r * (b * b - a * a))) / dd
+            t = min(max(t, 0.0), 1.0)
+            z = knots[k] + t * (knots[k + 1] - knots[k])
+            th = math.radians(start_deg + 360.0 * (z - z_start) / feed)
+        cs = math.cos(th)
+        sn = math.sin(th)
+        c0 = cs * u[0] + sn * v[0]
+        c1 = cs * u[1] + sn * v[1]
+        c2 = cs * u[2] + sn * v[2]
+        f0 = axis[1] * c2 - axis[2] * c1
+        f1 = axis[2] * c0 - axis[0] * c2
+        f2 = axis[0] * c1 - axis[1] * c0
+        pos[i, 0] = iso[0] + z * axis[0] - R * c0
+        pos[i, 1] = iso[1] + z * axis[1] - R * c1
+        pos[i, 2] = iso[2] + z * axis[2] - R * c2
+        d0 = R * c0 + x * f0 + y * axis[0]
+        d1 = R * c1 + x * f1 + y * axis[1]
+        d2 = R * c2 + x * f2 + y * axis[2]
+        nrm = 1.0 / math.sqrt(d0 * d0 + d1 * d1 + d2 * d2)
+        dirs[i, 0] = d0 * nrm
+        dirs[i, 1] = d1 * nrm
+        dirs[i, 2] = d2 * nrm
+        st, r = next_uniform(st)
+        k = _upper_index(e_cdf, r)
+        if binned:
+            st, r = next_uniform(st)
+            e = e_lo[k] + (e_hi[k] - e_lo[k]) * r
+        else:
+            e = e_val[k]
+        energy[i] = e
+        if has_bowtie:
+            tx = (x - bt_x0) * bt_inv_dx
+            j = min(max(int(tx), 0), n_bt - 2)
+            fx = tx - j
+            thick = bt_t[j] + fx * (bt_t[j + 1] - bt_t[j])
+            rx2 = R2 + x * x
+            path = thick * math.sqrt((rx2 + y * y) / rx2)
+            te = (math.log(e) - bt_ln_e0) * bt_inv_dln
+            je = min(max(int(te), 0), n_mu - 2)
+            fe = te - je
+            mu = bt_mu[je] + fe * (bt_mu[je + 1] - bt_mu[je])
+            weight[i] = max(math.exp(-0.1 * mu * path), min_weight)
+    return pos, dirs, energy, weight
+
+
+@njit(parallel=True, **NJIT_FLAGS)
+def block_majorants(mat, dens, nx, ny, nz, kx, ky, kz, n_rows, ratio, cost):
+    """Majorant of each block of ``kx × ky × kz`` voxels (:func:`transport`'s macro grid).
+
+    ``ratio[m, r] = max_E (μ/ρ)_m / (μ/ρ)_r`` over the energies photons can have; ``cost[r]``
+    ranks reference rows (a typical (μ/ρ)_r). For each block the reference row r among its
+    materials minimising ``s cost[r]`` with ``s = max_m ρ_max,m ratio[m, r]``; returns
+    ``(ref, scale, bnx, bny, bnz)``. A block of one material gets exactly its densest voxel.
+    """
+    bnx = (nx + kx - 1) // kx
+    bny = (ny + ky - 1) // ky
+    bnz = (nz + kz - 1) // kz
+    nb = bnx * bny * bnz
+    ref = np.zeros(nb, dtype=np.int32)
+    scale = np.zeros(nb)
+    for b in prange(nb):
+        bi = b % bnx
+        bj = (b // bnx) % bny
+        bk = b // (bnx * bny)
+        rho = np.zeros(n_rows)
+        for k in range(bk * kz, min((bk + 1) * kz, nz)):
+            for j in range(bj * ky, min((bj + 1) * ky, ny)):
+                base = (k * ny + j) * nx
+                for i in range(bi * kx, min((bi + 1) * kx, nx)):
+                    m = mat[base + i]
+                    d = dens[base + i]
+                    if d > rho[m]:
+                        rho[m] = d
+        best = 1e300
+        best_r = 0
+        best_s = 0.0
+        for r in range(n_rows):
+            if rho[r] <= 0.0:
+                continue
+            sc = 0.0
+            for m in range(n_rows):
+                if rho[m] > 0.0:
+                    sc = max(sc, rho[m] * ratio[m, r])
+            c = sc * cost[r]
+            if c < best:
+                best = c
+                best_r = r
+                best_s = sc
+        ref[b] = best_r
+        scale[b] = best_s * (1.0 + 1e-12)
+    return ref, scale, bnx, bny, bnz

@@ -589,6 +589,50 @@ class CTFanBeam(Source):
             return np.full(n, math.radians(self.angles_deg[0])), None
         return np.radians(self.angles_deg[rng.integers(0, self.angles_deg.size, size=n)]), None
 
+    def _scan_mode(self) -> tuple:
+        """How :func:`._kernels.sample_fan_beam` draws the scan position: ``(mode, knots, vals,
+        zcdf)`` (mode 0 discrete angles, 1 continuous), or None when a subclass changed
+        :meth:`_scan_positions` without saying how (then the NumPy sampler is used)."""
+        if type(self)._scan_positions is not CTFanBeam._scan_positions:
+            return None
+        empty = np.zeros(2)
+        return (1 if self.rotation == "continuous" else 0), empty, empty, empty[:1]
+
+    def _fast_tables(self):
+        """Arrays :func:`._kernels.sample_fan_beam` needs (built once)."""
+        if getattr(self, "_fast", None) is not None:
+            return self._fast
+        if isinstance(self.energy, Spectrum):
+            sp = self.energy
+            cdf, val = sp._cdf, sp.energy_keV
+            binned = sp.bin_low_keV is not None
+            lo = sp.bin_low_keV if binned else val
+            hi = sp.bin_high_keV if binned else val
+        else:
+            cdf, val = np.ones(1), np.full(1, float(self.energy))
+            lo, hi, binned = val, val, False
+        if self.bowtie is not None:
+            # fine tables: weights within 1e-6 of the exact exp(-μ(E) t(x) / cos β) (tests)
+            half = 0.5 * self.fan_width_mm
+            xg = np.linspace(-half, half, 65537)
+            t = self.bowtie.thickness_mm(xg, self.source_to_isocentre_mm)
+            if self._bowtie_mu_mono is not None:
+                ln0, ln1, mu = 0.0, 1.0, np.full(2, self._bowtie_mu_mono)
+            else:
+                ln0, ln1 = math.log(0.999 * self.min_energy_keV), math.log(1.001 * self.max_energy_keV)
+                eg = np.exp(np.linspace(ln0, ln1, 16385))
+                mu = self.bowtie_mu_per_cm(np.clip(eg, self._bowtie_tables.energy_keV[0],
+                                                   self._bowtie_tables.energy_keV[-1]))
+            bt = (float(xg[0]), 1.0 / float(xg[1] - xg[0]), np.ascontiguousarray(t, float),
+                  ln0, (mu.size - 1) / (ln1 - ln0), np.ascontiguousarray(mu, float))
+        else:
+            bt = (0.0, 1.0, np.zeros(2), 0.0, 1.0, np.zeros(2))
+        angles = np.radians(self.angles_deg) if self.angles_deg is not None else np.zeros(1)
+        self._fast = (np.ascontiguousarray(angles, float), np.ascontiguousarray(cdf, float),
+                      np.ascontiguousarray(val, float), np.ascontiguousarray(lo, float),
+                      np.ascontiguousarray(hi, float), bool(binned), bt)
+        return self._fast
+
     def sample(self, n, rng):
         """Sample ``n`` photons (world frame).
 
@@ -608,6 +652,28 @@ class CTFanBeam(Source):
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
             raise TransportError(f"n must be an integer >= 0, got {n!r}")
         n = int(n)
+        mode = self._scan_mode()
+        if mode is None:
+            return self._sample_numpy(n, rng)
+        from . import _kernels
+
+        angles, cdf, val, lo, hi, binned, bt = self._fast_tables()
+        seed = int(rng.integers(0, 2 ** 63))
+        m, knots, vals, zcdf = mode
+        feed = self.pitch * self.slice_width_mm
+        pos, d, energy, weight = _kernels.sample_fan_beam(
+            n, seed, float(self.source_to_isocentre_mm), float(self.fan_width_mm), float(self.slice_width_mm), m,
+            angles, float(self.start_angle_deg), float(self.total_angle_deg), float(self.z_start_mm),
+            float(feed), np.ascontiguousarray(knots, float), np.ascontiguousarray(vals, float),
+            np.ascontiguousarray(zcdf, float), np.ascontiguousarray(self.isocentre_xyz_mm, float),
+            np.ascontiguousarray(self.axis, float), np.ascontiguousarray(self.u, float),
+            np.ascontiguousarray(self.v, float), cdf, val, lo, hi, binned, *bt, self.bowtie is not None,
+            float(_MIN_WEIGHT))
+        return PhotonBatch(pos, d, energy, None if self.bowtie is None else weight)
+
+    def _sample_numpy(self, n: int, rng: np.random.Generator) -> PhotonBatch:
+        """:meth:`sample` in NumPy (the reference the compiled sampler is tested against; used for
+        subclasses that change :meth:`_scan_positions` without :meth:`_scan_mode`)."""
         R = self.source_to_isocentre_mm
         x, y = self._plane_points(n, rng)
         theta, z = self._scan_positions(n, rng)

@@ -46,6 +46,8 @@ from .xsection import build_tables, fluorescence_tables, mu_en_rho
 __all__ = ["VoxelPhantom", "Physics", "Settings", "run", "COMPTON_MODELS"]
 
 COMPTON_MODELS = ("binding", "klein-nishina")
+TALLIES = ("voxels", "labels")
+_EMPTY_INT32 = np.zeros(0, dtype=np.int32)
 
 
 def _triplet(value, name):
@@ -177,6 +179,10 @@ class Physics:
         Top of the cross-section tables (keV).
     n_energy : int
         Energy nodes of the tables.
+    majorant_block_mm : float
+        Edge of the blocks of the tracking's macro grid (mm; rounded to whole voxels): each
+        block has its own majorant (:mod:`._kernels`). 0: one majorant for the whole grid.
+        Smaller blocks follow the anatomy more closely but cost a boundary crossing each.
     """
 
     compton: str = "binding"
@@ -186,8 +192,12 @@ class Physics:
     e_min_keV: float = 1.0
     e_max_keV: float = 150.0
     n_energy: int = 2000
+    majorant_block_mm: float = 20.0
 
     def __post_init__(self):
+        if (isinstance(self.majorant_block_mm, bool) or not isinstance(self.majorant_block_mm, (int, float))
+                or not math.isfinite(self.majorant_block_mm) or self.majorant_block_mm < 0):
+            raise TransportError(f"majorant_block_mm must be a number >= 0 (mm), got {self.majorant_block_mm!r}")
         if self.compton not in COMPTON_MODELS:
             raise TransportError(f"compton must be one of {COMPTON_MODELS}, got {self.compton!r}")
         if not isinstance(self.rayleigh, bool):
@@ -255,7 +265,7 @@ def _describe(obj):
     return obj
 
 
-def _fingerprint(phantom, materials, source, physics, settings, dose_to=None) -> str:
+def _fingerprint(phantom, materials, source, physics, settings, dose_to=None, tally="voxels") -> str:
     h = hashlib.sha256()
     for a in (phantom.material_id, phantom.density_g_cm3, phantom.labels):
         if a is not None:
@@ -270,7 +280,9 @@ def _fingerprint(phantom, materials, source, physics, settings, dose_to=None) ->
         "world": [phantom.world_material_id, phantom.world_margin_mm],
         "kernel": 2,
     }
-    if dose_to:  # (absent otherwise: earlier batch files keep their fingerprint)
+    if tally != "voxels":  # (absent otherwise: earlier batch files keep their fingerprint)
+        meta["tally"] = tally
+    if dose_to:
         meta["dose_to"] = {str(k): m.to_dict() for k, m in sorted(dose_to.items())}
     h.update(json.dumps(meta, sort_keys=True, default=str).encode())
     return h.hexdigest()[:24]
@@ -281,7 +293,7 @@ class _Prepared:
     mat: np.ndarray
     dens: np.ndarray
     tables: object
-    majorant: np.ndarray
+    blocks: tuple  # (ref, scale, bnx, bny, bnz, bsx, bsy, bsz, kx, ky, kz): the macro grid's majorants
     labels_flat: np.ndarray
     label_ids: np.ndarray
     voxel_mass_g: np.ndarray
@@ -294,6 +306,45 @@ class _Prepared:
     medium_ids: tuple = ()
     medium_rows: np.ndarray = None
     medium_mass_g: np.ndarray = None
+    row_label: np.ndarray = None  # label index of each material row when labels follow materials, else None
+    row_rho: np.ndarray = None  # density of each row (nominal)
+    row_rho_only: bool = False  # no density map: every voxel has its row's density
+
+
+def _unique_inverse(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(a, return_inverse=True)``; by counting for small non-negative integers (no sort:
+    seconds saved on grids of tens of millions of voxels)."""
+    if np.issubdtype(a.dtype, np.integer) and a.size and a.min() >= 0 and a.max() < 1 << 20:
+        present = np.bincount(a) > 0
+        ids = np.flatnonzero(present)
+        lut = np.cumsum(present) - 1
+        return ids.astype(a.dtype), lut[a]
+    return np.unique(a, return_inverse=True)
+
+
+def _block_majorants(phantom: VoxelPhantom, mat: np.ndarray, dens: np.ndarray, tables, n_rows: int,
+                     physics: Physics) -> tuple:
+    """The macro grid of the tracking: blocks of about ``physics.majorant_block_mm``, each with the
+    cheapest majorant ``s (μ/ρ)_r`` that bounds all its voxels at every tabulated energy."""
+    nz, ny, nx = phantom.shape
+    dz, dy, dx = phantom.spacing_mm
+    if physics.majorant_block_mm > 0:
+        k = [max(1, int(round(physics.majorant_block_mm / h))) for h in (dx, dy, dz)]
+    else:
+        k = [nx, ny, nz]
+    mu = tables.mu_rho_cm2_g[:n_rows, :, 0]
+    ratio = np.empty((n_rows, n_rows))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for m in range(n_rows):  # ratio[m, r] = max_E mu_m / mu_r (row by row: n_rows may be ~100)
+            ratio[m] = np.max(np.where(mu > 0, mu[m][None, :] / mu, np.inf), axis=1)
+    ratio = np.ascontiguousarray(np.where(np.isfinite(ratio), ratio, 1e300))
+    e = tables.energy_keV
+    typical = [np.argmin(np.abs(e - t)) for t in (30.0, 60.0, 90.0) if e[0] <= t <= e[-1]] or [e.size // 2]
+    cost = np.ascontiguousarray(mu[:, typical].mean(axis=1))
+    ref, scale, bnx, bny, bnz = _kernels.block_majorants(mat, dens, nx, ny, nz, k[0], k[1], k[2], n_rows, ratio,
+                                                         cost)
+    return (ref, scale, int(bnx), int(bny), int(bnz), k[0] * dx / 10.0, k[1] * dy / 10.0, k[2] * dz / 10.0,
+            k[0], k[1], k[2])
 
 
 def _check_dose_to(dose_to, materials) -> dict[int, Material]:
@@ -324,7 +375,9 @@ def _prepare(phantom: VoxelPhantom, materials: Mapping[int, Material], source: S
         raise TransportError(f"source must be a Source, got {type(source).__name__}")
     if not isinstance(physics, Physics):
         raise TransportError(f"physics must be a Physics, got {type(physics).__name__}")
-    ids = np.unique(phantom.material_id)
+    key = _geometry_key(phantom, materials, physics, dose_to)
+    hit = _GEOMETRY_CACHE.get(key)
+    ids = hit[0] if hit is not None else _unique_inverse(phantom.material_id.ravel())[0]
     missing = [int(i) for i in ids if int(i) not in materials]
     if missing:
         raise TransportError(f"material ids {missing[:10]} of the phantom have no material "
@@ -347,6 +400,32 @@ def _prepare(phantom: VoxelPhantom, materials: Mapping[int, Material], source: S
         if _kernels._entry_distance(p[0], p[1], p[2], d[0], d[1], d[2], box[0], box[1], box[2]) < 0:
             raise TransportError(f"the source's central ray from {ray[0].tolist()} mm along "
                                  f"{ray[1].tolist()} misses the phantom grid")
+    if hit is None:
+        hit = (ids, _geometry(phantom, materials, physics, dose_to, ids))
+        _GEOMETRY_CACHE.clear()  # one grid kept: a run of several sources (projections) reuses it
+        _GEOMETRY_CACHE[key] = hit
+    return hit[1]
+
+
+#: The source-independent part of :func:`_prepare` of the last grid run (key: its arrays, materials, physics).
+_GEOMETRY_CACHE: dict = {}
+
+
+def _geometry_key(phantom, materials, physics, dose_to) -> str:
+    h = hashlib.sha256()
+    for a in (phantom.material_id, phantom.density_g_cm3, phantom.labels):
+        if a is not None:
+            h.update(np.ascontiguousarray(a).tobytes()); h.update(str(a.dtype).encode()); h.update(str(a.shape).encode())
+    meta = {"grid": [phantom.shape, phantom.spacing_mm, phantom.world_material_id],
+            "materials": {str(k): m.to_dict() for k, m in sorted(materials.items())},
+            "physics": {k: getattr(physics, k) for k in physics.__dataclass_fields__},
+            "dose_to": {str(k): m.to_dict() for k, m in sorted((dose_to or {}).items())}}
+    h.update(json.dumps(meta, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def _geometry(phantom, materials, physics, dose_to, ids) -> _Prepared:
+    wid = phantom.world_material_id
     used = [int(i) for i in ids]
     lut = np.zeros(int(ids.max()) + 1, dtype=np.int64)
     lut[ids] = np.arange(len(used))
@@ -368,14 +447,12 @@ def _prepare(phantom: VoxelPhantom, materials: Mapping[int, Material], source: S
     nominal = tables.densities_g_cm3.astype(np.float32)
     dens = (phantom.density_g_cm3.ravel() if phantom.density_g_cm3 is not None else nominal[mat])
     dens = np.ascontiguousarray(dens, dtype=np.float32)
-    rho_max = np.zeros(len(mats))
-    np.maximum.at(rho_max, mat.astype(np.int64), dens.astype(np.float64))
-    if rho_max.max() <= 0:
+    if not np.any(dens > 0):
         raise TransportError("the phantom has zero density everywhere")
-    majorant = np.max(tables.mu_rho_cm2_g[:, :, 0] * rho_max[:, None], axis=0)
-    majorant = majorant * (1.0 + 1e-12) + 1e-300
+    blocks = _block_majorants(phantom, mat, dens, tables, len(mats), physics)
     labels = phantom.labels if phantom.labels is not None else phantom.material_id
-    label_ids, labels_flat = np.unique(labels.ravel(), return_inverse=True)
+    label_ids, labels_flat = _unique_inverse(labels.ravel())
+    labels_flat = labels_flat.astype(np.int32)
     dz, dy, dx = phantom.spacing_mm
     voxel_mass = dens.astype(np.float64) * (dx * dy * dz * 1e-3)
     label_mass = np.bincount(labels_flat, weights=voxel_mass, minlength=len(label_ids))
@@ -391,19 +468,33 @@ def _prepare(phantom: VoxelPhantom, materials: Mapping[int, Material], source: S
     for j, (k, _) in enumerate(media):
         conv[rows[j]] = mu_en_rho(tables, n_grid_rows + j) / mu_en_rho(tables, rows[j])
     row_mass = np.bincount(mat.astype(np.int64), weights=voxel_mass, minlength=len(mats))
-    return _Prepared(np.ascontiguousarray(mat), dens, tables, np.ascontiguousarray(majorant),
-                     labels_flat.astype(np.int64), label_ids, voxel_mass, label_mass, world_row, world_rho,
+    # labels that are a function of the material row are scored through the row (no voxel lookup)
+    first = np.full(len(mats), -1, np.int64)
+    first[mat[::-1]] = np.arange(mat.size - 1, -1, -1)  # (any voxel of each row)
+    row_label = np.where(first >= 0, labels_flat[np.maximum(first, 0)], 0).astype(np.int32)
+    if not np.array_equal(row_label[mat], labels_flat):
+        row_label = None
+    return _Prepared(np.ascontiguousarray(mat), dens, tables, blocks,
+                     labels_flat, label_ids, voxel_mass, label_mass, world_row, world_rho,
                      np.ascontiguousarray(fl_cum), np.ascontiguousarray(fl_e), np.ascontiguousarray(conv),
-                     tuple(k for k, _ in media), rows, row_mass[rows] if media else np.zeros(0))
+                     tuple(k for k, _ in media), rows,
+                     row_mass[rows] if media else np.zeros(0), row_label,
+                     np.ascontiguousarray(tables.densities_g_cm3, float), phantom.density_g_cm3 is None)
 
 
 def _run_batch(prep: _Prepared, phantom: VoxelPhantom, source: Source, physics: Physics,
-               settings: Settings, batch: int, fingerprint: str) -> BatchRecord:
+               settings: Settings, batch: int, fingerprint: str, per_voxel: bool = True) -> BatchRecord:
     nz, ny, nx = phantom.shape
     dz, dy, dx = (s / 10.0 for s in phantom.spacing_mm)
     t = prep.tables
     nvox = nx * ny * nz
-    voxel = np.zeros(nvox)
+    if per_voxel:
+        score_idx, mode = _EMPTY_INT32, 0
+    elif prep.row_label is not None:
+        score_idx, mode = prep.row_label, 2
+    else:
+        score_idx, mode = prep.labels_flat, 1
+    voxel = np.zeros(nvox if per_voxel else len(prep.label_ids))
     escape = np.zeros((_kernels.N_ESCAPE_CATEGORIES, _kernels.N_ESCAPE_QUANTITIES))
     incident = 0.0
     world = 0.0
@@ -429,10 +520,11 @@ def _run_batch(prep: _Prepared, phantom: VoxelPhantom, source: Source, physics: 
         with np.errstate(over="ignore"):
             v, esc, wk, cv = _kernels.transport(
                 pos, dirs, e, wgt, prep.mat, prep.dens, nx, ny, nz, dx, dy, dz,
-                t.mu_rho_cm2_g, prep.majorant, t.ln_e0, 1.0 / t.dln_e, t.compton_s_over_z,
+                t.mu_rho_cm2_g, *prep.blocks, t.ln_e0, 1.0 / t.dln_e, t.compton_s_over_z,
                 t.rayleigh_cum, hx, float(physics.cutoff_keV), int(settings.seed), int(batch), int(start),
                 numba.get_num_threads(), prep.world_row, prep.world_rho,
-                float(phantom.world_margin_mm) / 10.0, prep.fl_cum, prep.fl_e, prep.conv_tab)
+                float(phantom.world_margin_mm) / 10.0, prep.fl_cum, prep.fl_e, prep.conv_tab, score_idx,
+                len(prep.label_ids), mode, prep.row_rho, prep.row_rho_only)
         voxel += v
         conv += cv
         escape += esc
@@ -441,7 +533,10 @@ def _run_batch(prep: _Prepared, phantom: VoxelPhantom, source: Source, physics: 
     voxel *= 1000.0
     escape[:, 0] *= 1000.0
     escape[:, 2] *= 1000.0
-    label = np.bincount(prep.labels_flat, weights=voxel, minlength=len(prep.label_ids))
+    if per_voxel:
+        label = np.bincount(prep.labels_flat, weights=voxel, minlength=len(prep.label_ids))
+    else:
+        label, voxel = voxel, np.zeros(0)
     return BatchRecord(batch, n, fingerprint, voxel, label, escape, incident * 1000.0,
                        world * 1000.0, filtered * 1000.0,
                        conv[prep.medium_rows] * 1000.0 if len(prep.medium_ids) else None)
@@ -475,7 +570,7 @@ def run(phantom: VoxelPhantom, materials: Mapping[int, Material], source: Source
         progress: Callable[[int, int], None] | None = None,
         regions: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
         batches: Sequence[int] | None = None,
-        dose_to: Mapping[int, Material] | None = None) -> TransportResult:
+        dose_to: Mapping[int, Material] | None = None, tally: str = "voxels") -> TransportResult:
     """Transport ``settings.n_batches × settings.histories_per_batch`` photons.
 
     Parameters
@@ -509,6 +604,11 @@ def run(phantom: VoxelPhantom, materials: Mapping[int, Material], source: Source
         (Below about 100 keV the secondary electrons of bone trabeculae raise the dose to the
         marrow between them above this estimate: ICRP Publication 116's dose-response
         functions; not modelled.)
+    tally : {'voxels', 'labels'}
+        ``'voxels'`` (default): energy per voxel and batch (dose maps, regions; every batch
+        reduces and stores a value per voxel). ``'labels'``: energy per label only, summed
+        by the threads directly: for organ doses of large grids this saves the memory and
+        the per-batch work of the voxel map. Voxel maps and regions then raise an error.
 
     Returns
     -------
@@ -526,14 +626,18 @@ def run(phantom: VoxelPhantom, materials: Mapping[int, Material], source: Source
     settings = settings if settings is not None else Settings()
     if not isinstance(settings, Settings):
         raise TransportError(f"settings must be a Settings, got {type(settings).__name__}")
+    if tally not in TALLIES:
+        raise TransportError(f"tally must be one of {TALLIES}, got {tally!r}")
+    if tally == "labels" and regions:
+        raise TransportError("regions are weighted voxel sums: they need tally='voxels'")
     media = _check_dose_to(dose_to, materials)
     prep = _prepare(phantom, materials, source, physics, media)
-    fp = _fingerprint(phantom, materials, source, physics, settings, media)
+    fp = _fingerprint(phantom, materials, source, physics, settings, media, tally)
     regs = _check_regions(regions, int(np.prod(phantom.shape)))
     result = TransportResult(tuple(phantom.shape), prep.label_ids, fp, prep.voxel_mass_g, prep.label_mass_g,
                              region_names=tuple(regs), medium_ids=prep.medium_ids,
                              medium_names=tuple(media[k].name for k in prep.medium_ids),
-                             medium_mass_g=prep.medium_mass_g)
+                             medium_mass_g=prep.medium_mass_g, per_voxel=tally == "voxels")
     state = Path(settings.state_dir) if settings.state_dir is not None else None
     old_threads = numba.get_num_threads()
     if settings.threads is not None:
@@ -556,7 +660,7 @@ def run(phantom: VoxelPhantom, materials: Mapping[int, Material], source: Source
                     rec = None
             if rec is None:
                 t0 = time.perf_counter()
-                rec = _run_batch(prep, phantom, source, physics, settings, b, fp)
+                rec = _run_batch(prep, phantom, source, physics, settings, b, fp, tally == "voxels")
                 t_compute += time.perf_counter() - t0
                 n_computed += rec.histories
                 if path is not None:

@@ -148,9 +148,10 @@ class TransportResult:
     medium_mass_g: np.ndarray | None = None
     medium_sum: np.ndarray = field(default=None)
     medium_sum_sq: np.ndarray = field(default=None)
+    per_voxel: bool = True
 
     def __post_init__(self):
-        nvox = int(np.prod(self.shape))
+        nvox = int(np.prod(self.shape)) if self.per_voxel else 0
         nl = len(self.label_ids)
         for name, size in (("voxel_sum", nvox), ("voxel_sum_sq", nvox), ("label_sum", nl), ("label_sum_sq", nl)):
             if getattr(self, name) is None:
@@ -212,7 +213,7 @@ class TransportResult:
         self.filtered_sum_sq += xf * xf
         self.world_total_eV += rec.world_eV
         self.filtered_total_eV += rec.filtered_eV
-        self.deposited_total_eV += float(rec.voxel_eV.sum())
+        self.deposited_total_eV += float(rec.label_eV.sum())
         self.escaped_total_eV += float(rec.escape[:, 0].sum())
         self.incident_total_eV += rec.incident_eV
         self.n_batches += 1
@@ -225,20 +226,28 @@ class TransportResult:
         recs = sorted((BatchRecord.load(p) for p in paths), key=lambda r: r.batch)
         if not recs:
             raise TransportError("merge: no batch files given")
-        res = cls(tuple(shape), np.asarray(label_ids), recs[0].fingerprint, voxel_mass_g, label_mass_g)
+        res = cls(tuple(shape), np.asarray(label_ids), recs[0].fingerprint, voxel_mass_g, label_mass_g,
+                  per_voxel=recs[0].voxel_eV.size > 0)
         for r in recs:
             res.add_batch(r)
         return res
 
     # ------------------------------------------------------------------ derived
+    def _need_voxels(self) -> None:
+        if not self.per_voxel:
+            raise TransportError("this run tallied labels only (run(..., tally='labels')): voxel maps need "
+                                 "tally='voxels'")
+
     @property
     def edep_eV_per_photon(self) -> np.ndarray:
         """Mean energy deposited per voxel per source photon (eV), shape :attr:`shape`."""
+        self._need_voxels()
         return _mean_sigma(self.voxel_sum, self.voxel_sum_sq, self.n_batches)[0].reshape(self.shape)
 
     @property
     def edep_sigma_eV_per_photon(self) -> np.ndarray:
         """1σ of :attr:`edep_eV_per_photon` (eV; NaN with fewer than 2 batches)."""
+        self._need_voxels()
         return _mean_sigma(self.voxel_sum, self.voxel_sum_sq, self.n_batches)[1].reshape(self.shape)
 
     @property
@@ -296,6 +305,7 @@ class TransportResult:
 
     def dose_Gy_per_photon(self) -> tuple[np.ndarray, np.ndarray]:
         """Mean dose per voxel per source photon and its σ (Gy); needs ``voxel_mass_g``."""
+        self._need_voxels()
         if self.voxel_mass_g is None:
             raise TransportError("dose needs voxel_mass_g")
         ev_to_j = 1.602176634e-19

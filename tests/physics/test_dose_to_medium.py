@@ -87,3 +87,30 @@ def test_dose_to_checks_its_input():
         run(ph, {0: WATER}, beam, settings=Settings(100, 2, 1), dose_to={3: AIR})
     with pytest.raises(TransportError, match="must be a Material"):
         run(ph, {0: WATER}, beam, settings=Settings(100, 2, 1), dose_to={0: "air"})
+
+
+def test_label_tallies_equal_the_voxel_map_summed_per_label():
+    """``tally='labels'`` sums deposits per label in the threads: the same photons give the
+    same label energies (to round-off) as the voxel map summed per label, and the voxel map is refused."""
+    ids = np.array([[[0, 1], [1, 2]], [[2, 0], [0, 1]]], np.int16)
+    ph = VoxelPhantom(ids, spacing_mm=(20, 30, 30), origin_xyz_mm=(-30, -30, 0))
+    mats = {0: WATER, 1: _tissue("cortical_bone"), 2: _tissue("red_marrow")}
+    beam = PencilBeam((5, 5, -50), (0.1, 0.05, 1), 60.0)
+    s = Settings(5000, 4, 11)
+    a = run(ph, mats, beam, settings=s)
+    b = run(ph, mats, beam, settings=s, tally="labels")
+    assert np.allclose(b.label_edep_eV_per_photon, a.label_edep_eV_per_photon, rtol=1e-12)
+    assert np.allclose(b.label_edep_sigma_eV_per_photon, a.label_edep_sigma_eV_per_photon, rtol=1e-9)
+    assert abs(b.energy_balance_error) < 1e-12
+    with pytest.raises(TransportError, match="tally='voxels'"):
+        b.dose_Gy_per_photon()
+    # labels that split a material (scored per voxel, not through the material) and a density map
+    lab = np.arange(8, dtype=np.int16).reshape(ids.shape)
+    rho = np.linspace(0.5, 1.5, 8, dtype=np.float32).reshape(ids.shape)
+    ph2 = VoxelPhantom(ids, spacing_mm=(20, 30, 30), origin_xyz_mm=(-30, -30, 0), labels=lab, density_g_cm3=rho)
+    a2 = run(ph2, mats, beam, settings=s)
+    b2 = run(ph2, mats, beam, settings=s, tally="labels")
+    assert len(b2.label_ids) == 8
+    assert np.allclose(b2.label_edep_eV_per_photon, a2.label_edep_eV_per_photon, rtol=1e-12)
+    with pytest.raises(TransportError, match="regions"):
+        run(ph, mats, beam, settings=s, tally="labels", regions={"r": (np.array([0]), np.array([1.0]))})

@@ -356,7 +356,8 @@ def test_bowtie_weights_mono():
     b = src.sample(20_000, np.random.default_rng(12))
     xs, ys, _ = plane_hits(src, b)
     path = _cylinder_t(xs, R_MM, t0, rho, k) * np.sqrt(R_MM ** 2 + xs ** 2 + ys ** 2) / np.sqrt(R_MM ** 2 + xs ** 2)
-    assert np.allclose(b.weight, np.exp(-mu * path), rtol=1e-9, atol=0)
+    # (the compiled sampler interpolates t(x) and μ(E) on fine tables: 1e-6)
+    assert np.allclose(b.weight, np.exp(-mu * path), rtol=1e-6, atol=0)
     assert np.all((b.weight > 0) & (b.weight <= 1))
 
 
@@ -393,7 +394,7 @@ def test_bowtie_spectrum_weights_follow_energy():
     xs, ys, _ = plane_hits(src, b)
     t = np.interp(xs, [-200.0, 0.0, 200.0], [8.0, 1.0, 8.0])
     path = t * np.sqrt(R_MM ** 2 + xs ** 2 + ys ** 2) / np.sqrt(R_MM ** 2 + xs ** 2)
-    assert np.allclose(b.weight, np.exp(-_mu_al_per_mm(b.energy_keV) * path), rtol=1e-9)
+    assert np.allclose(b.weight, np.exp(-_mu_al_per_mm(b.energy_keV) * path), rtol=1e-6)
     # beam hardening: at the same ray, lower energies are filtered more
     w = src.bowtie_transmission(100.0, 0.0, [30.0, 60.0, 90.0])
     assert w[0] < w[1] < w[2]

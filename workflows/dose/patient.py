@@ -192,13 +192,14 @@ def marrow_media(names: Mapping[int, str], age: str | None) -> dict:
 
 def run_scan(phantom, mats, protocol, physics_opts: Mapping, histories: int, batches: int, seed: int,
               threads: int | None, state_dir=None, progress=None, spectrum=None, isocentre_xyz_mm=(0.0, 0.0, 0.0),
-              regions=None, dose_to=None):
+              regions=None, dose_to=None, tally: str = "voxels"):
     """Transport the protocol's helical scan through ``phantom``; returns the engine's TransportResult.
 
     ``physics_opts`` are :class:`physics.transport.Physics` keywords (``e_max_keV`` is set
     from the spectrum); ``spectrum`` (optional) replaces the protocol's SpekPy spectrum (a
     cached copy); ``dose_to`` (``{label: Material}``, e.g. :func:`marrow_media`) also scores the
-    dose to that medium in those labels. Raises TransportError / ProtocolError as the engine does.
+    dose to that medium in those labels; ``tally="labels"`` scores organs only (no dose map).
+    Raises TransportError / ProtocolError as the engine does.
     """
     from physics.transport import Physics, Settings, run
 
@@ -206,7 +207,8 @@ def run_scan(phantom, mats, protocol, physics_opts: Mapping, histories: int, bat
     e_max = max(150.0, source.max_energy_keV * 1.001)
     physics = Physics(**{**dict(physics_opts), "e_max_keV": e_max})
     settings = Settings(histories // batches, batches, seed, threads, state_dir=state_dir)
-    return run(phantom, mats, source, physics, settings, progress=progress, regions=regions, dose_to=dose_to or None)
+    return run(phantom, mats, source, physics, settings, progress=progress, regions=regions, dose_to=dose_to or None,
+               tally=tally)
 
 
 def normalisation(protocol, ctdi: Mapping) -> dict:

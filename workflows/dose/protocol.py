@@ -198,6 +198,10 @@ class ModulatedCTFanBeam(CTFanBeam):
         t = np.clip(t, 0.0, 1.0)
         return self._knots[k] + t * (self._knots[k + 1] - self._knots[k])
 
+    def _scan_mode(self) -> tuple:
+        """Mode 2 of the compiled sampler: z from the relative-mA density, the angle on the helix."""
+        return 2, self._knots, self._vals, self._cdf
+
     def _scan_positions(self, n, rng):
         """Axial position drawn with density ∝ relative mA; the angle follows the helix."""
         z = self.sample_z_mm(n, rng)

@@ -479,7 +479,8 @@ def run_ct_case(base: dict, params: dict, case_dir: Path, *, prepared: dict | No
     t2 = time.perf_counter()
     res, rows, _, _, eff = scan_case(phantom, mats, names, protocol, base, prepared, CTCaseError,
                                      isocentre_xyz_mm=prepared["isocentre_xyz_mm"],
-                                     dose_to=marrow_media(names, base["age"]))
+                                     dose_to=marrow_media(names, base["age"]),
+                                     tally="voxels" if figures else "labels")
     times["transport"] = time.perf_counter() - t2
     norm = prepared["normalisation"]
     n_scan, ctdivol = norm["photons_in_scan"], norm["ctdivol_mGy"]

@@ -525,7 +525,8 @@ def run_dose_case(base: dict, params: dict, case_dir: Path, *, prepared: dict | 
     t1 = time.perf_counter()
     if not quiet:
         print(f"[dose case] {case.name}: {base['histories']:.3g} photons, grid {lab.shape}, params {p}", flush=True)
-    res, rows, organ_dose, organ_mass, eff = scan_case(phantom, mats, names, protocol, base, prepared, DoseCaseError)
+    res, rows, organ_dose, organ_mass, eff = scan_case(phantom, mats, names, protocol, base, prepared, DoseCaseError,
+                                                       tally="voxels" if figures else "labels")
     times["transport"] = time.perf_counter() - t1
 
     norm = prepared["normalisation"]
