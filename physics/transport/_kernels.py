@@ -822,5 +822,5 @@ def block_majorants(mat, dens, nx, ny, nz, kx, ky, kz, n_rows, ratio, cost):
                 best_r = r
                 best_s = sc
         ref[b] = best_r
-        scale[b] = best_s * (1.0 + 1e-12)
+        scale[b] = best_s * (1.0 + 1e-6)  # (densities are float32: bound their rounding)
     return ref, scale, bnx, bny, bnz
