@@ -28,7 +28,7 @@ def main() -> None:
     ap.add_argument("--case", nargs="+", default=["4.1", "4.2", "5"], choices=["4.1", "4.2", "5"])
     ap.add_argument("--h41", type=float, default=2e6, help="histories per Case 4.1 configuration")
     ap.add_argument("--h42", type=float, default=2e7, help="histories per Case 4.2 configuration")
-    ap.add_argument("--h5", type=float, default=5e6, help="histories per Case 5 projection")
+    ap.add_argument("--h5", type=float, default=1e7, help="histories per Case 5 projection")
     ap.add_argument("--out", default="bench_output/tg195")
     args = ap.parse_args()
     out = Path(args.out)

@@ -289,7 +289,7 @@ def run_case4_2(histories: int, seed: int = 2, batches: int = 10, configs=None, 
     return rows
 
 
-def run_case5(histories_per_projection: int, seed: int = 3, batches: int = 4, spectra=("56.4 keV", "120 kVp"),
+def run_case5(histories_per_projection: int, seed: int = 3, batches: int = 20, spectra=("56.4 keV", "120 kVp"),
               angles=(0, 45, 90, 135, 180, 225, 270, 315), reference_dir=None, settings_kw=None,
               progress=None) -> list[dict]:
     """Case 5: per spectrum and projection, one row per organ (labels 3–19), plus the
