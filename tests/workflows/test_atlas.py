@@ -80,6 +80,7 @@ batches = 10
     return {o["organ"]: o for o in r["organs"]}
 
 
+@pytest.mark.slow  # 45-50 s: make validate (make test keeps the atlas on a real CT, test_ct_dose_study.py)
 def test_atlas_finds_the_organs_of_a_known_warp_and_their_doses(tmp_path, capsys, body_ct_protocol):
     from pipeline.image import read_image
     from pipeline.metrics import dice
