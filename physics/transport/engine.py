@@ -265,11 +265,18 @@ def _describe(obj):
     return obj
 
 
-def _fingerprint(phantom, materials, source, physics, settings, dose_to=None, tally="voxels") -> str:
+def _hash_arrays(phantom) -> "hashlib._Hash":
+    """A sha256 fed with the phantom's material, density and label arrays (bytes, dtype, shape)."""
     h = hashlib.sha256()
     for a in (phantom.material_id, phantom.density_g_cm3, phantom.labels):
         if a is not None:
-            h.update(np.ascontiguousarray(a).tobytes()); h.update(str(a.dtype).encode())
+            h.update(np.ascontiguousarray(a).tobytes())
+            h.update(f"{a.dtype}{a.shape}".encode())
+    return h
+
+
+def _fingerprint(phantom, materials, source, physics, settings, dose_to=None, tally="voxels") -> str:
+    h = _hash_arrays(phantom)
     meta = {
         "grid": [phantom.shape, phantom.spacing_mm, phantom.origin_xyz_mm, phantom.direction_xyz.tolist()],
         "materials": {str(k): m.to_dict() for k, m in sorted(materials.items())},
@@ -412,10 +419,7 @@ _GEOMETRY_CACHE: dict = {}
 
 
 def _geometry_key(phantom, materials, physics, dose_to) -> str:
-    h = hashlib.sha256()
-    for a in (phantom.material_id, phantom.density_g_cm3, phantom.labels):
-        if a is not None:
-            h.update(np.ascontiguousarray(a).tobytes()); h.update(str(a.dtype).encode()); h.update(str(a.shape).encode())
+    h = _hash_arrays(phantom)
     meta = {"grid": [phantom.shape, phantom.spacing_mm, phantom.world_material_id],
             "materials": {str(k): m.to_dict() for k, m in sorted(materials.items())},
             "physics": {k: getattr(physics, k) for k in physics.__dataclass_fields__},
