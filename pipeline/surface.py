@@ -87,6 +87,8 @@ _MASK_SIGMA_VOXELS = 0.6
 _UPSAMPLE_BELOW_RADIUS_VOXELS = 4.0
 #: Dilation (voxels) of the mask that bounds the intensity iso-surface.
 _INTENSITY_DILATION_VOXELS = 2
+#: Radius (voxels) of the neighbourhood whose quadric gives the wall's curvature along the axis.
+_AXIAL_FIT_VOXELS = 3.0
 #: Largest outward offset of the blur correction, in voxels (a guard against odd images).
 _MAX_BLUR_OFFSET_VOXELS = 0.5
 #: Surface smoothing filters: "taubin" (lambda|mu, keeps the volume) and "laplacian" (shrinks).
@@ -352,6 +354,44 @@ def _disk_radius_from_half_max(rho_over_sigma: np.ndarray) -> np.ndarray:
     return out
 
 
+def _axial_curvature(mesh, axis_dir: np.ndarray, radius_mm: float) -> np.ndarray:
+    """Normal curvature (1/mm, > 0 convex) of the surface along the local vessel axis at each vertex.
+
+    A weighted least-squares quadric w = c + b1 x + b2 y + (k_xx x² + 2 k_xy x y + k_yy y²)/2 of
+    the vertices within ``radius_mm`` (Gaussian weights of width radius_mm / 2) in the tangent
+    frame of each vertex, x along the axis projected onto the tangent plane, y across it and w
+    along the outward normal; the curvature along x is −k_xx (the normal points out of the
+    lumen). Returns 0 where fewer than 8 neighbours support the fit.
+    """
+    from scipy.spatial import cKDTree
+
+    V = np.asarray(mesh.vertices, float)
+    N = np.asarray(mesh.vertex_normals, float)
+    ex = axis_dir - np.einsum("ni,ni->n", axis_dir, N)[:, None] * N
+    ex /= np.maximum(np.linalg.norm(ex, axis=1), 1e-12)[:, None]
+    ey = np.cross(N, ex)
+    tree = cKDTree(V)
+    pairs = tree.query_pairs(radius_mm, output_type="ndarray")
+    i = np.concatenate([pairs[:, 0], pairs[:, 1], np.arange(len(V))])
+    j = np.concatenate([pairs[:, 1], pairs[:, 0], np.arange(len(V))])
+    d = V[j] - V[i]
+    x, y, w = (np.einsum("ni,ni->n", d, e[i]) for e in (ex, ey, N))
+    wt = np.exp(-2.0 * (x * x + y * y + w * w) / radius_mm**2)
+    cols = [np.ones_like(x), x, y, 0.5 * x * x, x * y, 0.5 * y * y]
+    n = len(V)
+    ata = np.empty((n, 6, 6))
+    for a in range(6):  # weighted normal equations, summed per vertex (bincount: no (pairs, 6, 6) array)
+        for b in range(a, 6):
+            ata[:, a, b] = ata[:, b, a] = np.bincount(i, wt * cols[a] * cols[b], minlength=n)
+    atb = np.stack([np.bincount(i, wt * w * c, minlength=n) for c in cols], axis=1)
+    ok = np.bincount(i, minlength=n) >= 8
+    kappa = np.zeros(n)
+    ata[~ok] = np.eye(6)
+    sol = np.linalg.solve(ata + 1e-12 * np.eye(6), atb[..., None])[..., 0]
+    kappa[ok] = -sol[ok, 3]
+    return kappa
+
+
 def _blur_correction(mesh, binary: np.ndarray, intensity: np.ndarray, level: float, vol: Volume,
                      cl_xyz: np.ndarray, half_max_level: float | None = None) -> tuple[np.ndarray, dict]:
     """Outward vertex offsets (mm) undoing the inward bias of a half-maximum iso-surface.
@@ -424,9 +464,16 @@ def _blur_correction(mesh, binary: np.ndarray, intensity: np.ndarray, level: flo
         cov = np.einsum("nki,nkj->nij", pts - centroid[:, None], pts - centroid[:, None])
         axis_dir = np.linalg.eigh(cov)[1][:, :, -1]
         rel = rel - np.einsum("ni,ni->n", rel, axis_dir)[:, None] * axis_dir
+    else:
+        axis_dir = None
     rho = np.maximum(np.linalg.norm(rel, axis=1), 0.5 * float(sp.min()))
     sigma = np.sqrt(sigma2)
     offset = sigma * _disk_radius_from_half_max(rho / sigma) - rho
+    if axis_dir is not None:
+        # the wall's curvature along the axis adds sigma^2/2 kappa_axial (concave at a throat: less)
+        kappa_ax = _axial_curvature(mesh, axis_dir, max(_AXIAL_FIT_VOXELS * float(sp.min()), 1.5 * sigma))
+        offset = offset + 0.5 * sigma2 * kappa_ax
+        info["axial_curvature_per_mm_range"] = [float(np.percentile(kappa_ax, 1)), float(np.percentile(kappa_ax, 99))]
     offset = np.clip(offset, 0.0, _MAX_BLUR_OFFSET_VOXELS * float(sp.min()))
     info.update(applied=True, offset_mm_mean=float(offset.mean()), offset_mm_max=float(offset.max()))
     return offset, info
