@@ -408,6 +408,12 @@ def _blur_correction(mesh, binary: np.ndarray, intensity: np.ndarray, level: flo
     level), I_core the median of the lumen core. The local radius R of each vertex is its
     distance to the centroid of its nearest medial points of the mask.
 
+    The disk relation covers the curvature around the axis. The wall's curvature along the
+    axis adds sigma^2/2 kappa_axial (first order in sigma; kappa_axial > 0 where the wall bulges
+    out, < 0 at a stenosis throat, where the wall is saddle-shaped and the disk relation alone
+    over-corrects: on a 75 % stenosis that alone moved ΔP by -8 %). kappa_axial comes from a
+    local quadric fit of the surface (:func:`_axial_curvature`, radius max(3 voxels, 1.5 sigma)).
+
     When the surface is contoured off the half maximum on purpose (``level`` differs from
     ``half_max_level``, a threshold-shift study), the contrast is measured from
     ``half_max_level`` and the slope at the contour is that of the edge at the level fraction
@@ -763,7 +769,8 @@ def make_tagged_surface(
     blur_correction : bool
         With ``intensity``: move the half-maximum surface outwards by sigma^2 / (2 R), the
         inward shift that scanner blur (sigma measured from the edge slope) causes on a
-        curved lumen of local radius R (see ``_blur_correction``). Reported under
+        curved lumen of local radius R, plus sigma^2/2 times the wall's curvature along the
+        axis (see ``_blur_correction``). Reported under
         ``report["blur_correction"]``.
     boundary_offset_mm : float
         Move the wall outwards (> 0) or inwards (< 0) by this distance along its normals

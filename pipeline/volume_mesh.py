@@ -41,7 +41,7 @@ from physics.atomic import atomic_files
 from physics.atomic import to_jsonable as _jsonable
 from pipeline.surface import FLUID, INLET, OUTLET_FIRST, WALL, TaggedSurface
 
-__all__ = ["MeshingError", "VolumeMesh", "mesh_volume", "FLUID", "MESH_FILES", "SCHEMA_VERSION"]
+__all__ = ["MeshingError", "VolumeMesh", "mesh_volume", "jet_sizing_radius", "FLUID", "MESH_FILES", "SCHEMA_VERSION"]
 
 SCHEMA_VERSION = 1
 MESH_FILES = ("mesh.msh", "mesh.xdmf", "mesh.h5", "facets.xdmf", "facets.h5", "mesh.vtu", "mesh_info.json")
@@ -148,6 +148,7 @@ def mesh_volume(
     order: int = 1,
     optimize: bool = True,
     verbose: bool = False,
+    jet_spread: float | None = None,
 ) -> VolumeMesh:
     """Fill a tagged watertight surface with tagged tetrahedra and write the mesh files.
 
@@ -169,6 +170,12 @@ def mesh_volume(
         Run gmsh's tetrahedron optimiser (and, for order 2, the high-order optimiser).
     verbose : bool
         Let gmsh print to the terminal.
+    jet_spread : float, optional
+        Size the jet downstream of every narrowing: the sizing radius of a centreline point is
+        the least of its own radius and, over the points upstream of it (along the skeleton
+        from the inlet), their radius plus ``jet_spread`` times the distance between them, so
+        the elements stay at the throat's scale where its jet and shear layer run and widen
+        back at that rate (see :func:`jet_sizing_radius`). None: the local radius only.
 
     Returns
     -------
@@ -204,6 +211,10 @@ def mesh_volume(
         raise MeshingError("the surface has no centreline with positive radii, needed for mesh sizing")
 
     radius = np.asarray(surface.centreline_radius_mm, float)
+    sizing_radius = None
+    if jet_spread is not None:
+        _check_positive(jet_spread, "jet_spread", allow_none=False)
+        sizing_radius = jet_sizing_radius(surface, float(jet_spread))
     if min_size_mm is None:
         min_size_mm = float(radius.min()) / (2.0 * cells_per_radius)
     if max_size_mm is None:
@@ -218,7 +229,8 @@ def mesh_volume(
         for refinement in range(_PLC_RETRIES + 1):
             try:
                 stats, name_of_tag = _run_gmsh(surface, tmp_dir / "mesh.msh", cells_per_radius, float(min_size_mm),
-                                               float(max_size_mm), int(order), bool(optimize), bool(verbose), fine)
+                                               float(max_size_mm), int(order), bool(optimize), bool(verbose), fine,
+                                               sizing_radius)
                 break
             except _Retry as exc:
                 # gmsh's re-meshed wall crosses itself, or elements span a gap from wall to wall,
@@ -242,6 +254,7 @@ def mesh_volume(
         boundaries["cell_tags"] = {"fluid": FLUID}
         stats["surface_volume_mm3"] = float(surface.volume_mm3)
         stats["cells_per_radius"] = float(cells_per_radius)
+        stats["jet_spread"] = None if jet_spread is None else float(jet_spread)
         stats["min_size_mm"] = float(min_size_mm)
         stats["max_size_mm"] = float(max_size_mm)
         info = {"schema_version": SCHEMA_VERSION, "boundaries": boundaries, "stats": stats,
@@ -257,8 +270,52 @@ def mesh_volume(
     )
 
 
+#: Nearest skeleton neighbours joined in the graph along which a jet's sizing radius is carried.
+_JET_NEIGHBOURS = 4
+
+
+def jet_sizing_radius(surface: TaggedSurface, spread: float) -> np.ndarray:
+    """Sizing radius (mm) per centreline point that keeps a narrowing's scale along its jet.
+
+    Each point p takes min(r(p), min over points q upstream of it of r(q) + ``spread`` |p − q|),
+    where upstream means nearer the inlet along the skeleton: the skeleton points (sparse,
+    with gaps) are joined to their ``_JET_NEIGHBOURS`` nearest neighbours and their distance
+    from the point nearest the inlet cap is found by Dijkstra (unreached points use the
+    straight distance). Only points narrower than the widest can shape the field, and each
+    reaches at most (r_max − r(q)) / spread.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import dijkstra
+    from scipy.spatial import cKDTree
+
+    pts = np.asarray(surface.centreline_xyz_mm, float)
+    r = np.asarray(surface.centreline_radius_mm, float)
+    env = r.copy()
+    if len(pts) < 2:
+        return env
+    tree = cKDTree(pts)
+    k = min(_JET_NEIGHBOURS + 1, len(pts))
+    d, nb = tree.query(pts, k=k)
+    rows = np.repeat(np.arange(len(pts)), k - 1)
+    graph = coo_matrix((d[:, 1:].ravel(), (rows, nb[:, 1:].ravel())), shape=(len(pts), len(pts))).tocsr()
+    graph = graph.maximum(graph.T)  # symmetric: each point's nearest neighbours, both ways
+    inlet = next((c for c in surface.caps if c.tag == INLET), surface.caps[0])
+    inlet_xyz = np.asarray(inlet.centre_xyz_mm, float)
+    g = dijkstra(graph, indices=int(tree.query(inlet_xyz)[1]))
+    lost = ~np.isfinite(g)
+    g[lost] = np.linalg.norm(pts[lost] - inlet_xyz, axis=1)
+    r_max = float(r.max())
+    for q in np.flatnonzero(r < r_max):
+        near = np.asarray(tree.query_ball_point(pts[q], (r_max - r[q]) / spread), dtype=np.int64)
+        near = near[g[near] >= g[q]]
+        if len(near):
+            env[near] = np.minimum(env[near], r[q] + spread * np.linalg.norm(pts[near] - pts[q], axis=1))
+    return env
+
+
 def _run_gmsh(surface: TaggedSurface, msh_path: Path, cells_per_radius: float, min_size: float,
-              max_size: float, order: int, optimize: bool, verbose: bool, fine=()) -> tuple[dict, dict]:
+              max_size: float, order: int, optimize: bool, verbose: bool, fine=(),
+              sizing_radius: np.ndarray | None = None) -> tuple[dict, dict]:
     """Mesh the surface with gmsh and write ``msh_path``; returns (statistics in mm, boundary name by tag)."""
     import gmsh
 
@@ -276,7 +333,7 @@ def _run_gmsh(surface: TaggedSurface, msh_path: Path, cells_per_radius: float, m
         _classify_surfaces(gmsh)
         by_tag = _classified_surfaces_by_tag(gmsh, V, F, tags)
         vol, name_of_tag = _add_fluid_volume(gmsh, surface, by_tag)
-        _set_mesh_size(gmsh, surface, cells_per_radius, min_size, max_size, optimize, fine)
+        _set_mesh_size(gmsh, surface, cells_per_radius, min_size, max_size, optimize, fine, sizing_radius)
         _generate(gmsh, optimize)
         n_flat = _remove_flat_slivers(gmsh, vol)
         n_split = _split_boundary_tetrahedra(gmsh, vol, by_tag)
@@ -381,7 +438,7 @@ def _add_fluid_volume(gmsh, surface: TaggedSurface, by_tag: dict[int, list[int]]
 
 
 def _set_mesh_size(gmsh, surface: TaggedSurface, cells_per_radius: float, min_size: float, max_size: float,
-                   optimize: bool, fine=()) -> None:
+                   optimize: bool, fine=(), sizing_radius: np.ndarray | None = None) -> None:
     """Size field local radius / cells_per_radius (mm, nearest centreline point, clamped) and mesher options.
 
     Inside each box of ``fine`` (lo, hi world mm; a place an earlier try failed) the size is
@@ -390,7 +447,7 @@ def _set_mesh_size(gmsh, surface: TaggedSurface, cells_per_radius: float, min_si
     from scipy.spatial import cKDTree
 
     cl_tree = cKDTree(np.asarray(surface.centreline_xyz_mm, float))
-    cl_r = np.asarray(surface.centreline_radius_mm, float)
+    cl_r = np.asarray(surface.centreline_radius_mm if sizing_radius is None else sizing_radius, float)
     boxes = [(np.asarray(lo, float), np.asarray(hi, float)) for lo, hi in fine]
 
     def size_cb(dim, tag, x, y, z, lc):  # noqa: ARG001 - gmsh callback signature

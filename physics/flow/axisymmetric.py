@@ -167,7 +167,8 @@ def solve_axisymmetric(tube: StenosedTube, flow_rate_m3_s: float, blood: Blood |
     -------
     dict
         ``pressure_drop_Pa``, ``pressure_inlet_Pa``, ``pressure_outlet_Pa``, ``flow_rate_m3_s``,
-        ``outflow_m3_s``, ``reynolds_inlet``, ``n_dofs``, ``n_cells``, ``newton_iterations``,
+        ``outflow_m3_s``, ``outlet_backflow_m3_s`` (the flow entering through the outlet: the
+        recirculation reaches it), ``reynolds_inlet``, ``n_dofs``, ``n_cells``, ``newton_iterations``,
         ``continuation`` (density fractions passed, empty if none was needed), ``seconds``,
         ``tube`` and the mesh settings.
 
@@ -299,6 +300,8 @@ def solve_axisymmetric(tube: StenosedTube, flow_rate_m3_s: float, blood: Blood |
 
     n = ufl.FacetNormal(msh)
     q_out = 2 * math.pi * float(fem.assemble_scalar(fem.form(ufl.dot(uh, n) * r * ds(2))))
+    un = ufl.dot(uh, n)
+    backflow = -2 * math.pi * float(fem.assemble_scalar(fem.form(0.5 * (un - abs(un)) * r * ds(2))))
     p_in, p_out = mean_p(1), mean_p(2)
     return {
         "pressure_drop_Pa": p_in - p_out,
@@ -306,6 +309,7 @@ def solve_axisymmetric(tube: StenosedTube, flow_rate_m3_s: float, blood: Blood |
         "pressure_outlet_Pa": p_out,
         "flow_rate_m3_s": float(flow_rate_m3_s),
         "outflow_m3_s": q_out,
+        "outlet_backflow_m3_s": backflow,
         "reynolds_inlet": reynolds_inlet(flow_rate_m3_s, tube.radius_mm, blood),
         "model": model,
         "n_dofs": int(n_dofs),

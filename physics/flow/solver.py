@@ -585,9 +585,19 @@ def _solve_navier_stokes(forms: _Forms, dx, bcs: list, problem: FlowProblem, opt
         say(f"flow: Newton from the Stokes solution failed ({_reason_name(PETSc.SNES.ConvergedReason, reason)}); "
             "continuation in the Reynolds number")
         uh.x.array[:], ph.x.array[:] = u0, p0
-        reason, its, fnorm, frac, continuation = _density_continuation(
-            F, uh, ph, forms.rho, bcs, problem, opts, rho_val, comm, u0, p0)
+        # full Newton (a fresh LU per step) with a backtracking line search, at the full Reynolds
+        # number: converges where the lagged LU no longer preconditions (a severe stenosis' jet)
+        reason, its, fnorm = _newton(F, uh, ph, bcs, {**_full_newton_options(problem, opts),
+                                                      "snes_max_it": _FULL_NEWTON_MAX_IT}, "digipat_flow_nsf_")
         newton_its += its
+        if reason > 0 and math.isfinite(fnorm) and _all_finite(comm, uh, ph):
+            continuation = []
+            say(f"flow: full Newton with line search converged ({newton_its} Newton iterations in all)")
+        else:
+            uh.x.array[:], ph.x.array[:] = u0, p0
+            reason, its, fnorm, frac, continuation = _density_continuation(
+                F, uh, ph, forms.rho, bcs, problem, opts, rho_val, comm, u0, p0)
+            newton_its += its
     if reason <= 0 or not math.isfinite(fnorm):
         raise ConvergenceError(
             f"Newton (SNES) did not converge: reason {_reason_name(PETSc.SNES.ConvergedReason, first[0])} "
@@ -621,6 +631,21 @@ def _newton(F: list, uh, ph, bcs: list, options: dict, prefix: str) -> tuple[int
     return out
 
 
+#: Newton steps of the full-Newton attempt at the full Reynolds number (before continuation).
+_FULL_NEWTON_MAX_IT = 12
+
+
+def _full_newton_options(problem: FlowProblem, opts: dict) -> dict:
+    """Newton with a fresh Jacobian (and, with the direct solver, a fresh LU) every step and a
+    backtracking line search."""
+    copts = {**opts, "snes_lag_preconditioner": 1, "snes_linesearch_type": "bt"}
+    if problem.solver == "direct" and "ksp_type" not in (problem.petsc_options or {}):
+        copts.update(ksp_type="preonly")
+        for k in ("ksp_gmres_restart", "ksp_rtol", "ksp_atol", "ksp_max_it"):
+            copts.pop(k, None)
+    return copts
+
+
 def _density_continuation(F: list, uh, ph, rho, bcs: list, problem: FlowProblem, opts: dict, rho_val: float,
                           comm, u0: np.ndarray, p0: np.ndarray) -> tuple[int, int, float, float, list[float]]:
     """Natural-parameter continuation in the density up to ``rho_val`` (kg/m³, the Reynolds number at fixed
@@ -629,11 +654,7 @@ def _density_continuation(F: list, uh, ph, rho, bcs: list, problem: FlowProblem,
     Returns (last SNES reason, -1 if the full density was not reached; Newton iterations; last residual
     norm; density fraction reached; fractions passed).
     """
-    copts = {**opts, "snes_lag_preconditioner": 1, "snes_linesearch_type": "bt"}
-    if problem.solver == "direct" and "ksp_type" not in (problem.petsc_options or {}):
-        copts.update(ksp_type="preonly")
-        for k in ("ksp_gmres_restart", "ksp_rtol", "ksp_atol", "ksp_max_it"):
-            copts.pop(k, None)
+    copts = _full_newton_options(problem, opts)
     continuation: list[float] = []
     last_u, last_p = u0, p0
     frac, step, tries = 0.0, 0.25, 0

@@ -140,3 +140,48 @@ def test_bad_inputs(surface, tmp_path):
     bad.face_tags[:] = 1
     with pytest.raises(MeshingError, match="lack a wall"):
         mesh_volume(bad, tmp_path)
+
+
+def _with_centreline(surface, radii):
+    """The tube surface with a straight sizing centreline from its inlet cap to its outlet cap."""
+    import dataclasses
+
+    a = np.asarray(surface.caps[0].centre_xyz_mm, float)
+    b = np.asarray(surface.caps[1].centre_xyz_mm, float)
+    t = np.linspace(0.0, 1.0, len(radii))
+    return dataclasses.replace(surface, centreline_xyz_mm=a + t[:, None] * (b - a),
+                               centreline_radius_mm=np.asarray(radii, float)), np.linalg.norm(b - a) * t
+
+
+def test_jet_sizing_radius_widens_downstream_only(surface):
+    from pipeline.volume_mesh import jet_sizing_radius
+
+    n, throat = 41, 20
+    radii = np.full(n, RADIUS_MM)
+    radii[throat] = 2.0
+    surf, s = _with_centreline(surface, radii)
+    spread = 0.25
+    env = jet_sizing_radius(surf, spread)
+    expect = np.minimum(RADIUS_MM, 2.0 + spread * (s - s[throat]))
+    assert np.allclose(env[:throat], RADIUS_MM)  # upstream of the throat: its own radius
+    assert np.allclose(env[throat:], expect[throat:])  # downstream: the throat's, widening linearly
+    assert env[throat + 1] < RADIUS_MM and env[-1] == RADIUS_MM
+    # the same centreline walked from the other end: the jet is on the other side
+    import dataclasses
+
+    flipped = dataclasses.replace(surf, caps=[dataclasses.replace(surf.caps[0], centre_xyz_mm=surf.caps[1].centre_xyz_mm),
+                                              surf.caps[1]])
+    env2 = jet_sizing_radius(flipped, spread)
+    assert np.allclose(env2[throat + 1:], RADIUS_MM) and env2[throat - 1] < RADIUS_MM
+
+
+def test_jet_spread_refines_the_mesh_downstream(surface, mesh, tmp_path):
+    radii = np.full(41, RADIUS_MM)
+    radii[10] = 3.0
+    surf, _ = _with_centreline(surface, radii)
+    plain = mesh_volume(surf, tmp_path / "plain", cells_per_radius=4.0)
+    jet = mesh_volume(surf, tmp_path / "jet", cells_per_radius=4.0, jet_spread=0.3)
+    assert jet.stats["jet_spread"] == 0.3 and plain.stats["jet_spread"] is None
+    assert jet.stats["n_tetrahedra"] > 1.2 * plain.stats["n_tetrahedra"]
+    with pytest.raises(MeshingError, match="jet_spread"):
+        mesh_volume(surf, tmp_path / "bad", jet_spread=-0.1)

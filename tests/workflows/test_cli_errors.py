@@ -111,3 +111,20 @@ def test_modality_option(capsys):
     with pytest.raises(SystemExit):
         cli.main(["flow", "x.nii.gz", "--out", "o", "--modality", "pet"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_jet_spread_option(tmp_path, capsys):
+    from workflows.flow import VesselFlowConfig, WorkflowError
+    from workflows.flow.vessel_flow import _jet_spread
+
+    assert _jet_spread(VesselFlowConfig()) == VesselFlowConfig().mesh_jet_spread > 0  # Navier-Stokes default
+    assert _jet_spread(VesselFlowConfig(model="stokes")) is None  # no jet in Stokes flow
+    assert _jet_spread(VesselFlowConfig(mesh_jet_spread=0)) is None
+    with pytest.raises(WorkflowError, match="mesh_jet_spread"):
+        VesselFlowConfig(mesh_jet_spread=-0.1)
+    from phantoms.synthetic_patient import write_synthetic_patient
+
+    info = write_synthetic_patient(tmp_path / "p", size="small")
+    assert cli.main(["flow", info["image"], "--out", str(tmp_path / "o"), "--jet-spread", "-1"]) == 1
+    assert "mesh_jet_spread" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "results.json").exists()

@@ -124,6 +124,10 @@ def add_flow_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cells-per-radius", type=float, default=d.cells_per_radius,
                    help="mesh resolution: element size = local radius / this (default "
                         f"{d.cells_per_radius})")
+    g.add_argument("--jet-spread", type=float, default=d.mesh_jet_spread,
+                   help="Navier-Stokes meshes keep a narrowing's element size along its jet downstream, "
+                        "widening by this much per unit length (default "
+                        f"{d.mesh_jet_spread}; 0: size from the local radius only)")
     g.add_argument("--mesh-order", type=int, choices=(1, 2), default=d.mesh_order,
                    help="geometric order of the tetrahedra (2: curved wall; default 1)")
     g.add_argument("--error-estimate", action="store_true",
@@ -172,6 +176,7 @@ def config_from_args(a: argparse.Namespace) -> VesselFlowConfig:
         local_centre_xyz_mm=tuple(a.local_centre_mm) if a.local_centre_mm else None,
         local_radius_mm=a.local_radius_mm,
         mesh_order=a.mesh_order,
+        mesh_jet_spread=a.jet_spread,
         error_estimate=a.error_estimate,
         model=a.model,
         density_kg_m3=a.density_kg_m3,

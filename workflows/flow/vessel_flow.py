@@ -139,7 +139,9 @@ class VesselFlowConfig:
     tube that many cap radii long to every opening (0: none; VaMPy uses 5): the caps, and so the
     pressure drop and the outlet pressures, are then at the tubes' ends. ``boundary_offset_mm``
     moves the reconstructed wall outwards (> 0) or inwards along its normals, for
-    geometric sensitivity studies.
+    geometric sensitivity studies. ``mesh_jet_spread`` (Navier–Stokes only; 0 = off) keeps the
+    element size of a narrowing along its jet downstream, the sizing radius widening from the
+    throat's by that much per unit length (see :func:`pipeline.volume_mesh.jet_sizing_radius`).
 
     Geometric perturbations (all off by default; applied in this order, see the module
     docstring): ``threshold_shift_hu`` (HU added to the segmentation threshold and surface
@@ -164,6 +166,7 @@ class VesselFlowConfig:
     smoothing_iterations: int = 20
     cells_per_radius: float = 4.0
     mesh_order: int = 1
+    mesh_jet_spread: float = 0.15
     model: str = "navier-stokes"
     density_kg_m3: float = 1060.0
     viscosity_Pa_s: float = 3.5e-3
@@ -204,6 +207,9 @@ class VesselFlowConfig:
         for name in ("flow_rate_ml_s", "cells_per_radius", "density_kg_m3", "viscosity_Pa_s",
                      "proximal_pressure_Pa"):
             positive(name)
+        if not (isinstance(self.mesh_jet_spread, (int, float)) and np.isfinite(self.mesh_jet_spread)
+                and self.mesh_jet_spread >= 0):
+            raise WorkflowError(f"mesh_jet_spread must be a number >= 0 (0: off), got {self.mesh_jet_spread!r}")
         if self.model not in VALID_MODELS:
             raise WorkflowError(f"model must be one of {VALID_MODELS}, got {self.model!r}")
         if self.solver not in VALID_SOLVERS:
@@ -890,6 +896,11 @@ def _geometry(image, seg_record: dict, cfg: VesselFlowConfig, out: Path) -> dict
     }
 
 
+def _jet_spread(cfg: VesselFlowConfig) -> float | None:
+    """The mesh's jet sizing: Navier–Stokes runs only (Stokes flow has no jet), None when off."""
+    return float(cfg.mesh_jet_spread) if cfg.model == "navier-stokes" and cfg.mesh_jet_spread > 0 else None
+
+
 def _model_and_mesh(image, seg_record: dict, cfg: VesselFlowConfig, out: Path, mask, plan, region, *,
                     smoothed_again: bool = False):
     """Surface (with ``plan``'s clips) and volume mesh of the modelled ``mask``; writes their files."""
@@ -909,7 +920,8 @@ def _model_and_mesh(image, seg_record: dict, cfg: VesselFlowConfig, out: Path, m
     surf.write(out / "surface.vtp")
     write_json_atomic(out / "surface.json", surf.to_json_dict())
     try:
-        vm = mesh_volume(surf, out / "mesh", cells_per_radius=cfg.cells_per_radius, order=cfg.mesh_order)
+        vm = mesh_volume(surf, out / "mesh", cells_per_radius=cfg.cells_per_radius, order=cfg.mesh_order,
+                         jet_spread=_jet_spread(cfg))
     except MeshingError as exc:
         # a real scan's clipped lumen whose wall gmsh re-meshes across itself at every size (two
         # walls almost touching), or whose inside gmsh cannot find (no tetrahedra from a closed,
@@ -1060,7 +1072,8 @@ def _error_estimate(cfg: VesselFlowConfig, problem: dict, out: Path, flow: dict,
                                   else None)
     c0 = float(geo_rec["mesh"]["stats"].get("cells_per_radius", cfg.cells_per_radius))
     fine_dir = out / "refined"
-    vm = mesh_volume(surf, fine_dir / "mesh", cells_per_radius=RICHARDSON_RATIO * c0, order=cfg.mesh_order)
+    vm = mesh_volume(surf, fine_dir / "mesh", cells_per_radius=RICHARDSON_RATIO * c0, order=cfg.mesh_order,
+                     jet_spread=_jet_spread(cfg))
     flow_f = _solve(vm.msh_path, problem, fine_dir, replace(cfg, write_fields=False))
     n0, n1 = float(geo_rec["mesh"]["stats"]["n_tetrahedra"]), float(vm.stats["n_tetrahedra"])
     r = (n1 / n0) ** (1.0 / 3.0)
@@ -1168,6 +1181,7 @@ def run_vessel_flow(
     # 2 + 3. surface and volume mesh (recomputed together: the surface object feeds gmsh)
     geo_keys = ("inlet_xyz_mm", "smoothing_iterations", "cells_per_radius", "mesh_order")
     geo_params = {k: getattr(cfg, k) for k in geo_keys}
+    geo_params["mesh_jet_spread"] = _jet_spread(cfg)  # (the one the mesh used: None for Stokes)
     if cfg.boundary_offset_mm:  # (absent when 0, so caches of earlier runs stay valid)
         geo_params["boundary_offset_mm"] = float(cfg.boundary_offset_mm)
     geo_params.update(cfg.perturbation_params())  # likewise: only the active perturbations
