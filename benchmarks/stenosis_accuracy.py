@@ -60,7 +60,8 @@ def stenosis_image(folder: Path, area_reduction: float, seed: int = 0) -> dict:
     return ang.params
 
 
-def reference_for(run: dict, params: dict, area_reduction: float, q: float, blood: Blood) -> dict:
+def reference_for(run: dict, params: dict, area_reduction: float, q: float, blood: Blood, *,
+                  model: str = "navier-stokes") -> dict:
     """The converged axisymmetric ΔP between the 3-D model's inlet and outlet sections."""
     caps = {c["name"]: c for c in run["surface"]["caps"]}
     z_in = caps["inlet"]["centre_xyz_mm"][2]
@@ -70,7 +71,7 @@ def reference_for(run: dict, params: dict, area_reduction: float, q: float, bloo
         z_in, z_out, zc = -z_in, -z_out, -zc
     tube = StenosedTube(radius_mm=RADIUS_MM, area_reduction=area_reduction, length_mm=LENGTH_MM, centre_mm=zc,
                         z_inlet_mm=z_in, z_outlet_mm=z_out)
-    return converged_pressure_drop(tube, q, blood, cells_per_radius=(12, 24, 48))
+    return converged_pressure_drop(tube, q, blood, model=model, cells_per_radius=(12, 24, 48))
 
 
 #: Reference outlet backflow (fraction of the flow) above which a case is not run: the outlet

@@ -588,7 +588,8 @@ def _solve_navier_stokes(forms: _Forms, dx, bcs: list, problem: FlowProblem, opt
         # full Newton (a fresh LU per step) with a backtracking line search, at the full Reynolds
         # number: converges where the lagged LU no longer preconditions (a severe stenosis' jet)
         reason, its, fnorm = _newton(F, uh, ph, bcs, {**_full_newton_options(problem, opts),
-                                                      "snes_max_it": _FULL_NEWTON_MAX_IT}, "digipat_flow_nsf_")
+                                                      "snes_max_it": min(_FULL_NEWTON_MAX_IT, problem.newton_max_iterations)},
+                                 "digipat_flow_nsf_")
         newton_its += its
         if reason > 0 and math.isfinite(fnorm) and _all_finite(comm, uh, ph):
             continuation = []

@@ -237,3 +237,35 @@ def test_bad_inputs():
         make_tagged_surface(mask, intensity=Volume(np.zeros((5, 5, 5))), level=1.0)
     with pytest.raises(SurfaceError, match="face_tags must have one tag per face"):
         TaggedSurface(np.zeros((3, 3)), np.array([[0, 1, 2]]), np.array([1, 2]), [])
+
+
+def _wavy_tube(r0, amp, wave, h):
+    from skimage.measure import marching_cubes
+
+    z = np.arange(-1.0, 13.0 + h, h)
+    xy = np.arange(-3.0, 3.0 + h, h)
+    Z, Y, X = np.meshgrid(z, xy, xy, indexing="ij")
+    f = np.hypot(X, Y) - (r0 + amp * np.cos(2 * np.pi * Z / wave))
+    v, faces, _, _ = marching_cubes(f, 0.0, spacing=(h, h, h))
+    v = v[:, ::-1] + np.array([xy[0], xy[0], z[0]])  # (x, y, z) mm
+    mesh = trimesh.Trimesh(v, faces[:, ::-1], process=False)
+    if mesh.volume < 0:
+        mesh.invert()
+    return mesh
+
+
+def test_axial_curvature_of_a_wavy_tube():
+    """The blur correction's curvature along the axis against r(z) = R0 + A cos(2πz/L):
+    κ = −r''/(1 + r'²)^1.5, i.e. +A(2π/L)² at a bulge's crest, −A(2π/L)² at a neck."""
+    from pipeline.surface import _axial_curvature
+
+    wave = 6.0
+    for amp in (0.4, 0.0):
+        mesh = _wavy_tube(2.0, amp, wave, 0.1)
+        v = mesh.vertices
+        kappa = _axial_curvature(mesh, np.tile([0.0, 0.0, 1.0], (len(v), 1)), 0.5)
+        peak = amp * (2 * np.pi / wave) ** 2  # 0.439 /mm
+        for z0, sign in ((wave, +1), (wave / 2, -1), (1.5 * wave, -1)):
+            near = np.abs(v[:, 2] - z0) < 0.1
+            print(f"A {amp}, z {z0:4.1f}: kappa {kappa[near].mean():+.3f} /mm, analytic {sign * peak:+.3f}")
+            assert kappa[near].mean() == pytest.approx(sign * peak, rel=0.1, abs=0.02)  # measured within 2 %

@@ -1181,7 +1181,8 @@ def run_vessel_flow(
     # 2 + 3. surface and volume mesh (recomputed together: the surface object feeds gmsh)
     geo_keys = ("inlet_xyz_mm", "smoothing_iterations", "cells_per_radius", "mesh_order")
     geo_params = {k: getattr(cfg, k) for k in geo_keys}
-    geo_params["mesh_jet_spread"] = _jet_spread(cfg)  # (the one the mesh used: None for Stokes)
+    if _jet_spread(cfg) is not None:  # (the one the mesh used; absent for Stokes, whose caches stay valid)
+        geo_params["mesh_jet_spread"] = _jet_spread(cfg)
     if cfg.boundary_offset_mm:  # (absent when 0, so caches of earlier runs stay valid)
         geo_params["boundary_offset_mm"] = float(cfg.boundary_offset_mm)
     geo_params.update(cfg.perturbation_params())  # likewise: only the active perturbations
