@@ -64,6 +64,7 @@ def test_severe_stenosis_inertial_loss_between_borda_carnot_and_young_tsai():
     assert borda < inertial < young_tsai  # measured 304 Pa in 293-445 Pa
 
 
+@pytest.mark.slow
 def test_refinement_converges_with_a_small_grid_convergence_index():
     tube = StenosedTube(area_reduction=0.75, length_mm=6.0, centre_mm=0.0, z_inlet_mm=-10.0, z_outlet_mm=30.0)
     q = flow_rate_for_reynolds(300.0, 2.0, BLOOD)
