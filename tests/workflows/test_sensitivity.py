@@ -45,6 +45,7 @@ values = [-0.1, 0.0, 0.1]
 """
 
 
+@pytest.mark.slow  # (40 s; make test keeps the demo's study, test_study_runner's resume and test_perturb's samples)
 def test_pressure_drop_elasticity_straight_tube_study(tmp_path, capsys):
     """``digipat study run``: wall offsets −0.1, 0, +0.1 mm on the 2 mm straight vessel give
     d ln ΔP / d ln r = −4 within 1 % (measured −4.021), with a 95 % CI half-width < 0.05. The
@@ -174,6 +175,7 @@ def _lubrication_dp(stl, mu_pa_s: float, q_m3_s: float, dz_mm: float = 0.25) -> 
     return 8.0 * math.pi * mu_pa_s * q_m3_s * float(np.sum(inv)) * dz_mm * 1e-3
 
 
+@pytest.mark.slow  # (40 s; make test keeps the demo's study, test_study_runner's resume and test_perturb's samples)
 def test_unet_uncertainty_study_draws_a_new_wall_per_case(tmp_path):
     """``digipat study run`` with ``[base] segmentation = "unet"`` and the parameter
     ``probability_sample_mm`` (nominal 2 mm, so that the nominal case is a sample too): every case
