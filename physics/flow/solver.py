@@ -583,7 +583,7 @@ def _solve_navier_stokes(forms: _Forms, dx, bcs: list, problem: FlowProblem, opt
     continuation = None
     if reason <= 0 or not math.isfinite(fnorm) or not _all_finite(comm, uh, ph):
         say(f"flow: Newton from the Stokes solution failed ({_reason_name(PETSc.SNES.ConvergedReason, reason)}); "
-            "continuation in the Reynolds number")
+            "full Newton with line search, then continuation in the Reynolds number if needed")
         uh.x.array[:], ph.x.array[:] = u0, p0
         # full Newton (a fresh LU per step) with a backtracking line search, at the full Reynolds
         # number: converges where the lagged LU no longer preconditions (a severe stenosis' jet)
