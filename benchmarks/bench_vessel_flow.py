@@ -51,6 +51,8 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "bench_output"))
     ap.add_argument("--refine", type=float, nargs="*", default=[5.0, 6.5],
                     help="finer cells_per_radius values for the convergence study")
+    ap.add_argument("--pipeline-only", action="store_true",
+                    help="only part 1 (image -> dP on 1 and 2 ranks, the error estimate's cost apart)")
     a = ap.parse_args()
     out = Path(a.out)
     report: dict = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()}, "size": a.size}
@@ -67,11 +69,21 @@ def main() -> int:
         t0 = time.perf_counter()
         res = run_vessel_flow(info["image"], out / f"ranks{n}", cfg, quiet=True, force=True)
         wall = time.perf_counter() - t0
-        rows.append({"ranks": n, "wall_s": round(wall, 2), **res["timings_s"], "n_dofs": res["n_dofs"],
-                     "pressure_drop_Pa": res["pressure_drop_Pa"]})
-        print(f"image -> dP, {n} rank(s): {wall:.1f} s  stages {res['timings_s']}  DOFs {res['n_dofs']}  "
-              f"dP {res['pressure_drop_Pa']:.3f} Pa")
+        est_s = float(res["timings_s"].get("error_estimate", 0.0))
+        est = (res.get("numerical_error") or {}).get("relative_error_estimate")
+        rows.append({"ranks": n, "wall_s": round(wall, 2), "wall_without_estimate_s": round(wall - est_s, 2),
+                     **res["timings_s"], "n_dofs": res["n_dofs"], "pressure_drop_Pa": res["pressure_drop_Pa"],
+                     "relative_error_estimate": est})
+        print(f"image -> dP, {n} rank(s): {wall - est_s:.1f} s, + {est_s:.1f} s for the numerical error estimate "
+              f"({'%+.2f %%' % (100 * est) if est is not None else 'none'})  stages {res['timings_s']}  "
+              f"DOFs {res['n_dofs']}  dP {res['pressure_drop_Pa']:.3f} Pa")
     report["pipeline"] = rows
+    if a.pipeline_only:
+        best = min(rows, key=lambda r: r["wall_s"])
+        print(f"\ngoal: image -> dP < 60 s: {best['wall_without_estimate_s']:.1f} s "
+              f"({best['wall_s']:.1f} s with the numerical error estimate)")
+        write_json_atomic(out / "vessel_flow_pipeline.json", report)
+        return 0
 
     msh = out / "ranks1" / "mesh" / "mesh.msh"
     outlet_tags = [3]
@@ -96,7 +108,7 @@ def main() -> int:
     for c in [base.cells_per_radius] + list(a.refine):
         solver = "direct" if c <= base.cells_per_radius else "iterative"
         cfg = VesselFlowConfig(**{**base.__dict__, "model": "stokes", "cells_per_radius": c, "solver": solver,
-                                  "n_procs": 2})
+                                  "n_procs": 2, "error_estimate": "off"})
         res = run_vessel_flow(info["image"], out / f"refine{c}", cfg, quiet=True, force=True)
         conv.append({"cells_per_radius": c, "pressure_drop_Pa": res["pressure_drop_Pa"], "n_dofs": res["n_dofs"],
                      "solver": solver})
@@ -106,9 +118,11 @@ def main() -> int:
         print(f"stokes, cells/radius {row['cells_per_radius']:4.1f}: DOFs {row['n_dofs']:8d}  "
               f"dP {row['pressure_drop_Pa']:.4f} Pa  ({row['rel_to_finest']:+.2%} vs finest)")
     report["convergence"] = conv
-    best = min(r["wall_s"] for r in rows)
-    print(f"\ngoal: image -> dP < 60 s and within 2 % of converged: {best:.1f} s, "
-          f"{conv[0]['rel_to_finest']:+.2%} vs finest mesh")
+    best = min(rows, key=lambda r: r["wall_s"])
+    print(f"\ngoal: image -> dP < 60 s and within 2 % of converged: {best['wall_without_estimate_s']:.1f} s "
+          f"({best['wall_s']:.1f} s with the numerical error estimate), {conv[0]['rel_to_finest']:+.2%} vs finest mesh"
+          + (f" (the run's own estimate: {100 * best['relative_error_estimate']:+.2f} %)"
+             if best["relative_error_estimate"] is not None else ""))
     write_json_atomic(out / "vessel_flow.json", report)
     print(f"written: {out / 'vessel_flow.json'}")
     return 0

@@ -73,8 +73,10 @@ def run_full_demo(out: Path, config: VesselFlowConfig | None = None, *, geometry
     say("[demo 1/4] vessel: synthetic CT angiogram -> segmentation -> surface -> mesh -> blood flow")
     flow = run_demo(out, config, geometry=geometry, stenosis=stenosis, size=size, seed=seed, quiet=quiet,
                     force=force)
-    say(f"[demo 1/4] pressure drop {flow['pressure_drop_mmHg']:.3g} mmHg, FFR-like {flow['ffr_like']:.3f} "
-        f"({time.perf_counter() - t0:.0f} s)")
+    ne = (flow.get("numerical_error") or {}).get("relative_error_estimate")
+    say(f"[demo 1/4] pressure drop {flow['pressure_drop_mmHg']:.3g} mmHg"
+        + (f" (numerical error {100 * ne:+.1f} %, Richardson)" if ne is not None else "")
+        + f", FFR-like {flow['ffr_like']:.3f} ({time.perf_counter() - t0:.0f} s)")
     say("[demo 2/4] sensitivity of the vessel path to segmentation error")
     fo: dict[str, dict] = {"base": {"synthetic": geometry, "stenosis": stenosis, "seed": seed},
                            "run": {"workers": workers}}

@@ -245,7 +245,7 @@ def test_laplacian_smoothing_shrinks_taubin_does_not(straight):
 @pytest.fixture(scope="module")
 def base_run(stenosed, tmp_path_factory):
     out = tmp_path_factory.mktemp("base_run")
-    cfg = VesselFlowConfig(flow_rate_ml_s=Q_ML_S, model="stokes", write_fields=True)
+    cfg = VesselFlowConfig(error_estimate="off", flow_rate_ml_s=Q_ML_S, model="stokes", write_fields=True)
     return out, run_vessel_flow(stenosed.info["image"], out, cfg, quiet=True)
 
 
@@ -285,7 +285,7 @@ def test_default_config_keeps_the_cache_keys(base_run, stenosed):
 def test_local_offset_raises_pressure_drop(base_run, stenosed, tmp_path):
     _, base = base_run
     c = tuple(float(v) for v in stenosed.throat_xyz_mm)
-    cfg = VesselFlowConfig(flow_rate_ml_s=Q_ML_S, model="stokes", write_fields=False,
+    cfg = VesselFlowConfig(error_estimate="off", flow_rate_ml_s=Q_ML_S, model="stokes", write_fields=False,
                            local_offset_mm=-0.2, local_centre_xyz_mm=c)
     res = run_vessel_flow(stenosed.info["image"], tmp_path / "flow", cfg, quiet=True)
     assert res["pressure_drop_Pa"] > base["pressure_drop_Pa"] * 1.1

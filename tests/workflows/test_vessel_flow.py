@@ -67,7 +67,7 @@ def test_flow_extensions_add_their_poiseuille_length(straight_run, tmp_path):
     out along its normal, the lumen grows by the two cylinders (pi R^2 L each), and the pressure
     drop is Hagen-Poiseuille's over the longer tube: it grows with the cap-to-cap length."""
     root, info, res0 = straight_run
-    cfg = VesselFlowConfig(flow_rate_ml_s=Q_ML_S, model="stokes", write_fields=False, flow_extension_radii=5.0)
+    cfg = VesselFlowConfig(error_estimate="off", flow_rate_ml_s=Q_ML_S, model="stokes", write_fields=False, flow_extension_radii=5.0)
     res = run_vessel_flow(info["image"], tmp_path / "flow", cfg, quiet=True)
     ext = res["surface"]["report"]["flow_extensions"]
     assert [e["applied"] for e in ext] == [True, True]
@@ -93,7 +93,7 @@ def test_flow_with_the_shipped_unet(tmp_path):
     vessel (Dice against the generator's truth), the wall is taken at the image's half-maximum
     level inside it, and the pressure drop is Hagen-Poiseuille's as with the classical segmenter."""
     info = write_synthetic_patient(tmp_path / "patient", geometry="straight", stenosis=0.0, size="small")
-    cfg = VesselFlowConfig(flow_rate_ml_s=Q_ML_S, model="stokes", write_fields=False, segmentation_method="unet")
+    cfg = VesselFlowConfig(error_estimate="off", flow_rate_ml_s=Q_ML_S, model="stokes", write_fields=False, segmentation_method="unet")
     res = run_vessel_flow(info["image"], tmp_path / "flow", cfg, truth_path=info["truth_lumen"], quiet=True)
     assert res["segmentation"]["method"] == "unet"
     assert (tmp_path / "flow" / "segmentation_probability.nii.gz").is_file()
@@ -113,7 +113,7 @@ def test_wall_at_levels_of_the_unet_probability(tmp_path):
     info = write_synthetic_patient(tmp_path / "patient", geometry="straight", stenosis=0.0, size="small")
     out = {}
     for level in (0.3, 0.7):
-        cfg = VesselFlowConfig(flow_rate_ml_s=Q_ML_S, model="stokes", write_fields=False, segmentation_method="unet",
+        cfg = VesselFlowConfig(error_estimate="off", flow_rate_ml_s=Q_ML_S, model="stokes", write_fields=False, segmentation_method="unet",
                                probability_level=level)
         out[level] = run_vessel_flow(info["image"], tmp_path / f"p{level}", cfg, quiet=True)
         assert out[level]["segmentation"]["surface_from"] == "probability"
@@ -138,7 +138,7 @@ def test_walls_drawn_at_random_from_the_unet_probability(tmp_path):
     info = write_synthetic_patient(tmp_path / "patient", geometry="straight", stenosis=0.0, size="small")
     masks, res = {}, {}
     for seed in (0, 1):
-        cfg = VesselFlowConfig(flow_rate_ml_s=Q_ML_S, model="stokes", write_fields=False, segmentation_method="unet",
+        cfg = VesselFlowConfig(error_estimate="off", flow_rate_ml_s=Q_ML_S, model="stokes", write_fields=False, segmentation_method="unet",
                                probability_sample_mm=2.0, probability_sample_seed=seed)
         res[seed] = run_vessel_flow(info["image"], tmp_path / f"s{seed}", cfg, quiet=True)
         assert res[seed]["segmentation"]["surface_from"] == "probability sample"
@@ -148,7 +148,7 @@ def test_walls_drawn_at_random_from_the_unet_probability(tmp_path):
               f"dP {res[seed]['pressure_drop_Pa']:.3f} Pa")
     assert (masks[0] != masks[1]).sum() > 0.01 * masks[0].sum()
     assert res[0]["pressure_drop_Pa"] != res[1]["pressure_drop_Pa"]
-    cfg = VesselFlowConfig(flow_rate_ml_s=Q_ML_S, model="stokes", write_fields=False, segmentation_method="unet",
+    cfg = VesselFlowConfig(error_estimate="off", flow_rate_ml_s=Q_ML_S, model="stokes", write_fields=False, segmentation_method="unet",
                            probability_sample_mm=2.0, probability_sample_seed=1)
     again = run_vessel_flow(info["image"], tmp_path / "s1", cfg, quiet=True)
     assert again["pressure_drop_Pa"] == res[1]["pressure_drop_Pa"]
@@ -191,7 +191,7 @@ def test_blur_correction_against_the_gaussian_disk(straight_run, monkeypatch):
     root, info, res = straight_run
     monkeypatch.setattr(surface, "make_tagged_surface",
                         functools.partial(surface.make_tagged_surface, blur_correction=False))
-    cfg = VesselFlowConfig(flow_rate_ml_s=Q_ML_S, model="stokes", write_fields=False)
+    cfg = VesselFlowConfig(error_estimate="off", flow_rate_ml_s=Q_ML_S, model="stokes", write_fields=False)
     off = run_vessel_flow(info["image"], root / "flow_no_blur_correction", cfg, quiet=True)
     assert "blur_correction" not in off["surface"]["report"]
     assert "blur_correction" in res["surface"]["report"]
@@ -214,7 +214,8 @@ def test_rerun_skips_finished_stages(straight_run, capsys):
     cfg = VesselFlowConfig(flow_rate_ml_s=Q_ML_S, model="stokes", write_fields=False)
     again = run_vessel_flow(info["image"], root / "flow", cfg, truth_path=info["truth_lumen"], quiet=False)
     err = capsys.readouterr().err
-    assert err.count("up to date, skipped") == 4, err
+    assert err.count("up to date, skipped") == 5, err  # segment, surface, mesh, solve, the error estimate
+    assert again["numerical_error"] == res["numerical_error"]
     assert again["pressure_drop_Pa"] == res["pressure_drop_Pa"]
     on_disk = json.loads((root / "flow" / "results.json").read_text())
     assert on_disk["pressure_drop_Pa"] == res["pressure_drop_Pa"]
@@ -222,7 +223,7 @@ def test_rerun_skips_finished_stages(straight_run, capsys):
 
 def _stenosis_dp(tmp_path, severity, cells_per_radius=3.0):
     info = write_synthetic_patient(tmp_path / f"p{severity}", geometry="straight", stenosis=severity, size="small")
-    cfg = VesselFlowConfig(flow_rate_ml_s=0.05, model="navier-stokes", cells_per_radius=cells_per_radius,
+    cfg = VesselFlowConfig(error_estimate="off", flow_rate_ml_s=0.05, model="navier-stokes", cells_per_radius=cells_per_radius,
                            write_fields=False)
     return run_vessel_flow(info["image"], tmp_path / f"f{severity}-{cells_per_radius}", cfg, quiet=True)
 
@@ -289,7 +290,7 @@ def test_config_validation_names_the_field():
 def test_bifurcation_two_outlets(tmp_path):
     """A bifurcating vessel: one inlet, two outlets, mass conserved, Murray-like split."""
     info = write_synthetic_patient(tmp_path / "pat", geometry="bifurcation", stenosis=0.0, size="small")
-    cfg = VesselFlowConfig(flow_rate_ml_s=0.2, model="stokes", cells_per_radius=3.0, write_fields=False)
+    cfg = VesselFlowConfig(error_estimate="off", flow_rate_ml_s=0.2, model="stokes", cells_per_radius=3.0, write_fields=False)
     res = run_vessel_flow(info["image"], tmp_path / "flow", cfg, quiet=True)
     assert sorted(res["outflow_m3_s"]) == ["outlet1", "outlet2"]
     assert res["mass_balance_rel_error"] < 0.005

@@ -84,7 +84,7 @@ def aorta(shared_reference):
     pts, radius, lines = read_vmtk_centerlines(folder / "aorta-centerline.vtp")
     inlet = pts[lines[0][0]]
     assert np.allclose(inlet, pts[lines[1][0]])  # both VMTK lines start at the inlet
-    cfg = VesselFlowConfig(inlet_xyz_mm=tuple(inlet), outlets_xyz_mm=tuple(tuple(pts[ln[-1]]) for ln in lines))
+    cfg = VesselFlowConfig(error_estimate="off", inlet_xyz_mm=tuple(inlet), outlets_xyz_mm=tuple(tuple(pts[ln[-1]]) for ln in lines))
     region, plan, surf, contrast = _model(mr, cfg)
     return mr, folder, pts, radius, plan, surf, contrast, cfg
 
@@ -140,7 +140,7 @@ def test_aorta_mra_centreline_radii_match_vmtk(aorta):
 def pulmonary(shared_reference):
     folder = shared_reference("real", "pulmonary_cta")
     ct = read_image(folder / "ct_cropped.nii.gz")
-    cfg = VesselFlowConfig(seed_xyz_mm=PA_INLET, inlet_xyz_mm=PA_INLET, outlets_xyz_mm=PA_OUTLETS)
+    cfg = VesselFlowConfig(error_estimate="off", seed_xyz_mm=PA_INLET, inlet_xyz_mm=PA_INLET, outlets_xyz_mm=PA_OUTLETS)
     region, plan, surf, _ = _model(ct, cfg, seed_xyz=PA_INLET)
     peer = read_image(folder / "pulmonary_artery.nii.gz").array > 0
     landmarks = json.loads((folder / "pulmonary_report.json").read_text())["landmarks"]
@@ -218,7 +218,7 @@ def test_plain_run_on_the_pulmonary_cta(shared_reference, tmp_path):
 
     folder = shared_reference("real", "pulmonary_cta")
     ct = read_image(folder / "ct_cropped.nii.gz")
-    cfg = VesselFlowConfig(flow_rate_ml_s=80.0, model="stokes", write_fields=False)
+    cfg = VesselFlowConfig(error_estimate="off", flow_rate_ml_s=80.0, model="stokes", write_fields=False)
     r = run_vessel_flow(folder / "ct_cropped.nii.gz", tmp_path / "run", cfg, quiet=True)
     ends = r["centerline"]["ends"]
     assert ends["method"] == "tracked from a seed point" and "contrast" in ends["automatic_seed"], ends
@@ -300,23 +300,38 @@ def test_plain_run_on_the_aorta_mra(shared_reference, tmp_path):
     for name, o in outlets.items():
         assert o["flow_fraction"] == pytest.approx(cubes[name] / sum(cubes.values()), rel=1e-6)
     assert abs(r["mass_balance_rel_error"]) <= 1e-6
+    # the default numerical error estimate ran on the real lumen: a coarser mesh of the same surface
+    e = r["numerical_error"]
+    assert e["mode"] == "coarse" and "error" not in e, e
+    assert e["n_tetrahedra"][1] < 0.6 * e["n_tetrahedra"][0]
+    print(f"[aorta MRA, plain run] numerical error estimate {100 * e['relative_error_estimate']:+.2f} % "
+          f"(GCI {100 * e['gci_fine']:.2f} %)")
+    assert abs(e["relative_error_estimate"]) < 0.05  # the default mesh resolves the aorta (README: real scans)
 
 
 @pytest.mark.slow
 def test_pulmonary_plain_run_pressure_drop_is_mesh_converged(shared_reference, tmp_path):
     """``make validate``: the plain run's pressure drop moves by less than 2 % from the default
-    mesh to one 1.5x finer (README: +0.69 %, 151k -> 348k DOFs)."""
+    mesh to one 1.5x finer (README: +0.69 %, 151k -> 348k DOFs), and the run's own estimate
+    (from a 1.5x coarser mesh) has the sign of the error that refinement shows, and at most
+    twice its size plus 0.5 %."""
     from workflows.flow.vessel_flow import run_vessel_flow
 
     ct = shared_reference("real", "pulmonary_cta") / "ct_cropped.nii.gz"
     cfg = VesselFlowConfig(flow_rate_ml_s=80.0, model="stokes", write_fields=False)
     coarse = run_vessel_flow(ct, tmp_path / "coarse", cfg, quiet=True)
     cfg.cells_per_radius = 1.5 * coarse["mesh"]["stats"]["cells_per_radius"]
+    cfg.error_estimate = "off"
     fine = run_vessel_flow(ct, tmp_path / "fine", cfg, quiet=True)
     change = fine["pressure_drop_Pa"] / coarse["pressure_drop_Pa"] - 1
+    est = coarse["numerical_error"]["relative_error_estimate"]
     print(f"\n[pulmonary CTA, plain run] dP {coarse['pressure_drop_Pa']:.3f} -> {fine['pressure_drop_Pa']:.3f} Pa "
-          f"({change:+.2%}), {coarse['n_dofs']} -> {fine['n_dofs']} DOFs")
+          f"({change:+.2%}), {coarse['n_dofs']} -> {fine['n_dofs']} DOFs; the default run's own estimate of "
+          f"its error {100 * est:+.2f} %")
     assert abs(change) < 0.02
+    # refinement removes part of the default's error e: change ~ -e (1 - 1/1.5^p)
+    assert est * change < 0 or abs(change) < 0.002
+    assert abs(est) <= 2.0 * abs(change) / (1 - 1.5 ** -2) + 0.005
 
 
 def test_shipped_unet_on_the_pulmonary_cta(shared_reference):
@@ -330,7 +345,7 @@ def test_shipped_unet_on_the_pulmonary_cta(shared_reference):
     peer = read_image(folder / "pulmonary_artery.nii.gz").array > 0
     seed = tuple(np.rint(ct.world_to_index(PA_INLET)).astype(int))
     learned = segment_lumen_learned(ct, seed_index_zyx=seed)
-    cfg = VesselFlowConfig(seed_xyz_mm=PA_INLET, inlet_xyz_mm=PA_INLET, outlets_xyz_mm=PA_OUTLETS)
+    cfg = VesselFlowConfig(error_estimate="off", seed_xyz_mm=PA_INLET, inlet_xyz_mm=PA_INLET, outlets_xyz_mm=PA_OUTLETS)
     region, plan, _ = clip_plan(ct.with_array(learned.mask.astype(np.uint8)), cfg)
     score = dice(modelled_voxels(np.asarray(region.array) > 0, ct, plan), modelled_voxels(peer, ct, plan))
     print(f"\n[pulmonary CTA, U-Net] Dice over the modelled part {score:.3f}")

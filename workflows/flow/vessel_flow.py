@@ -96,6 +96,8 @@ __all__ = ["VesselFlowConfig", "WorkflowError", "SurfaceInputs", "perturb_segmen
 
 RESULT_FILE = "results.json"
 VALID_MODELS = ("stokes", "navier-stokes")
+#: ``VesselFlowConfig.error_estimate``: the second mesh is coarser, finer, or there is none.
+ERROR_ESTIMATES = ("coarse", "refine", "off")
 VALID_SOLVERS = ("direct", "iterative")
 VALID_METHODS = ("auto", "otsu", "region-grow", "unet")
 VALID_MODALITIES = ("auto", "ct", "mr")
@@ -142,6 +144,11 @@ class VesselFlowConfig:
     geometric sensitivity studies. ``mesh_jet_spread`` (Navier–Stokes only; 0 = off) keeps the
     element size of a narrowing along its jet downstream, the sizing radius widening from the
     throat's by that much per unit length (see :func:`pipeline.volume_mesh.jet_sizing_radius`).
+    ``error_estimate`` is the numerical error of ΔP in ``results.json`` ``numerical_error``:
+    ``"coarse"`` (default) also solves on the same surface meshed ``RICHARDSON_RATIO`` times
+    coarser (about 0.3 times the cells) and extrapolates from the two (Richardson), so the
+    estimate is of the run's own ΔP; ``"refine"`` (``True``) solves 1.5 times finer instead
+    (several times the run's cost); ``"off"`` (``False``) skips it.
 
     Geometric perturbations (all off by default; applied in this order, see the module
     docstring): ``threshold_shift_hu`` (HU added to the segmentation threshold and surface
@@ -196,7 +203,7 @@ class VesselFlowConfig:
     probability_level: float | None = None
     probability_sample_mm: float = 0.0
     probability_sample_seed: int = 0
-    error_estimate: bool = False
+    error_estimate: str = "coarse"
 
     def __post_init__(self) -> None:
         def positive(name):
@@ -212,6 +219,11 @@ class VesselFlowConfig:
             raise WorkflowError(f"mesh_jet_spread must be a number >= 0 (0: off), got {self.mesh_jet_spread!r}")
         if self.model not in VALID_MODELS:
             raise WorkflowError(f"model must be one of {VALID_MODELS}, got {self.model!r}")
+        if isinstance(self.error_estimate, bool):  # (the flag of earlier releases: True = refine)
+            self.error_estimate = "refine" if self.error_estimate else "off"
+        if self.error_estimate not in ERROR_ESTIMATES:
+            raise WorkflowError(f"error_estimate must be one of {ERROR_ESTIMATES} (or True / False), "
+                                f"got {self.error_estimate!r}")
         if self.solver not in VALID_SOLVERS:
             raise WorkflowError(f"solver must be one of {VALID_SOLVERS}, got {self.solver!r}")
         if self.segmentation_method not in VALID_METHODS:
@@ -1049,21 +1061,27 @@ def _solve(msh: Path, problem: dict, out: Path, cfg: VesselFlowConfig) -> dict:
     return json.loads(flow_json.read_text())
 
 
-#: Refinement of the error estimate: cells per radius times this (about 3.4 times the cells).
+#: Mesh ratio of the error estimate: cells per radius divided ("coarse") or multiplied
+#: ("refine") by this (about 0.3 or 3.2 times the cells).
 RICHARDSON_RATIO = 1.5
 #: Order assumed for the pressure drop of Taylor–Hood elements on the mesh sizes used here (the
 #: mesh-convergence benchmark observes 2.7 on the demo stenosis; 2 is the conservative choice).
 RICHARDSON_ORDER = 2.0
+#: Folder of the second solve, by mode.
+ERROR_ESTIMATE_DIR = {"coarse": "coarsened", "refine": "refined"}
 
 
 def _error_estimate(cfg: VesselFlowConfig, problem: dict, out: Path, flow: dict, geo_rec: dict) -> dict:
-    """ΔP on the same surface meshed ``RICHARDSON_RATIO`` times finer; Richardson extrapolation
-    with the effective refinement ratio (cube root of the tetrahedra ratio) and order
-    ``RICHARDSON_ORDER``; the grid convergence index of the fine solution (Roache, J. Fluids
-    Eng. 116 (1994) 405; safety factor 1.25 for two grids with a known order)."""
+    """ΔP on the same surface meshed ``RICHARDSON_RATIO`` times coarser (``cfg.error_estimate
+    == "coarse"``) or finer (``"refine"``); Richardson extrapolation from the two with the
+    effective refinement ratio (cube root of the tetrahedra ratio) and order
+    ``RICHARDSON_ORDER``; the grid convergence index of the finer solution (Roache, J. Fluids
+    Eng. 116 (1994) 405; safety factor 1.25 for two grids with a known order). In the coarse
+    mode the finer solution is the run's own, so the estimate is of the ΔP the run reports."""
     from pipeline.surface import read_surface_json, surface_from_mesh_file
     from pipeline.volume_mesh import mesh_volume
 
+    mode = cfg.error_estimate
     sj = read_surface_json(out / "surface.json")
     cl = sj.get("centreline") or {}
     surf = surface_from_mesh_file(out / "surface.vtp",
@@ -1071,23 +1089,41 @@ def _error_estimate(cfg: VesselFlowConfig, problem: dict, out: Path, flow: dict,
                                   centreline_radius_mm=np.asarray(cl["radius_mm"], float) if cl.get("radius_mm")
                                   else None)
     c0 = float(geo_rec["mesh"]["stats"].get("cells_per_radius", cfg.cells_per_radius))
-    fine_dir = out / "refined"
-    vm = mesh_volume(surf, fine_dir / "mesh", cells_per_radius=RICHARDSON_RATIO * c0, order=cfg.mesh_order,
+    c1 = c0 / RICHARDSON_RATIO if mode == "coarse" else c0 * RICHARDSON_RATIO
+    other_dir = out / ERROR_ESTIMATE_DIR[mode]
+    vm = mesh_volume(surf, other_dir / "mesh", cells_per_radius=c1, order=cfg.mesh_order,
                      jet_spread=_jet_spread(cfg))
-    flow_f = _solve(vm.msh_path, problem, fine_dir, replace(cfg, write_fields=False))
+    fallback = None
+    if mode == "coarse" and float(vm.stats.get("cells_per_radius", c1)) >= c0 * (1 - 1e-9):
+        # gmsh could not mesh this surface coarser (its re-meshed wall crossed itself and the
+        # mesher refined back to the run's size): estimate from a finer mesh instead
+        fallback = (f"the surface could not be meshed coarser than {c0:g} cells per radius (gmsh's wall "
+                    "crossed itself at the coarser size), so the estimate comes from a finer mesh")
+        mode, c1 = "refine", c0 * RICHARDSON_RATIO
+        other_dir = out / ERROR_ESTIMATE_DIR[mode]
+        vm = mesh_volume(surf, other_dir / "mesh", cells_per_radius=c1, order=cfg.mesh_order,
+                         jet_spread=_jet_spread(cfg))
+    flow_o = _solve(vm.msh_path, problem, other_dir, replace(cfg, write_fields=False))
     n0, n1 = float(geo_rec["mesh"]["stats"]["n_tetrahedra"]), float(vm.stats["n_tetrahedra"])
-    r = (n1 / n0) ** (1.0 / 3.0)
+    d0, d1 = float(flow["pressure_drop_Pa"]), float(flow_o["pressure_drop_Pa"])
+    # (fine, coarse) whichever way the second mesh went
+    (df, nf), (dc, nc) = ((d0, n0), (d1, n1)) if mode == "coarse" else ((d1, n1), (d0, n0))
+    r = (nf / nc) ** (1.0 / 3.0)
     p = RICHARDSON_ORDER
-    d0, d1 = float(flow["pressure_drop_Pa"]), float(flow_f["pressure_drop_Pa"])
-    ext = d1 + (d1 - d0) / (r ** p - 1.0)
+    if not r > 1.0:
+        raise WorkflowError(f"the error estimate's {mode} mesh ({int(n1)} tetrahedra) is not "
+                            f"{'coarser' if mode == 'coarse' else 'finer'} than the run's ({int(n0)}): the "
+                            "element sizes are clamped; use --error-estimate off, or change --cells-per-radius")
+    ext = df + (df - dc) / (r ** p - 1.0)
     return {
-        "method": f"Richardson extrapolation from one refinement (cells per radius {c0:g} -> "
-                  f"{RICHARDSON_RATIO * c0:g}), assumed order {p:g}",
-        "cells_per_radius": [c0, RICHARDSON_RATIO * c0], "n_tetrahedra": [int(n0), int(n1)],
+        "method": f"Richardson extrapolation from a {'coarser' if mode == 'coarse' else 'finer'} mesh "
+                  f"(cells per radius {c0:g} -> {c1:g}), assumed order {p:g}",
+        "mode": mode, **({"fallback": fallback} if fallback else {}),
+        "cells_per_radius": [c0, float(vm.stats.get("cells_per_radius", c1))], "n_tetrahedra": [int(n0), int(n1)],
         "effective_refinement_ratio": r, "pressure_drop_Pa": [d0, d1], "pressure_drop_extrapolated_Pa": ext,
         "relative_error_estimate": (d0 - ext) / ext if ext else None,
-        "gci_fine": 1.25 * abs(d1 - d0) / abs(d1) / (r ** p - 1.0) if d1 else None,
-        "ffr_like": [flow.get("ffr_like"), flow_f.get("ffr_like")],
+        "gci_fine": 1.25 * abs(df - dc) / abs(df) / (r ** p - 1.0) if df else None,
+        "ffr_like": [flow.get("ffr_like"), flow_o.get("ffr_like")],
     }
 
 
@@ -1139,7 +1175,7 @@ def run_vessel_flow(
     out.mkdir(parents=True, exist_ok=True)
     (out / RESULT_FILE).unlink(missing_ok=True)  # a stale result must not look like this run's
     cache = StageCache(out, force=force)
-    prog = Progress(6 if cfg.error_estimate else 5, quiet=quiet)
+    prog = Progress(5 if cfg.error_estimate == "off" else 6, quiet=quiet)
     timings: dict[str, float] = {}
     prog.say(f"image {image_path}: {image.shape[::-1]} voxels (x, y, z), spacing "
              f"{tuple(round(s, 3) for s in image.spacing_mm[::-1])} mm (x, y, z)")
@@ -1225,18 +1261,32 @@ def run_vessel_flow(
         prog.stage("flow solve", lambda: None, skipped=True)
     flow.pop(HASH_KEY, None)
 
-    # 4b. numerical error: the same surface meshed finer and solved again (Richardson)
+    # 4b. numerical error: the same surface meshed coarser (or finer) and solved again (Richardson)
     est = None
-    if cfg.error_estimate:
-        est_key = hash_params(solve_key, "richardson", RICHARDSON_RATIO, RICHARDSON_ORDER)
-        est = cache.done("error_estimate", est_key, [out / "refined" / "flow.json"])
+    if cfg.error_estimate != "off":
+        mode = cfg.error_estimate
+        est_key = hash_params(solve_key, "richardson", RICHARDSON_RATIO, RICHARDSON_ORDER,
+                              *([] if mode == "refine" else [mode]))  # (refine: the key of earlier runs)
+        est = cache.done("error_estimate", est_key, [])
+        if est is not None and not (out / ERROR_ESTIMATE_DIR.get(est.get("mode"), "?") / "flow.json").exists():
+            est = None  # (its second solve is gone; a coarse estimate may have fallen back to a finer mesh)
         if est is None:
-            est = prog.stage("numerical error estimate (refined mesh)", lambda: timed(
-                "error_estimate", lambda: _error_estimate(cfg, problem, out, flow, geo_rec)))
-            cache.record("error_estimate", est_key, est)
+            def estimate():
+                try:
+                    return _error_estimate(cfg, problem, out, flow, geo_rec)
+                except ValueError as exc:  # (MeshingError, a solve that fails on the other mesh, ...)
+                    # the run's own ΔP stands; say why it has no estimate instead of failing
+                    return {"mode": mode, "error": f"{type(exc).__name__}: {exc}",
+                            "relative_error_estimate": None}
+            est = prog.stage(f"numerical error estimate ({'coarser' if mode == 'coarse' else 'finer'} mesh)",
+                             lambda: timed("error_estimate", estimate))
+            if "error" not in est:  # (a failure is not cached: a rerun tries again)
+                cache.record("error_estimate", est_key, est)
         else:
             prog.stage("numerical error estimate", lambda: None, skipped=True)
         est.pop(HASH_KEY, None)
+        if "error" in est:
+            prog.say(f"warning: no numerical error estimate: {est['error']}")
 
     # 5. results
     results = _assemble_results(cfg, image_path, image_hash, seg_rec, geo_rec, flow, timings, extra)
@@ -1331,6 +1381,12 @@ def summary_text(r: dict) -> str:
         f"max velocity          {r['max_velocity_m_s']:.4f} m/s",
         f"mesh                  {r['mesh']['stats'].get('n_tetrahedra', '?')} tetrahedra, {r['n_dofs']} DOFs",
     ]
+    e = r.get("numerical_error")
+    if e and e.get("relative_error_estimate") is not None:
+        lines.append(f"numerical error       {100 * e['relative_error_estimate']:+.2f} % of ΔP (Richardson, "
+                     f"{e.get('mode', 'refine')} mesh; extrapolated {e['pressure_drop_extrapolated_Pa']:.2f} Pa)")
+    elif e and e.get("error"):
+        lines.append(f"numerical error       not estimated: {e['error']}")
     for rep in r.get("perturbation", []):
         dv = rep.get("volume_change_percent")
         lines.append(f"perturbation          {rep.get('operator')}: volume "

@@ -548,7 +548,9 @@ def _run_case(study: dict, ctx: dict, case: dict, case_dir: str, threads: int | 
                            smoothing_method=base.get("smoothing_method", "taubin"),
                            segmentation_method=base.get("segmentation", "auto"),
                            cells_per_radius=case.get("cells_per_radius", base["cells_per_radius"]),
-                           write_fields=case["group"] == "nominal", **kw)
+                           write_fields=case["group"] == "nominal",
+                           # (a study has its own numerical uncertainty: the mesh-refinement case)
+                           error_estimate="off", **kw)
     return run_vessel_flow(ctx["image"], Path(case_dir), cfg, quiet=True,
                            truth_path=ctx.get("truth") if case["group"] == "nominal" else None)
 
