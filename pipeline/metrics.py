@@ -41,6 +41,8 @@ __all__ = [
     "dice",
     "iou",
     "precision_at_prevalence",
+    "npv_at_prevalence",
+    "predictive_values_curve",
     "sensitivity",
     "specificity",
     "precision",
@@ -141,6 +143,76 @@ def precision_at_prevalence(sens: float, spec: float, prevalence: float) -> floa
     num = sens * prevalence
     den = num + (1.0 - spec) * (1.0 - prevalence)
     return float(num / den) if den > 0 else float("nan")
+
+
+def _rate(value, name: str) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise MetricError(f"{name} must be a fraction in [0, 1], got {value!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise MetricError(f"{name} must be a fraction in [0, 1], got {value!r}")
+    return v
+
+
+def _prevalences(prevalence) -> np.ndarray:
+    try:
+        p = np.asarray(prevalence, dtype=float)
+    except (TypeError, ValueError):
+        raise MetricError(f"prevalence must be numbers in (0, 1), got {prevalence!r}") from None
+    if p.size == 0 or not np.all((p > 0.0) & (p < 1.0)):
+        raise MetricError(f"prevalence must be in (0, 1) (the positive fraction of the population), got {prevalence!r}")
+    return p
+
+
+def npv_at_prevalence(sens: float, spec: float, prevalence: float) -> float:
+    """Negative predictive value a classifier of this sensitivity and specificity would have
+    where the positive class has the stated prevalence ``p`` (Bayes; Altman & Bland, *BMJ* 309
+    (1994) 102): ``spec (1 - p) / (spec (1 - p) + (1 - sens) p)``; ``nan`` when no case is
+    called negative (``spec = 0`` and ``sens = 1``). The companion of
+    :func:`precision_at_prevalence`.
+
+    Raises
+    ------
+    MetricError
+        ``sens`` or ``spec`` outside [0, 1], or ``prevalence`` outside (0, 1).
+    """
+    se, sp = _rate(sens, "sens"), _rate(spec, "spec")
+    p = _prevalences(prevalence)
+    if p.ndim != 0:
+        raise MetricError(f"prevalence must be one number in (0, 1) (for many use predictive_values_curve), "
+                          f"got {prevalence!r}")
+    p = float(p)
+    num = sp * (1.0 - p)
+    den = num + (1.0 - se) * p
+    return float(num / den) if den > 0 else float("nan")
+
+
+def predictive_values_curve(sens: float, spec: float, prevalences) -> dict:
+    """PPV (precision) and NPV over a range of prevalences, by Bayes' theorem.
+
+    Parameters
+    ----------
+    sens, spec : float in [0, 1]
+        Sensitivity and specificity (they do not depend on prevalence).
+    prevalences : sequence of float in (0, 1)
+        Fractions of positives in the population where the classifier would be used.
+
+    Returns
+    -------
+    dict
+        ``prevalence``, ``ppv``, ``npv``: float arrays of the same length
+        (``ppv = sens p / (sens p + (1 - spec)(1 - p))``,
+        ``npv = spec (1 - p) / (spec (1 - p) + (1 - sens) p)``; ``nan`` where a denominator is 0).
+    """
+    se, sp = _rate(sens, "sens"), _rate(spec, "spec")
+    p = np.atleast_1d(_prevalences(prevalences)).ravel()
+    tp, fp = se * p, (1.0 - sp) * (1.0 - p)
+    tn, fn = sp * (1.0 - p), (1.0 - se) * p
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ppv = np.where(tp + fp > 0, tp / (tp + fp), np.nan)
+        npv = np.where(tn + fn > 0, tn / (tn + fn), np.nan)
+    return {"prevalence": p, "ppv": ppv, "npv": npv}
 
 
 def surface_voxels(mask) -> np.ndarray:

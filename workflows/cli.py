@@ -9,12 +9,17 @@ Every room registers the same way, ``register(subparsers)``, and each of its par
 ``workflows.study.cli``    ``study run`` (geometric sensitivity studies)
 ``workflows.demo``         ``demo`` (the whole digital patient, ending in a report)
 ``workflows.segment.cli``  ``segment synth | train | predict | evaluate`` (the U-Net)
+``workflows.labels.cli``   ``labels instances | pq`` (semantic / instance / panoptic maps, PQ)
+``workflows.topology.cli`` ``topology`` (Betti numbers, skeleton graph, clDice, tree repair)
+``workflows.measure.cli``  ``measure thickness | distance | agreement | prevalence``
+``workflows.monitor.cli``  ``monitor baseline | check`` (drift of incoming scans)
 =========================  ===========================================================
 
 Errors. Every failure prints one line ``digipat: error: ...`` to standard error and exits
 non-zero: 1 for bad input and for what the machine refused (a missing file, an output path
 that is a file, permission denied, a missing ``mpiexec``), 3 for an internal error (a bug:
-please report it with the traceback), 130 on Ctrl-C (finished stages are kept); argparse
+please report it with the traceback; the one exception is ``monitor check``, whose exit 3
+means drift was found, printed as ``DRIFT: ...`` on standard output), 130 on Ctrl-C (finished stages are kept); argparse
 usage errors exit 2. ``--debug`` (anywhere on the line) prints the traceback as well.
 """
 
@@ -36,8 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     from workflows import demo
     from workflows.dose import cli as dose_cli
     from workflows.flow import cli as flow_cli
+    from workflows.labels import cli as labels_cli
+    from workflows.measure import cli as measure_cli
+    from workflows.monitor import cli as monitor_cli
     from workflows.segment import cli as segment_cli
     from workflows.study import cli as study_cli
+    from workflows.topology import cli as topology_cli
 
     p = argparse.ArgumentParser(
         prog="digipat",
@@ -48,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "(accepted anywhere on the command line)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for room in (flow_cli, demo, dose_cli, study_cli, segment_cli):
+    for room in (flow_cli, demo, dose_cli, study_cli, segment_cli, labels_cli, topology_cli, measure_cli, monitor_cli):
         room.register(sub)
     return p
 
