@@ -66,20 +66,18 @@ def test_failed_second_solve_leaves_the_result_and_says_why(tmp_path, monkeypatc
 
     # ... and where gmsh cannot mesh the surface coarser (it refines back to the run's size, as on
     # the real pulmonary CTA with named ends), the estimate comes from a finer mesh instead
-    from pipeline import volume_mesh
+    real_mesh = vessel_flow._mesh_apart
 
-    real_mesh = volume_mesh.mesh_volume
+    def no_coarser(out, dest, cells_per_radius, cfg):
+        return real_mesh(out, dest, max(cells_per_radius, 2.5), cfg)
 
-    def no_coarser(surface, out_dir, *, cells_per_radius, **kw):
-        return real_mesh(surface, out_dir, cells_per_radius=max(cells_per_radius, 2.5), **kw)
-
-    monkeypatch.setattr(volume_mesh, "mesh_volume", no_coarser)
+    monkeypatch.setattr(vessel_flow, "_mesh_apart", no_coarser)
     again = _flow(tmp_path, "failing", "--cells-per-radius", "2.5")
     e = again["numerical_error"]
     assert e["mode"] == "refine" and "could not be meshed coarser" in e["fallback"]
     assert e["cells_per_radius"] == pytest.approx([2.5, 3.75])
     assert e["relative_error_estimate"] is not None
-    monkeypatch.setattr(volume_mesh, "mesh_volume", real_mesh)
+    monkeypatch.setattr(vessel_flow, "_mesh_apart", real_mesh)
     assert _flow(tmp_path, "failing", "--cells-per-radius", "2.5")["numerical_error"] == e  # reused
 
 
@@ -123,3 +121,12 @@ def test_error_estimate_predicts_the_error_against_a_much_finer_mesh(tmp_path):
         assert abs(e["pressure_drop_extrapolated_Pa"] / fine["pressure_drop_Pa"] - 1) < abs(true_err)
         assert 0.5 * abs(true_err) <= abs(e["relative_error_estimate"]) <= 2.0 * abs(true_err) + 0.002
         assert e["relative_error_estimate"] * true_err > 0
+
+
+def test_second_mesh_runs_in_a_process_of_its_own(tmp_path):
+    """gmsh can crash the whole process on some surfaces (README); the second mesh is made in a
+    child process, whose failure becomes an error message of the estimate, not a dead run."""
+    from workflows.flow.vessel_flow import VesselFlowConfig, WorkflowError, _mesh_apart
+
+    with pytest.raises(WorkflowError, match="meshing at 3 cells per radius failed"):
+        _mesh_apart(tmp_path / "no_run", tmp_path / "mesh", 3.0, VesselFlowConfig())

@@ -1071,6 +1071,25 @@ RICHARDSON_ORDER = 2.0
 ERROR_ESTIMATE_DIR = {"coarse": "coarsened", "refine": "refined"}
 
 
+def _mesh_apart(out: Path, dest: Path, cells_per_radius: float, cfg: VesselFlowConfig) -> dict:
+    """Mesh the run's surface (``out/surface.vtp``) again in a child process
+    (:mod:`workflows.flow.mesh_stage`: a gmsh crash ends that process, not the run); returns the
+    mesh statistics. A crash is retried once at a 2 % different size (gmsh's crashes seen here
+    depend on the exact size)."""
+    jet = _jet_spread(cfg)
+    for attempt, c in enumerate((cells_per_radius, 1.02 * cells_per_radius)):
+        cmd = [sys.executable, "-m", "workflows.flow.mesh_stage", str(out), str(dest), repr(float(c)),
+               str(int(cfg.mesh_order)), "none" if jet is None else repr(float(jet))]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode == 0:
+            return json.loads((dest / "mesh_info.json").read_text())["stats"]
+        tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
+        if proc.returncode > 0:  # a meshing error, not a crash: the same again would fail the same way
+            raise WorkflowError(f"meshing at {c:g} cells per radius failed: {tail}")
+    raise WorkflowError(f"gmsh crashed (signal {-proc.returncode}) meshing the surface at {cells_per_radius:g} and "
+                        f"{1.02 * cells_per_radius:g} cells per radius")
+
+
 def _error_estimate(cfg: VesselFlowConfig, problem: dict, out: Path, flow: dict, geo_rec: dict) -> dict:
     """ΔP on the same surface meshed ``RICHARDSON_RATIO`` times coarser (``cfg.error_estimate
     == "coarse"``) or finer (``"refine"``); Richardson extrapolation from the two with the
@@ -1078,33 +1097,22 @@ def _error_estimate(cfg: VesselFlowConfig, problem: dict, out: Path, flow: dict,
     ``RICHARDSON_ORDER``; the grid convergence index of the finer solution (Roache, J. Fluids
     Eng. 116 (1994) 405; safety factor 1.25 for two grids with a known order). In the coarse
     mode the finer solution is the run's own, so the estimate is of the ΔP the run reports."""
-    from pipeline.surface import read_surface_json, surface_from_mesh_file
-    from pipeline.volume_mesh import mesh_volume
-
     mode = cfg.error_estimate
-    sj = read_surface_json(out / "surface.json")
-    cl = sj.get("centreline") or {}
-    surf = surface_from_mesh_file(out / "surface.vtp",
-                                  centreline_xyz_mm=np.asarray(cl["xyz_mm"], float) if cl.get("xyz_mm") else None,
-                                  centreline_radius_mm=np.asarray(cl["radius_mm"], float) if cl.get("radius_mm")
-                                  else None)
     c0 = float(geo_rec["mesh"]["stats"].get("cells_per_radius", cfg.cells_per_radius))
     c1 = c0 / RICHARDSON_RATIO if mode == "coarse" else c0 * RICHARDSON_RATIO
     other_dir = out / ERROR_ESTIMATE_DIR[mode]
-    vm = mesh_volume(surf, other_dir / "mesh", cells_per_radius=c1, order=cfg.mesh_order,
-                     jet_spread=_jet_spread(cfg))
+    stats = _mesh_apart(out, other_dir / "mesh", c1, cfg)
     fallback = None
-    if mode == "coarse" and float(vm.stats.get("cells_per_radius", c1)) >= c0 * (1 - 1e-9):
+    if mode == "coarse" and float(stats.get("cells_per_radius", c1)) >= c0 * (1 - 1e-9):
         # gmsh could not mesh this surface coarser (its re-meshed wall crossed itself and the
         # mesher refined back to the run's size): estimate from a finer mesh instead
         fallback = (f"the surface could not be meshed coarser than {c0:g} cells per radius (gmsh's wall "
                     "crossed itself at the coarser size), so the estimate comes from a finer mesh")
         mode, c1 = "refine", c0 * RICHARDSON_RATIO
         other_dir = out / ERROR_ESTIMATE_DIR[mode]
-        vm = mesh_volume(surf, other_dir / "mesh", cells_per_radius=c1, order=cfg.mesh_order,
-                         jet_spread=_jet_spread(cfg))
-    flow_o = _solve(vm.msh_path, problem, other_dir, replace(cfg, write_fields=False))
-    n0, n1 = float(geo_rec["mesh"]["stats"]["n_tetrahedra"]), float(vm.stats["n_tetrahedra"])
+        stats = _mesh_apart(out, other_dir / "mesh", c1, cfg)
+    flow_o = _solve(other_dir / "mesh" / "mesh.msh", problem, other_dir, replace(cfg, write_fields=False))
+    n0, n1 = float(geo_rec["mesh"]["stats"]["n_tetrahedra"]), float(stats["n_tetrahedra"])
     d0, d1 = float(flow["pressure_drop_Pa"]), float(flow_o["pressure_drop_Pa"])
     # (fine, coarse) whichever way the second mesh went
     (df, nf), (dc, nc) = ((d0, n0), (d1, n1)) if mode == "coarse" else ((d1, n1), (d0, n0))
@@ -1119,7 +1127,7 @@ def _error_estimate(cfg: VesselFlowConfig, problem: dict, out: Path, flow: dict,
         "method": f"Richardson extrapolation from a {'coarser' if mode == 'coarse' else 'finer'} mesh "
                   f"(cells per radius {c0:g} -> {c1:g}), assumed order {p:g}",
         "mode": mode, **({"fallback": fallback} if fallback else {}),
-        "cells_per_radius": [c0, float(vm.stats.get("cells_per_radius", c1))], "n_tetrahedra": [int(n0), int(n1)],
+        "cells_per_radius": [c0, float(stats.get("cells_per_radius", c1))], "n_tetrahedra": [int(n0), int(n1)],
         "effective_refinement_ratio": r, "pressure_drop_Pa": [d0, d1], "pressure_drop_extrapolated_Pa": ext,
         "relative_error_estimate": (d0 - ext) / ext if ext else None,
         "gci_fine": 1.25 * abs(df - dc) / abs(df) / (r ** p - 1.0) if df else None,
