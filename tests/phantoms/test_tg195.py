@@ -73,6 +73,7 @@ def _assert_rows(rows):
     assert not bad, "\n" + tg195.format_rows(bad)
 
 
+@pytest.mark.slow  # (make validate; make test keeps Case 4.2, the Case 4 geometry and Case 5)
 def test_case4_1_all_configurations(case4):
     """Stationary fan into the PMMA cylinder; slabs VOI 1–4 within 2 % + 3σ (≈0.2–0.8 %)."""
     rows = tg195.run_case4_1(300_000, geometry=case4)

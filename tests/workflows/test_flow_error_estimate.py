@@ -81,6 +81,7 @@ def test_failed_second_solve_leaves_the_result_and_says_why(tmp_path, monkeypatc
     assert _flow(tmp_path, "failing", "--cells-per-radius", "2.5")["numerical_error"] == e  # reused
 
 
+@pytest.mark.slow  # (make validate; the fallback in the test above runs the refined estimate in make test)
 def test_refined_estimate_is_reported_and_reused(tmp_path):
     r = _flow(tmp_path, "coarse", "--cells-per-radius", "2.5", "--error-estimate")
     e = r["numerical_error"]

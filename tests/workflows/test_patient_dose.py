@@ -58,6 +58,7 @@ def _liver_range_and_diameter(age):
     return float(z0 + k.min() * dz), float(z0 + k.max() * dz), float(d_cm)
 
 
+@pytest.mark.slow  # (make validate: six phantoms, 35 s)
 def test_organ_dose_per_ctdivol_falls_with_size(tmp_path):
     """A scan over each phantom's liver: ln(liver dose / CTDIvol) falls with the effective
     diameter with AAPM Report 204's slope (−0.0367 per cm) within 30 % (module docstring)."""

@@ -106,6 +106,7 @@ def test_flow_with_the_shipped_unet(tmp_path):
     assert abs(err) < 0.05
 
 
+@pytest.mark.slow  # (make validate; make test keeps the U-Net run and its probability samples)
 def test_wall_at_levels_of_the_unet_probability(tmp_path):
     """The study parameter ``probability_level``: the wall taken at a level of the U-Net's own
     probability map. A lower level is a wider lumen (more volume, a smaller pressure drop, as
