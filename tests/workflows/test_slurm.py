@@ -78,6 +78,7 @@ def test_a_study_on_slurm_equals_the_local_run(slurm, tmp_path, capsys):
     assert "3 done" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # (make validate, 35 s; make test keeps the Slurm study and srun tests)
 def test_a_cancelled_case_is_submitted_again_and_nothing_runs_twice(slurm, tmp_path, capsys):
     """``--no-wait`` submits and returns; one running case is cancelled (``scancel``); the next
     call submits only that case again (attempt 2), waits and analyses; the finished cases'
