@@ -44,6 +44,9 @@ def _tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 
 ADJ26, ADJ6, IN18, FACES = _tables()
+#: Every point of the neighbourhood may hold foreground; every point seeds a foreground component.
+ALL27 = np.ones(27, np.uint8)
+ALL_POINTS = np.arange(27, dtype=np.int64)
 #: Face directions in the order of the sub-iterations (z, y, x offsets of the neighbour that must be background).
 DIRECTIONS = np.array([[0, -1, 0], [0, 1, 0], [0, 0, 1], [0, 0, -1], [1, 0, 0], [-1, 0, 0]], np.int64)
 
@@ -64,13 +67,15 @@ def neighbourhood(img, z, y, x, nb):
 
 
 @njit(**NJIT_FLAGS)
-def is_simple(nb, adj26, adj6, in18, faces):
-    """Bertrand & Malandain's (26, 6) simple-point test on a 27-neighbourhood."""
+def _one_component(nb, foreground, allowed, seeds, adj):
+    """Whether the points ``s`` of the neighbourhood with ``(nb[s] != 0) == foreground`` and
+    ``allowed[s]`` that are reachable from ``seeds`` form exactly one component under ``adj``
+    (the centre, 13, is never one of them)."""
     seen = np.zeros(27, np.uint8)
     stack = np.empty(27, np.int64)
     comps = 0
-    for s in range(27):
-        if s == 13 or nb[s] == 0 or seen[s] == 1:
+    for s in seeds:
+        if s == 13 or (nb[s] != 0) != foreground or allowed[s] == 0 or seen[s] == 1:
             continue
         comps += 1
         if comps > 1:
@@ -81,39 +86,24 @@ def is_simple(nb, adj26, adj6, in18, faces):
         while top > 0:
             top -= 1
             v = stack[top]
-            for k in range(adj26.shape[1]):
-                w = adj26[v, k]
+            for k in range(adj.shape[1]):
+                w = adj[v, k]
                 if w < 0:
                     break
-                if nb[w] != 0 and seen[w] == 0:
-                    seen[w] = 1
-                    stack[top] = w
-                    top += 1
-    if comps != 1:
-        return False
-    seen[:] = 0
-    comps = 0
-    for f in faces:
-        if nb[f] != 0 or seen[f] == 1:
-            continue
-        comps += 1
-        if comps > 1:
-            return False
-        seen[f] = 1
-        stack[0] = f
-        top = 1
-        while top > 0:
-            top -= 1
-            v = stack[top]
-            for k in range(adj6.shape[1]):
-                w = adj6[v, k]
-                if w < 0:
-                    break
-                if nb[w] == 0 and in18[w] == 1 and seen[w] == 0:
+                if w != 13 and (nb[w] != 0) == foreground and allowed[w] == 1 and seen[w] == 0:
                     seen[w] = 1
                     stack[top] = w
                     top += 1
     return comps == 1
+
+
+@njit(**NJIT_FLAGS)
+def is_simple(nb, adj26, adj6, in18, faces):
+    """Bertrand & Malandain's (26, 6) simple-point test on a 27-neighbourhood: the foreground
+    26-neighbours are one 26-component, and the background 18-neighbours hold exactly one
+    6-component 6-adjacent to the centre (seeded from the six face neighbours)."""
+    return (_one_component(nb, True, ALL27, ALL_POINTS, adj26)
+            and _one_component(nb, False, in18, faces, adj6))
 
 
 @njit(**NJIT_FLAGS)
